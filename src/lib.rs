@@ -1,0 +1,1 @@
+//! mono-proxy: a caching reverse proxy for Mono's open-banking API.
