@@ -1,1 +1,2 @@
 //! mono-proxy: a caching reverse proxy for Mono's open-banking API.
+pub mod sandbox;
