@@ -73,18 +73,27 @@ fn parse_route<'a>(method: &Method, path: &'a str) -> Route<'a> {
         ["v2", "echo", ..] => Route::Echo,
         ["v2", "accounts", "auth" | "initiate"] if method == Method::POST => Route::Other(None),
         ["v2", "accounts", id] if get && valid_id(id) => Route::Details(id),
-        ["v2", "accounts", id, "balance"] if valid_id(id) => match get {
-            true => Route::Balance(id),
-            false => Route::NotFound,
-        },
-        ["v2", "accounts", id, "transactions"] if valid_id(id) => match get {
-            true => Route::Transactions(id),
-            false => Route::NotFound,
-        },
-        ["v2", "accounts", id, "jobs", job] if valid_id(id) => match get && valid_id(job) {
-            true => Route::Job(id, job),
-            false => Route::NotFound,
-        },
+        ["v2", "accounts", id, "balance"] if valid_id(id) => {
+            if get {
+                Route::Balance(id)
+            } else {
+                Route::NotFound
+            }
+        }
+        ["v2", "accounts", id, "transactions"] if valid_id(id) => {
+            if get {
+                Route::Transactions(id)
+            } else {
+                Route::NotFound
+            }
+        }
+        ["v2", "accounts", id, "jobs", job] if valid_id(id) => {
+            if get && valid_id(job) {
+                Route::Job(id, job)
+            } else {
+                Route::NotFound
+            }
+        }
         ["v2", "accounts", id, _, ..] if valid_id(id) => Route::Other(Some(id)),
         ["v1" | "v3", _, ..] => Route::Other(None),
         ["accounts", id, ..] if valid_id(id) => Route::Other(Some(id)),
@@ -288,9 +297,10 @@ impl Sandbox {
     fn account_read(&self, id: &str, kind: JobKind, parts: &Parts) -> Resp {
         let realtime = wants_realtime(&parts.headers);
         if is_missing(id) {
-            let counter = match realtime {
-                true => format!("{}_realtime", kind.route()),
-                false => kind.route().to_owned(),
+            let counter = if realtime {
+                format!("{}_realtime", kind.route())
+            } else {
+                kind.route().to_owned()
             };
             self.bump(&counter);
             return account_not_found();
