@@ -9,8 +9,22 @@
 //! Special account ids: `reauth…` (jobs fail with `reauth_required`), `fail…` (jobs fail),
 //! `missing…` (every route answers 404). Any other id matching `[A-Za-z0-9._-]{1,64}` exists.
 //!
-//! Control routes under `/__sandbox/` need no key and are not counted:
-//! `GET counts`, `POST reset`, `POST fault`, `GET requests`, `POST balance`, `POST finish-jobs`.
+//! Control routes need no key, are not counted and are never faulted (for the CLI and the
+//! load bench):
+//! - `GET /__sandbox/counts` → `{"total": 3, "balance": 1, …}` (every name in [`COUNTERS`]);
+//! - `POST /__sandbox/reset` → zeroes counters, forgets recorded requests, clears the fault;
+//!   `?windows=true` also forgets the realtime windows;
+//! - `POST /__sandbox/fault` with `{"kind":"status","status":503,"times":2}`,
+//!   `{"kind":"latency","ms":200}`, `{"kind":"reset"}`, `{"kind":"hang"}` or `{"kind":"none"}`;
+//!   `times` and `route` (see [`FaultSpec::route`]) are optional on every kind;
+//! - `GET /__sandbox/requests` → `[{"method","path","query","headers":[[name,value]…],"body"}]`
+//!   with `mono-sec-key` values shown as `[redacted]`;
+//! - `POST /__sandbox/balance` with `{"account":"abc","balance":100,"staged":true}`
+//!   ([`Sandbox::stage_balance`] when staged, else [`Sandbox::set_balance`]);
+//! - `POST /__sandbox/finish-jobs` → [`Sandbox::finish_jobs_now`].
+//!
+//! All answer 200 `{"status":"ok"}` (or the requested JSON), 400 with Mono's failed envelope
+//! on a bad body, 404 for unknown control paths.
 
 mod handler;
 mod seed;
@@ -432,7 +446,13 @@ impl Sandbox {
                     };
                 }
                 // Reap finished connections so the set does not grow without bound.
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                Some(done) = connections.join_next(), if !connections.is_empty() => {
+                    if let Err(err) = done {
+                        if err.is_panic() {
+                            tracing::error!(error = %err, "sandbox connection task panicked");
+                        }
+                    }
+                }
                 () = &mut shutdown => break,
             }
         }
@@ -768,4 +788,48 @@ pub fn self_signed_cert(hosts: &[&str]) -> (String, String) {
 /// Locks a mutex, carrying on after a panic elsewhere: counters and logs stay usable.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sandbox_works_without_a_runtime_for_inspection() {
+        let sb = Sandbox::new(SandboxConfig {
+            webhook_url: Some("http://127.0.0.1:9/hooks".to_owned()),
+            ..SandboxConfig::default()
+        });
+        sb.stage_balance("abc", 5);
+        sb.finish_jobs_now();
+        assert_eq!(sb.count("total"), 0);
+        assert_eq!(sb.counts().len(), COUNTERS.len());
+        assert_ne!(sb.balance("abc"), 5, "staged balance waits for a sync");
+    }
+
+    #[test]
+    fn limited_fault_expires_and_route_filter_applies() {
+        let sb = Sandbox::new(SandboxConfig::default());
+        sb.set_fault_spec(Some(Fault::Reset.times(2).route("/v2/accounts/a/")));
+        assert_eq!(sb.take_fault("balance", "/v2/accounts/b/balance"), None);
+        assert_eq!(
+            sb.take_fault("balance", "/v2/accounts/a/balance"),
+            Some(Fault::Reset)
+        );
+        assert_eq!(
+            sb.take_fault("balance", "/v2/accounts/a/balance"),
+            Some(Fault::Reset)
+        );
+        assert_eq!(sb.take_fault("balance", "/v2/accounts/a/balance"), None);
+        assert_eq!(sb.fault(), None);
+    }
+
+    #[test]
+    fn self_signed_cert_is_pem() {
+        let (cert, key) = self_signed_cert(&["localhost", "127.0.0.1"]);
+        assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(key.contains("PRIVATE KEY"));
+        assert!(tls_acceptor(&cert, &key).is_ok());
+        assert!(tls_acceptor("", &key).is_err());
+    }
 }
