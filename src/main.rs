@@ -1,1 +1,212 @@
-fn main() {}
+//! The `mono-proxy` binary: parse the CLI, load config, start logging, run, map failure to an exit code.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use mono_proxy::config::{Config, ProcessEnv};
+use mono_proxy::sandbox::{Sandbox, SandboxConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "mono-proxy",
+    version,
+    about = "A local caching reverse proxy for Mono's open-banking API"
+)]
+struct Cli {
+    /// Config file (default: MONO_PROXY_CONFIG, else ./proxy.toml when present).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Override `listen` from the config.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the config and print every problem; exit non-zero if any.
+    Check,
+    /// Run the Mono simulator alone.
+    Sandbox(SandboxArgs),
+    /// Run the proxy and the sandbox together with a built-in config, and print commands to try.
+    Demo {
+        /// Where the demo proxy listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Args)]
+struct SandboxArgs {
+    /// Listen address (loopback recommended).
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    listen: SocketAddr,
+    /// URL the sandbox POSTs webhooks to when jobs end.
+    #[arg(long)]
+    webhook_url: Option<String>,
+    /// Sent as `mono-webhook-secret` with each webhook.
+    #[arg(long, env = "MONO_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+    /// How long a realtime job runs, e.g. "2s".
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    job_delay: Duration,
+    /// Mono's realtime window.
+    #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
+    window: Duration,
+    /// Latency added to every API response, e.g. "50ms".
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    latency: Duration,
+    /// The only mono-sec-key accepted.
+    #[arg(long, env = "MONO_SANDBOX_KEY", default_value = mono_proxy::sandbox::DEFAULT_SECRET_KEY, hide_env_values = true)]
+    key: String,
+    /// Every finished sync changes the balance (so x-has-new-data turns true).
+    #[arg(long)]
+    sync_changes_data: bool,
+    /// Serve HTTPS with a fresh self-signed certificate, written (PEM) to this path.
+    #[arg(long, value_name = "CERT_PATH")]
+    tls_cert_out: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mono-proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Some(Command::Check) => check(cli.config),
+        Some(Command::Sandbox(args)) => runtime.block_on(sandbox(args)),
+        Some(Command::Demo { listen }) => {
+            init_plain_logging();
+            report(runtime.block_on(mono_proxy::demo::run(listen)))
+        }
+        None => runtime.block_on(run(cli.config, cli.listen)),
+    }
+}
+
+fn load(path: Option<PathBuf>) -> Result<Config, mono_proxy::config::ConfigErrors> {
+    let config = Config::load(path.as_deref(), &ProcessEnv)?;
+    config.require_secret()?;
+    Ok(config)
+}
+
+fn check(path: Option<PathBuf>) -> ExitCode {
+    match load(path) {
+        Ok(c) => {
+            println!(
+                "config ok: listen {}, upstream {}",
+                c.listen, c.upstream.base_url
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprint!("{e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(path: Option<PathBuf>, listen: Option<SocketAddr>) -> ExitCode {
+    let mut config = match load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("mono-proxy: refusing to start: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(addr) = listen {
+        config.listen = addr;
+    }
+    if let Err(e) = mono_proxy::logging::init(&config.log) {
+        eprintln!("mono-proxy: {e}");
+        return ExitCode::from(2);
+    }
+    let running = match mono_proxy::app::bind_and_start(config).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    mono_proxy::lifecycle::spawn_secret_reloader(&running.state);
+    mono_proxy::lifecycle::terminated().await;
+    tracing::info!("shutting down: not ready, draining in-flight requests");
+    report(running.stop().await.map_err(|e| e.to_string()))
+}
+
+async fn sandbox(args: SandboxArgs) -> ExitCode {
+    init_plain_logging();
+    if !args.listen.ip().is_loopback() {
+        eprintln!(
+            "mono-proxy sandbox: warning: listening on {} (not loopback)",
+            args.listen
+        );
+    }
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("mono-proxy sandbox: cannot listen on {}: {e}", args.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let sandbox = Sandbox::new(SandboxConfig {
+        secret_key: args.key,
+        job_delay: args.job_delay,
+        window: args.window,
+        latency: args.latency,
+        webhook_url: args.webhook_url,
+        webhook_secret: args.webhook_secret,
+        sync_changes_data: args.sync_changes_data,
+    });
+    let shutdown = mono_proxy::lifecycle::terminated();
+    let result = match args.tls_cert_out {
+        Some(path) => {
+            let (cert, key) = mono_proxy::sandbox::self_signed_cert(&["localhost", "127.0.0.1"]);
+            if let Err(e) = std::fs::write(&path, &cert) {
+                eprintln!("mono-proxy sandbox: cannot write {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+            println!(
+                "sandbox: https://{} (certificate in {})",
+                args.listen,
+                path.display()
+            );
+            sandbox.serve_tls(listener, &cert, &key, shutdown).await
+        }
+        None => {
+            println!("sandbox: http://{}", args.listen);
+            sandbox.serve(listener, shutdown).await
+        }
+    };
+    report(result.map_err(|e| e.to_string()))
+}
+
+fn init_plain_logging() {
+    let cfg = mono_proxy::config::LogConfig {
+        format: mono_proxy::config::LogFormat::Text,
+        filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+    };
+    if let Err(e) = mono_proxy::logging::init(&cfg) {
+        eprintln!("mono-proxy: {e}");
+    }
+}
+
+fn report(result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mono-proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

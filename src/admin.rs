@@ -1,0 +1,123 @@
+//! The admin listener: `/healthz`, `/readyz` (why not ready, as JSON) and `/metrics`.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::body::Body;
+use crate::config::Backend;
+use crate::error::json_response;
+use crate::state::State;
+use crate::store::StoreStatus;
+
+/// Serves the admin endpoints until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    state: Arc<State>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(5));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return Ok(()),
+        };
+        let state = Arc::clone(&state);
+        let conn = builder
+            .serve_connection(
+                TokioIo::new(stream),
+                service_fn(move |req| {
+                    let state = Arc::clone(&state);
+                    async move { Ok::<_, std::convert::Infallible>(answer(&state, &req)) }
+                }),
+            )
+            .into_owned();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "admin connection error");
+            }
+        });
+    }
+}
+
+/// Routes one admin request.
+pub fn answer(state: &State, req: &Request<Incoming>) -> Response<Body> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            r#"{"error":"GET only"}"#.into(),
+        );
+    }
+    match req.uri().path() {
+        "/healthz" => json_response(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+        "/readyz" => readiness(state),
+        "/metrics" => {
+            let text = state
+                .metrics
+                .encode(state.cache.entry_count(), state.cache.weighted_size());
+            let mut resp = Response::new(Body::full(text));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            resp
+        }
+        _ => json_response(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#.into()),
+    }
+}
+
+/// Ready unless draining or the shared store is down in fail-closed mode; says why as JSON.
+fn readiness(state: &State) -> Response<Body> {
+    let mut reasons: Vec<String> = Vec::new();
+    if state.is_draining() {
+        reasons.push("draining: shutting down".into());
+    }
+    let store = state.store.status();
+    let store_label = match &store {
+        StoreStatus::Local => "memory".to_string(),
+        StoreStatus::Shared => "ok".to_string(),
+        StoreStatus::Degraded(why) => {
+            state.metrics.set_store_degraded(true);
+            if !state.config.store.fail_open {
+                reasons.push(format!("store degraded (fail-closed): {why}"));
+            }
+            format!("degraded: {why}")
+        }
+    };
+    if !matches!(store, StoreStatus::Degraded(_)) && state.config.store.backend == Backend::Redis {
+        state.metrics.set_store_degraded(false);
+    }
+    let ready = reasons.is_empty();
+    let body = serde_json::json!({
+        "ready": ready,
+        "reasons": reasons,
+        "store": store_label,
+        "draining": state.is_draining(),
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(status, body.to_string())
+}

@@ -1,0 +1,469 @@
+//! The response cache for balances and transactions, and the cached-read phase (spec §4).
+//!
+//! Entries are grouped per (tenant, account) so that invalidating an account after a sync is one
+//! operation and the pre-sync content hashes that drive `x-has-new-data` live beside the bodies.
+
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use tokio::time::Instant;
+
+use crate::body::Body;
+use crate::config::CacheConfig;
+use crate::error::ProxyError;
+use crate::headers::{bool_value, set_cache_status, CacheResult, X_HAS_NEW_DATA};
+use crate::route::{path_key, Kind};
+use crate::singleflight::{Join, Outcome};
+use crate::state::{State, Tenant};
+use crate::upstream::Fetched;
+
+/// Bytes charged per account group and per path on top of keys and bodies (moka + our structs).
+const ACCOUNT_OVERHEAD: usize = 160;
+const PATH_OVERHEAD: usize = 120;
+
+/// One cached 200 response body, held once and shared by every hit.
+#[derive(Debug)]
+pub struct CachedBody {
+    /// The body bytes exactly as served.
+    pub body: Bytes,
+    /// The upstream `Content-Type`.
+    pub content_type: Option<HeaderValue>,
+    /// When it was fetched.
+    pub stored_at: Instant,
+    /// Hash of the envelope's `data`, to tell whether a sync changed anything.
+    pub hash: u64,
+    /// The synthesized `x-has-new-data` for this body.
+    pub has_new_data: bool,
+}
+
+#[derive(Default)]
+struct AccountEntry {
+    inner: RwLock<AccountInner>,
+}
+
+#[derive(Default)]
+struct AccountInner {
+    paths: Vec<(Box<str>, Arc<CachedBody>)>,
+    /// Hash of what was served before the last finished sync, per path, awaiting comparison.
+    presync: Vec<(Box<str>, u64)>,
+    /// Outcome of that comparison, held until the next realtime job starts.
+    new_data: Vec<(Box<str>, bool)>,
+    /// `meta.has_new_data` from Mono's webhook, which beats our own comparison.
+    forced: Option<bool>,
+}
+
+impl AccountEntry {
+    fn weight(&self) -> usize {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let paths: usize = inner
+            .paths
+            .iter()
+            .map(|(p, b)| PATH_OVERHEAD + p.len() + b.body.len())
+            .sum();
+        let marks: usize = inner
+            .presync
+            .iter()
+            .map(|(p, _)| p.len() + 24)
+            .chain(inner.new_data.iter().map(|(p, _)| p.len() + 24))
+            .sum();
+        ACCOUNT_OVERHEAD + paths + marks
+    }
+}
+
+fn upsert<T>(list: &mut Vec<(Box<str>, T)>, key: &str, value: T) {
+    match list.iter_mut().find(|(k, _)| &**k == key) {
+        Some(slot) => slot.1 = value,
+        None => list.push((key.into(), value)),
+    }
+}
+
+/// Freshness of a cached body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Within the TTL; seconds left.
+    Fresh(i64),
+    /// Past the TTL but within `max_stale`; seconds past.
+    Stale(i64),
+    /// Too old to serve at all.
+    Expired,
+}
+
+/// The bounded response cache.
+pub struct ResponseCache {
+    entries: moka::sync::Cache<Arc<str>, Arc<AccountEntry>>,
+    ttl: Duration,
+    max_stale: Duration,
+}
+
+impl ResponseCache {
+    /// A cache bounded by `max_bytes`, keeping entries for `ttl + max_stale`.
+    pub fn new(cfg: &CacheConfig) -> ResponseCache {
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(cfg.max_bytes)
+            .weigher(|k: &Arc<str>, v: &Arc<AccountEntry>| {
+                (k.len() + v.weight()).try_into().unwrap_or(u32::MAX)
+            })
+            .time_to_live(cfg.ttl + cfg.max_stale)
+            .build();
+        ResponseCache {
+            entries,
+            ttl: cfg.ttl,
+            max_stale: cfg.max_stale,
+        }
+    }
+
+    /// The body cached for a path of an account, whatever its age.
+    pub fn lookup(&self, account_key: &str, path: &str) -> Option<Arc<CachedBody>> {
+        let entry = self.entries.get(account_key)?;
+        let inner = entry.inner.read().unwrap_or_else(|p| p.into_inner());
+        inner
+            .paths
+            .iter()
+            .find(|(p, _)| &**p == path)
+            .map(|(_, b)| Arc::clone(b))
+    }
+
+    /// How fresh a body is now.
+    pub fn freshness(&self, body: &CachedBody) -> Freshness {
+        let age = body.stored_at.elapsed();
+        if age < self.ttl {
+            Freshness::Fresh((self.ttl - age).as_secs() as i64)
+        } else if age < self.ttl + self.max_stale {
+            Freshness::Stale((age - self.ttl).as_secs() as i64)
+        } else {
+            Freshness::Expired
+        }
+    }
+
+    /// Stores a 200 body and works out its `x-has-new-data`.
+    pub fn store(
+        &self,
+        account_key: &str,
+        path: &str,
+        body: Bytes,
+        content_type: Option<HeaderValue>,
+    ) -> Arc<CachedBody> {
+        let hash = data_hash(&body);
+        let key: Arc<str> = account_key.into();
+        let entry = self.entries.get_with(Arc::clone(&key), Default::default);
+        let cached = {
+            let mut inner = entry.inner.write().unwrap_or_else(|p| p.into_inner());
+            let has_new_data = if let Some(i) = inner.presync.iter().position(|(p, _)| &**p == path)
+            {
+                let (_, before) = inner.presync.swap_remove(i);
+                let changed = before != hash;
+                upsert(&mut inner.new_data, path, changed);
+                inner.forced.unwrap_or(changed)
+            } else if let Some(forced) = inner.forced {
+                forced
+            } else {
+                inner
+                    .new_data
+                    .iter()
+                    .find(|(p, _)| &**p == path)
+                    .is_some_and(|(_, b)| *b)
+            };
+            let cached = Arc::new(CachedBody {
+                body,
+                content_type,
+                stored_at: Instant::now(),
+                hash,
+                has_new_data,
+            });
+            let keep = self.ttl + self.max_stale;
+            inner.paths.retain(|(_, b)| b.stored_at.elapsed() < keep);
+            upsert(&mut inner.paths, path, Arc::clone(&cached));
+            cached
+        };
+        // Re-inserting makes moka weigh the group again with its new size.
+        self.entries.insert(key, entry);
+        cached
+    }
+
+    /// Drops an account's bodies after a finished sync, remembering their hashes.
+    pub fn invalidate(&self, account_key: &str, has_new_data: Option<bool>) {
+        let Some(entry) = self.entries.get(account_key) else {
+            if let Some(forced) = has_new_data {
+                let entry = Arc::new(AccountEntry::default());
+                entry
+                    .inner
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .forced = Some(forced);
+                self.entries.insert(account_key.into(), entry);
+            }
+            return;
+        };
+        {
+            let mut inner = entry.inner.write().unwrap_or_else(|p| p.into_inner());
+            let dropped: Vec<_> = inner.paths.drain(..).collect();
+            for (path, body) in dropped {
+                upsert(&mut inner.presync, &path, body.hash);
+            }
+            if has_new_data.is_some() {
+                inner.forced = has_new_data;
+            }
+        }
+        self.entries.insert(account_key.into(), entry);
+    }
+
+    /// A new realtime job started: `x-has-new-data` goes back to false for the account.
+    pub fn job_started(&self, account_key: &str) {
+        let Some(entry) = self.entries.get(account_key) else {
+            return;
+        };
+        let mut inner = entry.inner.write().unwrap_or_else(|p| p.into_inner());
+        inner.new_data.clear();
+        inner.forced = None;
+        for (_, body) in inner.paths.iter_mut() {
+            if body.has_new_data {
+                *body = Arc::new(CachedBody {
+                    body: body.body.clone(),
+                    content_type: body.content_type.clone(),
+                    stored_at: body.stored_at,
+                    hash: body.hash,
+                    has_new_data: false,
+                });
+            }
+        }
+    }
+
+    /// Account groups held.
+    pub fn entry_count(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.entry_count()
+    }
+
+    /// Bytes held, as weighed.
+    pub fn weighted_size(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.weighted_size()
+    }
+}
+
+/// The cache group key of an account for a tenant.
+pub fn account_key(tenant: &Tenant, account: &str) -> String {
+    let mut k = String::with_capacity(tenant.id.len() + 1 + account.len());
+    k.push_str(&tenant.id);
+    k.push(':');
+    k.push_str(account);
+    k
+}
+
+/// Hash of the envelope's `data` (the timestamp changes on every call; the data does not).
+pub fn data_hash(body: &[u8]) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        data: Option<&'a serde_json::value::RawValue>,
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match serde_json::from_slice::<Envelope>(body) {
+        Ok(Envelope { data: Some(raw) }) => raw.get().hash(&mut h),
+        _ => body.hash(&mut h),
+    }
+    h.finish()
+}
+
+/// Builds the response for a cached body.
+pub fn respond(body: &CachedBody, result: CacheResult, ttl: Option<i64>) -> Response<Body> {
+    let mut resp = Response::new(Body::full(body.body.clone()));
+    let h = resp.headers_mut();
+    if let Some(ct) = &body.content_type {
+        h.insert(header::CONTENT_TYPE, ct.clone());
+    }
+    set_cache_status(h, result, ttl);
+    if matches!(result, CacheResult::Hit | CacheResult::Stale) {
+        h.insert(
+            header::AGE,
+            HeaderValue::from(body.stored_at.elapsed().as_secs()),
+        );
+    }
+    h.insert(X_HAS_NEW_DATA, bool_value(body.has_new_data));
+    resp
+}
+
+/// What a fill (an upstream fetch for a cache miss) produced, shared by its waiters.
+#[derive(Debug, Clone)]
+pub enum Filled {
+    /// A 200, now cached.
+    Stored(Arc<CachedBody>),
+    /// Anything else, passed through uncached.
+    Uncacheable(Arc<Fetched>),
+}
+
+/// Cached read (spec §4): fresh hit, or one collapsed upstream fetch, or stale on error.
+pub async fn serve(
+    state: &Arc<State>,
+    tenant: &Tenant,
+    account: &str,
+    kind: Kind,
+    query: Option<&str>,
+    request_id: &HeaderValue,
+) -> Result<(Response<Body>, CacheResult), ProxyError> {
+    let akey = account_key(tenant, account);
+    let pkey = path_key(kind, query);
+    let mut stale = None;
+    if let Some(body) = state.cache.lookup(&akey, &pkey) {
+        match state.cache.freshness(&body) {
+            Freshness::Fresh(ttl) => {
+                return Ok((
+                    respond(&body, CacheResult::Hit, Some(ttl)),
+                    CacheResult::Hit,
+                ))
+            }
+            Freshness::Stale(past) => stale = Some((body, past)),
+            Freshness::Expired => {}
+        }
+    }
+    let (filled, led) = fill(
+        state, tenant, &akey, &pkey, account, kind, query, request_id,
+    )
+    .await;
+    let result = if led {
+        CacheResult::Miss
+    } else {
+        CacheResult::Collapsed
+    };
+    match (filled, stale) {
+        (Ok(Filled::Stored(body)), _) => {
+            let ttl = state.cache.ttl.as_secs() as i64;
+            Ok((respond(&body, result, Some(ttl)), result))
+        }
+        (Ok(Filled::Uncacheable(f)), Some((body, past))) if f.status.is_server_error() => Ok((
+            respond(&body, CacheResult::Stale, Some(-past)),
+            CacheResult::Stale,
+        )),
+        (Ok(Filled::Uncacheable(f)), _) => {
+            let mut resp = f.to_response();
+            set_cache_status(resp.headers_mut(), result, None);
+            Ok((resp, result))
+        }
+        (Err(e), Some((body, past))) => {
+            tracing::warn!(error = %e, account, "upstream failed; serving stale");
+            Ok((
+                respond(&body, CacheResult::Stale, Some(-past)),
+                CacheResult::Stale,
+            ))
+        }
+        (Err(e), None) => Err(e),
+    }
+}
+
+/// One upstream fetch per (tenant, account, path) however many callers miss at once.
+/// Returns the fill's result and whether this caller led it.
+#[allow(clippy::too_many_arguments)]
+pub async fn fill(
+    state: &Arc<State>,
+    tenant: &Tenant,
+    akey: &str,
+    pkey: &str,
+    account: &str,
+    kind: Kind,
+    query: Option<&str>,
+    request_id: &HeaderValue,
+) -> (Result<Filled, ProxyError>, bool) {
+    let flight_key = format!("{akey}/{pkey}");
+    let (waiter, led) = match state.fills.join(&flight_key) {
+        Join::Leader(leader, waiter) => {
+            let state = Arc::clone(state);
+            let tenant = tenant.clone();
+            let akey = akey.to_string();
+            let pkey = pkey.to_string();
+            let mut target = format!("/v2/accounts/{account}/{}", kind.as_str());
+            if let Some(q) = query.filter(|q| !q.is_empty()) {
+                target.push('?');
+                target.push_str(q);
+            }
+            let request_id = request_id.clone();
+            // Detached: a client hanging up must not cancel a fetch others wait on.
+            tokio::spawn(async move {
+                let result =
+                    fetch_and_store(&state, &tenant, &akey, &pkey, &target, &request_id).await;
+                leader.finish(result);
+            });
+            (waiter, true)
+        }
+        Join::Follower(waiter) => (waiter, false),
+    };
+    let timeout = state.config.upstream.timeout + Duration::from_secs(1);
+    let result = match waiter.wait(timeout).await {
+        Outcome::Done(r) => r,
+        Outcome::LeaderLost => Err(ProxyError::Internal("the cache fill was abandoned".into())),
+        Outcome::TimedOut => Err(ProxyError::UpstreamTimeout(timeout.as_millis() as u64)),
+    };
+    (result, led)
+}
+
+async fn fetch_and_store(
+    state: &State,
+    tenant: &Tenant,
+    akey: &str,
+    pkey: &str,
+    target: &str,
+    request_id: &HeaderValue,
+) -> Result<Filled, ProxyError> {
+    let req = state.upstream.get(target, &tenant.key, request_id, false)?;
+    let fetched = state
+        .timed_fetch("cached", req, state.config.upstream.timeout)
+        .await?;
+    if fetched.status != StatusCode::OK {
+        return Ok(Filled::Uncacheable(Arc::new(fetched)));
+    }
+    let body = crate::pagination::rewrite(fetched.body, &state.pagination);
+    let ct = fetched.headers.get(header::CONTENT_TYPE).cloned();
+    Ok(Filled::Stored(state.cache.store(akey, pkey, body, ct)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(max_bytes: u64) -> CacheConfig {
+        CacheConfig {
+            ttl: Duration::from_secs(60),
+            max_stale: Duration::from_secs(60),
+            max_bytes,
+            refresh_ahead: false,
+        }
+    }
+
+    #[test]
+    fn data_hash_ignores_the_timestamp() {
+        let a = br#"{"status":"successful","timestamp":"1","data":{"balance":1}}"#;
+        let b = br#"{"status":"successful","timestamp":"2","data":{"balance":1}}"#;
+        let c = br#"{"status":"successful","timestamp":"2","data":{"balance":2}}"#;
+        assert_eq!(data_hash(a), data_hash(b));
+        assert_ne!(data_hash(a), data_hash(c));
+    }
+
+    #[tokio::test]
+    async fn has_new_data_follows_syncs() {
+        let cache = ResponseCache::new(&cfg(1 << 20));
+        let v1 = Bytes::from_static(br#"{"data":{"balance":1}}"#);
+        let v2 = Bytes::from_static(br#"{"data":{"balance":2}}"#);
+        assert!(!cache.store("t:a", "balance", v1.clone(), None).has_new_data);
+        cache.invalidate("t:a", None);
+        assert!(cache.lookup("t:a", "balance").is_none());
+        assert!(cache.store("t:a", "balance", v2.clone(), None).has_new_data);
+        cache.invalidate("t:a", None);
+        assert!(!cache.store("t:a", "balance", v2, None).has_new_data);
+        cache.job_started("t:a");
+        assert!(!cache.lookup("t:a", "balance").unwrap().has_new_data);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn freshness_moves_from_fresh_to_stale_to_expired() {
+        let cache = ResponseCache::new(&cfg(1 << 20));
+        let b = cache.store("t:a", "balance", Bytes::from_static(b"{}"), None);
+        assert_eq!(cache.freshness(&b), Freshness::Fresh(60));
+        tokio::time::advance(Duration::from_secs(90)).await;
+        assert_eq!(cache.freshness(&b), Freshness::Stale(30));
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(cache.freshness(&b), Freshness::Expired);
+    }
+}

@@ -1,0 +1,175 @@
+//! Header rules shared by every path: hop-by-hop removal, request ids, cache-status synthesis.
+
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue};
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) plus the legacy ones proxies still see.
+pub const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// The request id header, generated when absent, forwarded and echoed back.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Mono's secret key header.
+pub const MONO_SEC_KEY: HeaderName = HeaderName::from_static("mono-sec-key");
+/// Mono's webhook secret header.
+pub const MONO_WEBHOOK_SECRET: HeaderName = HeaderName::from_static("mono-webhook-secret");
+/// RFC 9211 cache status.
+pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+/// Short cache result for humans.
+pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+/// Realtime job id.
+pub const X_JOB_ID: HeaderName = HeaderName::from_static("x-job-id");
+/// Realtime job status.
+pub const X_JOB_STATUS: HeaderName = HeaderName::from_static("x-job-status");
+/// Whether the last sync brought new data.
+pub const X_HAS_NEW_DATA: HeaderName = HeaderName::from_static("x-has-new-data");
+/// Request header carrying a client token.
+pub const X_PROXY_TOKEN: HeaderName = HeaderName::from_static("x-mono-proxy-token");
+
+/// Removes hop-by-hop headers and every header the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The client's `x-request-id` when it is sane, else a new one.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
+            return v.clone();
+        }
+    }
+    new_request_id()
+}
+
+/// A fresh random request id.
+pub fn new_request_id() -> HeaderValue {
+    let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
+    let s = uuid::Uuid::new_v4().simple().encode_lower(&mut buf);
+    HeaderValue::from_str(s).expect("uuid is a valid header value")
+}
+
+/// How a cached-path response was produced, for `Cache-Status` and `x-cache`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheResult {
+    /// Served from a fresh entry.
+    Hit,
+    /// Fetched from the upstream (and stored when cacheable).
+    Miss,
+    /// Served from an expired entry because the upstream failed.
+    Stale,
+    /// Answered from another call's result (realtime window or single flight).
+    Collapsed,
+}
+
+impl CacheResult {
+    /// The `x-cache` value and metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "HIT",
+            CacheResult::Miss => "MISS",
+            CacheResult::Stale => "STALE",
+            CacheResult::Collapsed => "COLLAPSED",
+        }
+    }
+
+    /// The lowercase metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "hit",
+            CacheResult::Miss => "miss",
+            CacheResult::Stale => "stale",
+            CacheResult::Collapsed => "collapsed",
+        }
+    }
+}
+
+/// Sets `Cache-Status` (RFC 9211) and `x-cache`; `ttl` is the freshness left in seconds.
+pub fn set_cache_status(headers: &mut HeaderMap, result: CacheResult, ttl: Option<i64>) {
+    let base = match result {
+        CacheResult::Hit => "mono-proxy; hit",
+        CacheResult::Miss => "mono-proxy; fwd=miss",
+        CacheResult::Stale => "mono-proxy; fwd=stale",
+        CacheResult::Collapsed => "mono-proxy; hit; collapsed",
+    };
+    let value = match ttl {
+        Some(t) => HeaderValue::try_from(format!("{base}; ttl={t}")),
+        None => Ok(HeaderValue::from_static(base)),
+    };
+    if let Ok(v) = value {
+        headers.insert(CACHE_STATUS, v);
+    }
+    headers.insert(X_CACHE, HeaderValue::from_static(result.as_str()));
+}
+
+/// `true`/`false` as a header value.
+pub fn bool_value(b: bool) -> HeaderValue {
+    HeaderValue::from_static(if b { "true" } else { "false" })
+}
+
+/// Reads a boolean header case-insensitively; missing means `false` (spec §3.6).
+pub fn header_bool(headers: &HeaderMap, name: &HeaderName) -> bool {
+    headers
+        .get(name)
+        .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"true"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "close, x-secret-hop".parse().unwrap());
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("x-keep", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn request_id_is_kept_when_sane_and_made_otherwise() {
+        let mut h = HeaderMap::new();
+        h.insert(REQUEST_ID, "abc-123".parse().unwrap());
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(REQUEST_ID, "has space".parse().unwrap());
+        assert_eq!(request_id(&h).len(), 32);
+    }
+
+    #[test]
+    fn cache_status_says_what_happened() {
+        let mut h = HeaderMap::new();
+        set_cache_status(&mut h, CacheResult::Hit, Some(42));
+        assert_eq!(h[CACHE_STATUS], "mono-proxy; hit; ttl=42");
+        assert_eq!(h[X_CACHE], "HIT");
+        set_cache_status(&mut h, CacheResult::Collapsed, None);
+        assert!(h[CACHE_STATUS].to_str().unwrap().contains("collapsed"));
+    }
+}

@@ -1,0 +1,105 @@
+//! Process signals: SIGTERM/SIGINT start the drain; SIGHUP or a changed secret file reloads secrets.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use crate::state::State;
+
+/// How often secret files are checked for changes.
+const SECRET_FILE_CHECK: Duration = Duration::from_secs(2);
+
+/// Resolves on the first SIGTERM or SIGINT.
+pub async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = int.recv() => tracing::info!("SIGINT received"),
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Reloads secrets on SIGHUP and whenever a configured secret file changes.
+pub fn spawn_secret_reloader(state: &Arc<State>) {
+    let files: Vec<PathBuf> = secret_files(state);
+    let weak = Arc::downgrade(state);
+    #[cfg(unix)]
+    {
+        let weak = weak.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                let Some(state) = weak.upgrade() else { return };
+                reload(&state, "SIGHUP");
+            }
+        });
+    }
+    if files.is_empty() {
+        return;
+    }
+    tokio::spawn(watch_files(weak, files));
+}
+
+fn secret_files(state: &State) -> Vec<PathBuf> {
+    let c = &state.config;
+    let mut files: Vec<PathBuf> = [c.upstream.secret_key.file(), c.webhook.secret.file()]
+        .into_iter()
+        .flatten()
+        .map(PathBuf::from)
+        .collect();
+    for client in &c.clients {
+        files.extend(client.token.file().map(PathBuf::from));
+    }
+    files
+}
+
+async fn watch_files(weak: Weak<State>, files: Vec<PathBuf>) {
+    let stamp = |files: &[PathBuf]| -> Vec<Option<(SystemTime, u64)>> {
+        files
+            .iter()
+            .map(|f| {
+                std::fs::metadata(f)
+                    .ok()
+                    .and_then(|m| Some((m.modified().ok()?, m.len())))
+            })
+            .collect()
+    };
+    let mut last = stamp(&files);
+    loop {
+        tokio::time::sleep(SECRET_FILE_CHECK).await;
+        let Some(state) = weak.upgrade() else { return };
+        let now = stamp(&files);
+        if now != last {
+            last = now;
+            reload(&state, "secret file changed");
+        }
+    }
+}
+
+fn reload(state: &State, why: &str) {
+    match state.reload_secrets() {
+        Ok(()) => tracing::info!(reason = why, "secrets reloaded"),
+        Err(e) => {
+            tracing::error!(reason = why, error = %e, "secret reload failed; keeping the previous secrets")
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! Single flight per key: one leader does the work, every concurrent caller gets its result.
+//!
+//! Waiters are woken by a `watch` channel the moment the leader finishes, never by polling. The
+//! leader holds a guard whose `Drop` removes the key and closes the channel, so a leader that
+//! panics or is cancelled releases its waiters with [`Outcome::LeaderLost`] instead of stranding them.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+/// What a caller gets from [`Flights::join`].
+pub enum Join<K: Eq + Hash + Clone, V: Clone> {
+    /// This caller does the work and must call [`Leader::finish`].
+    Leader(Leader<K, V>, Waiter<V>),
+    /// Another caller is doing it; wait on this.
+    Follower(Waiter<V>),
+}
+
+/// How a wait ended; every caller handles these in one `match`.
+#[derive(Debug)]
+pub enum Outcome<V> {
+    /// The leader finished with this value.
+    Done(V),
+    /// The leader went away without finishing (panic or cancellation).
+    LeaderLost,
+    /// The leader did not finish within the wait timeout.
+    TimedOut,
+}
+
+/// A flight in the map: its id (so a stale leader never removes a newer flight) and its channel.
+type Slot<V> = (u64, watch::Receiver<Option<V>>);
+
+/// The set of flights in progress, keyed by what they fetch.
+pub struct Flights<K, V> {
+    inflight: Mutex<HashMap<K, Slot<V>>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> Default for Flights<K, V> {
+    fn default() -> Self {
+        Flights {
+            inflight: Mutex::new(HashMap::new()),
+            next_id: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> Flights<K, V> {
+    /// Joins the flight for `key`, becoming its leader when none is in progress.
+    pub fn join(self: &Arc<Self>, key: &K) -> Join<K, V> {
+        let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, rx)) = map.get(key) {
+            return Join::Follower(Waiter { rx: rx.clone() });
+        }
+        let (tx, rx) = watch::channel(None);
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        map.insert(key.clone(), (id, rx.clone()));
+        Join::Leader(
+            Leader {
+                flights: Arc::clone(self),
+                key: key.clone(),
+                id,
+                tx: Some(tx),
+            },
+            Waiter { rx },
+        )
+    }
+
+    /// Flights in progress (for metrics and tests).
+    pub fn len(&self) -> usize {
+        self.inflight.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// True when no flight is in progress.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn remove(&self, key: &K, id: u64) {
+        let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(key).is_some_and(|(i, _)| *i == id) {
+            map.remove(key);
+        }
+    }
+}
+
+/// The caller that does the work; dropping it unfinished releases the waiters.
+pub struct Leader<K: Eq + Hash + Clone, V: Clone> {
+    flights: Arc<Flights<K, V>>,
+    key: K,
+    id: u64,
+    tx: Option<watch::Sender<Option<V>>>,
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> Leader<K, V> {
+    /// Publishes the result to every waiter and ends the flight.
+    pub fn finish(mut self, value: V) {
+        // Remove first so a caller arriving now starts fresh rather than reading a closed flight.
+        self.flights.remove(&self.key, self.id);
+        if let Some(tx) = self.tx.take() {
+            tx.send_replace(Some(value));
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> Drop for Leader<K, V> {
+    fn drop(&mut self) {
+        if self.tx.is_some() {
+            self.flights.remove(&self.key, self.id);
+            // Dropping the sender closes the channel: waiters see LeaderLost.
+            self.tx.take();
+        }
+    }
+}
+
+/// A handle to wait for a flight's result.
+pub struct Waiter<V> {
+    rx: watch::Receiver<Option<V>>,
+}
+
+impl<V: Clone> Waiter<V> {
+    /// Waits for the leader's value, at most `timeout`.
+    pub async fn wait(mut self, timeout: Duration) -> Outcome<V> {
+        let done = async {
+            loop {
+                if let Some(v) = self.rx.borrow_and_update().as_ref() {
+                    return Outcome::Done(v.clone());
+                }
+                if self.rx.changed().await.is_err() {
+                    // The sender is gone; it may have sent just before going.
+                    return match self.rx.borrow().as_ref() {
+                        Some(v) => Outcome::Done(v.clone()),
+                        None => Outcome::LeaderLost,
+                    };
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, done).await {
+            Ok(outcome) => outcome,
+            Err(_) => Outcome::TimedOut,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn followers_get_the_leaders_value() {
+        let flights: Arc<Flights<&str, u32>> = Arc::default();
+        let Join::Leader(leader, w0) = flights.join(&"k") else {
+            panic!("first caller leads")
+        };
+        let Join::Follower(w1) = flights.join(&"k") else {
+            panic!("second caller follows")
+        };
+        leader.finish(7);
+        assert!(matches!(
+            w0.wait(Duration::from_secs(1)).await,
+            Outcome::Done(7)
+        ));
+        assert!(matches!(
+            w1.wait(Duration::from_secs(1)).await,
+            Outcome::Done(7)
+        ));
+        assert!(flights.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_dropped_leader_releases_its_waiters() {
+        let flights: Arc<Flights<&str, u32>> = Arc::default();
+        let Join::Leader(leader, _) = flights.join(&"k") else {
+            panic!()
+        };
+        let Join::Follower(w) = flights.join(&"k") else {
+            panic!()
+        };
+        drop(leader);
+        assert!(matches!(
+            w.wait(Duration::from_secs(1)).await,
+            Outcome::LeaderLost
+        ));
+        assert!(matches!(flights.join(&"k"), Join::Leader(..)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_leader_times_waiters_out() {
+        let flights: Arc<Flights<&str, u32>> = Arc::default();
+        let Join::Leader(_leader, w) = flights.join(&"k") else {
+            panic!()
+        };
+        assert!(matches!(
+            w.wait(Duration::from_secs(1)).await,
+            Outcome::TimedOut
+        ));
+    }
+}

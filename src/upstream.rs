@@ -1,0 +1,254 @@
+//! The one pooled upstream client: rustls, HTTP/1.1 and h2 by ALPN, key injection, timeouts.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::{collect_limited, Body, CollectError};
+use crate::config::{Secret, UpstreamConfig};
+use crate::error::ProxyError;
+use crate::headers::{strip_hop_by_hop, MONO_SEC_KEY, REQUEST_ID};
+
+/// A response read fully into memory (for the cache and for answers shared by waiters).
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// Upstream status.
+    pub status: StatusCode,
+    /// Upstream end-to-end headers.
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl Fetched {
+    /// Turns the buffered answer into a response (bytes shared, not copied).
+    pub fn to_response(&self) -> Response<Body> {
+        let mut resp = Response::new(Body::full(self.body.clone()));
+        *resp.status_mut() = self.status;
+        *resp.headers_mut() = self.headers.clone();
+        resp
+    }
+}
+
+/// The upstream origin and the pooled client that reaches it.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    scheme: Scheme,
+    authority: Authority,
+    host: HeaderValue,
+    max_response_bytes: usize,
+}
+
+impl Upstream {
+    /// Builds the client from config: webpki roots plus the optional `ca_file`.
+    pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(path) = &cfg.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
+            let mut added = 0;
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let cert = cert.map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+                added += 1;
+            }
+            if added == 0 {
+                return Err(format!("ca_file {} holds no certificate", path.display()));
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(cfg.pool_idle_timeout)
+            .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
+            .build(connector);
+        let scheme = cfg.base_url.scheme().cloned().unwrap_or(Scheme::HTTPS);
+        let authority = cfg
+            .base_url
+            .authority()
+            .cloned()
+            .ok_or_else(|| "upstream base_url has no host".to_string())?;
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| "upstream host is not a valid header value".to_string())?;
+        Ok(Upstream {
+            client,
+            scheme,
+            authority,
+            host,
+            max_response_bytes: cfg.max_response_bytes,
+        })
+    }
+
+    /// The upstream URI for a path and query; the origin always comes from config.
+    pub fn uri(&self, path_and_query: &str) -> Result<Uri, ProxyError> {
+        let pq: PathAndQuery = path_and_query
+            .parse()
+            .map_err(|_| ProxyError::BadRequest("invalid request target".into()))?;
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|e| ProxyError::Internal(format!("building upstream uri: {e}")))
+    }
+
+    /// Rewrites a client request head for the upstream: target, `Host`, key, hop-by-hop, id.
+    pub fn prepare(
+        &self,
+        parts: &mut Parts,
+        key: &Secret,
+        request_id: &HeaderValue,
+    ) -> Result<(), ProxyError> {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        parts.uri = self.uri(pq)?;
+        // The upstream speaks whatever version ALPN picks; the client's version does not carry over.
+        parts.version = http::Version::HTTP_11;
+        let headers = &mut parts.headers;
+        strip_hop_by_hop(headers);
+        headers.remove(header::HOST);
+        headers.insert(header::HOST, self.host.clone());
+        headers.insert(MONO_SEC_KEY, key_value(key)?);
+        headers.insert(REQUEST_ID, request_id.clone());
+        Ok(())
+    }
+
+    /// A bodiless GET to the upstream carrying the key and request id.
+    pub fn get(
+        &self,
+        path_and_query: &str,
+        key: &Secret,
+        request_id: &HeaderValue,
+        realtime: bool,
+    ) -> Result<Request<Body>, ProxyError> {
+        let mut req = Request::new(Body::empty());
+        *req.method_mut() = Method::GET;
+        *req.uri_mut() = self.uri(path_and_query)?;
+        let h = req.headers_mut();
+        h.insert(header::HOST, self.host.clone());
+        h.insert(MONO_SEC_KEY, key_value(key)?);
+        h.insert(REQUEST_ID, request_id.clone());
+        h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        if realtime {
+            h.insert("x-realtime", HeaderValue::from_static("true"));
+        }
+        Ok(req)
+    }
+
+    /// Sends a request and returns the response head within `timeout`; the body streams after.
+    pub async fn send(
+        &self,
+        req: Request<Body>,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let started = Instant::now();
+        match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Err(_) => Err(ProxyError::UpstreamTimeout(timeout.as_millis() as u64)),
+            Ok(Err(e)) => Err(classify_client_error(&e, started.elapsed(), timeout)),
+            Ok(Ok(mut resp)) => {
+                strip_hop_by_hop(resp.headers_mut());
+                Ok(resp)
+            }
+        }
+    }
+
+    /// Sends a request and reads the whole answer, head and body, within `timeout`.
+    pub async fn fetch(
+        &self,
+        req: Request<Body>,
+        timeout: Duration,
+    ) -> Result<Fetched, ProxyError> {
+        let limit = self.max_response_bytes;
+        let work = async {
+            let resp = self.send(req, timeout).await?;
+            let (parts, body) = resp.into_parts();
+            let body = collect_limited(body, limit).await.map_err(|e| match e {
+                CollectError::TooLarge => {
+                    ProxyError::BadUpstream(format!("response body larger than {limit} bytes"))
+                }
+                CollectError::Read(e) => ProxyError::UpstreamUnreachable(e),
+            })?;
+            let mut headers = parts.headers;
+            headers.remove(header::CONTENT_LENGTH);
+            Ok(Fetched {
+                status: parts.status,
+                headers,
+                body,
+            })
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(ProxyError::UpstreamTimeout(timeout.as_millis() as u64)),
+        }
+    }
+}
+
+/// The key as a sensitive header value (kept out of HPACK tables and `Debug`).
+fn key_value(key: &Secret) -> Result<HeaderValue, ProxyError> {
+    let mut v = HeaderValue::from_str(key.expose())
+        .map_err(|_| ProxyError::Internal("the secret key is not a valid header value".into()))?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+fn classify_client_error(
+    e: &hyper_util::client::legacy::Error,
+    elapsed: Duration,
+    timeout: Duration,
+) -> ProxyError {
+    use std::error::Error as _;
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return ProxyError::UpstreamTimeout(elapsed.min(timeout).as_millis() as u64);
+            }
+        }
+        source = s.source();
+    }
+    // The chain may name hosts and addresses, never headers, so it is safe to report.
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    ProxyError::UpstreamUnreachable(msg)
+}

@@ -1,0 +1,334 @@
+//! Mono's webhooks (spec §6): authenticate, apply once, relay to every target, lose nothing.
+//!
+//! Mono retries any delivery we do not answer 200, so a target that is down turns into a 502
+//! and a later retry; per-event memory makes the retry apply nothing twice and relay only to the
+//! targets that have not had it yet.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::body::{collect_limited, Body, CollectError};
+use crate::error::{envelope, json_response, timestamp, ProxyError};
+use crate::headers::{strip_hop_by_hop, MONO_SEC_KEY, MONO_WEBHOOK_SECRET};
+use crate::jobs;
+use crate::route::Kind;
+use crate::state::State;
+use crate::store::{JobStatus, JobUpdate, RecordKey};
+
+/// Mono retries for up to 48 h: remember deliveries a little longer.
+const DELIVERY_MEMORY: Duration = Duration::from_secs(50 * 3600);
+
+/// Progress of one event across its deliveries.
+#[derive(Default)]
+struct Progress {
+    applied: bool,
+    delivered: Vec<bool>,
+}
+
+/// Per-event memory: applied once, relayed once per target.
+pub struct Deliveries {
+    events: moka::sync::Cache<String, Arc<tokio::sync::Mutex<Progress>>>,
+}
+
+impl Default for Deliveries {
+    fn default() -> Self {
+        Deliveries::new()
+    }
+}
+
+impl Deliveries {
+    /// Empty memory.
+    pub fn new() -> Deliveries {
+        Deliveries {
+            events: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(DELIVERY_MEMORY)
+                .build(),
+        }
+    }
+}
+
+/// Compares secrets in constant time (digests first, so the length does not leak either).
+pub fn secret_matches(presented: &[u8], expected: &str) -> bool {
+    let a = Sha256::digest(presented);
+    let b = Sha256::digest(expected.as_bytes());
+    a.ct_eq(&b).into()
+}
+
+/// Handles one delivery from Mono.
+pub async fn serve(
+    state: &Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    let secrets = state.secrets.load_full();
+    let Some(expected) = secrets.webhook.as_ref() else {
+        state.metrics.webhook("unknown", "rejected");
+        tracing::warn!("webhook refused: no webhook secret is configured (MONO_WEBHOOK_SECRET)");
+        return Err(ProxyError::Unauthorized("webhook secret is not configured"));
+    };
+    let presented = req
+        .headers()
+        .get(MONO_WEBHOOK_SECRET)
+        .map(HeaderValue::as_bytes)
+        .unwrap_or_default();
+    if !secret_matches(presented, expected.expose()) {
+        state.metrics.webhook("unknown", "rejected");
+        return Err(ProxyError::Unauthorized("invalid mono-webhook-secret"));
+    }
+    let limit = state.config.webhook.max_body;
+    let (parts, body) = req.into_parts();
+    let body = collect_limited(body, limit).await.map_err(|e| match e {
+        CollectError::TooLarge => ProxyError::PayloadTooLarge(limit),
+        CollectError::Read(e) => ProxyError::BadRequest(format!("reading the body failed: {e}")),
+    })?;
+    let event: Value = serde_json::from_slice(&body)
+        .map_err(|e| ProxyError::BadRequest(format!("malformed JSON: {e}")))?;
+    let name = event
+        .get("event")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    state.metrics.webhook(&name, "received");
+
+    let id = match event.get("event_id").and_then(Value::as_str) {
+        Some(id) => format!("id:{id}"),
+        None => format!("sha256:{:x}", Sha256::digest(&body)),
+    };
+    let progress = state.deliveries.events.get_with(id, Default::default);
+    // Held across the relay: a retry racing the first delivery waits for it instead of doubling it.
+    let mut progress = progress.lock().await;
+    if !progress.applied {
+        apply(state, &name, &event).await?;
+        progress.applied = true;
+        state.metrics.webhook(&name, "applied");
+    }
+    let targets = &state.config.webhook.forward_to;
+    progress.delivered.resize(targets.len(), false);
+    let failed = relay(state, &name, &parts.headers, &body, &mut progress.delivered).await;
+    if failed == 0 {
+        Ok(json_response(
+            StatusCode::OK,
+            serde_json::json!({
+                "status": "successful",
+                "message": "webhook received",
+                "timestamp": timestamp(),
+                "data": null,
+            })
+            .to_string(),
+        ))
+    } else {
+        Ok(envelope(
+            StatusCode::BAD_GATEWAY,
+            &format!(
+                "relay failed for {failed} of {} targets; retry the delivery",
+                targets.len()
+            ),
+        ))
+    }
+}
+
+/// Applies an event to job records and caches; unknown events change nothing.
+async fn apply(state: &Arc<State>, name: &str, event: &Value) -> Result<(), ProxyError> {
+    let data = event.get("data").unwrap_or(&Value::Null);
+    match name {
+        "mono.accounts.jobs.update" => {
+            let id = data.get("id").and_then(Value::as_str);
+            let status = data
+                .get("status")
+                .and_then(Value::as_str)
+                .and_then(JobStatus::parse);
+            if let (Some(id), Some(status)) = (id, status) {
+                let update = JobUpdate {
+                    status,
+                    has_new_data: data.get("has_new_data").and_then(Value::as_bool),
+                    reauth_required: data
+                        .get("reauth_required")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false),
+                };
+                jobs::apply(state, id, &update, None).await;
+            }
+        }
+        "mono.events.account_updated" | "mono.accounts.account_updated" => {
+            let meta = data.get("meta").unwrap_or(&Value::Null);
+            let account = account_id(data);
+            let sync = meta
+                .get("sync_status")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let has_new_data = meta.get("has_new_data").and_then(Value::as_bool);
+            let update = if sync.eq_ignore_ascii_case("SUCCESSFUL") {
+                JobUpdate {
+                    status: JobStatus::Finished,
+                    has_new_data,
+                    reauth_required: false,
+                }
+            } else if sync.eq_ignore_ascii_case("FAILED") {
+                JobUpdate {
+                    status: JobStatus::Failed,
+                    has_new_data,
+                    reauth_required: false,
+                }
+            } else if sync.eq_ignore_ascii_case("REAUTHORISATION_REQUIRED") {
+                JobUpdate {
+                    status: JobStatus::Failed,
+                    has_new_data,
+                    reauth_required: true,
+                }
+            } else {
+                return Ok(());
+            };
+            match meta.get("job_id").and_then(Value::as_str) {
+                Some(job_id) => jobs::apply(state, job_id, &update, account.as_deref()).await,
+                None => {
+                    if let Some(account) = account {
+                        apply_to_account(state, &account, &update).await?;
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Older events name no job: apply to the account's processing jobs, and invalidate on success.
+async fn apply_to_account(
+    state: &Arc<State>,
+    account: &str,
+    update: &JobUpdate,
+) -> Result<(), ProxyError> {
+    let tenants = state.secrets.load().tenant_ids();
+    let mut invalidated = false;
+    for tenant in tenants {
+        for kind in [Kind::Balance, Kind::Transactions] {
+            let key = RecordKey {
+                tenant: tenant.clone(),
+                account: account.to_string(),
+                kind,
+            };
+            if let Some(rec) = state.store.get(&key).await? {
+                if rec.status == JobStatus::Processing {
+                    jobs::apply(state, &rec.job_id, update, None).await;
+                    invalidated |= update.status == JobStatus::Finished;
+                }
+            }
+        }
+    }
+    if update.status == JobStatus::Finished && !invalidated {
+        jobs::invalidate(state, account, update.has_new_data).await;
+    }
+    Ok(())
+}
+
+/// `data.account._id`, `data.account.id`, or `data.account` as a string.
+fn account_id(data: &Value) -> Option<String> {
+    let account = data.get("account")?;
+    let id = match account {
+        Value::String(s) => Some(s.as_str()),
+        Value::Object(o) => o.get("_id").or_else(|| o.get("id")).and_then(Value::as_str),
+        _ => None,
+    }?;
+    Some(id.to_string())
+}
+
+/// Relays to every target not yet delivered, concurrently; returns how many failed.
+async fn relay(
+    state: &Arc<State>,
+    name: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+    delivered: &mut [bool],
+) -> usize {
+    let mut forward = headers.clone();
+    strip_hop_by_hop(&mut forward);
+    forward.remove(header::HOST);
+    forward.remove(header::CONTENT_LENGTH);
+    forward.remove(MONO_SEC_KEY);
+    let timeout = state.config.webhook.timeout;
+    let targets = &state.config.webhook.forward_to;
+    let sends = targets
+        .iter()
+        .zip(delivered.iter())
+        .enumerate()
+        .filter(|(_, (_, done))| !**done)
+        .map(|(i, (target, _))| {
+            let forward = &forward;
+            async move { (i, send(state, target, forward, body.clone(), timeout).await) }
+        });
+    let results = futures_util::future::join_all(sends).await;
+    let mut failed = 0;
+    for (i, result) in results {
+        match result {
+            Ok(()) => {
+                delivered[i] = true;
+                state.metrics.webhook(name, "relayed");
+            }
+            Err(e) => {
+                failed += 1;
+                state.metrics.webhook(name, "relay_failed");
+                tracing::warn!(target = %targets[i], error = %e, "webhook relay failed");
+            }
+        }
+    }
+    failed
+}
+
+async fn send(
+    state: &State,
+    target: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+    timeout: Duration,
+) -> Result<(), String> {
+    let mut req = Request::new(Body::full(body));
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = target.clone();
+    *req.headers_mut() = headers.clone();
+    if let Some(authority) = target.authority() {
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            req.headers_mut().insert(header::HOST, host);
+        }
+    }
+    let resp = state
+        .upstream
+        .send(req, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    // Drain the body so the pooled connection can be reused.
+    let _ = collect_limited(resp.into_body(), 64 * 1024).await;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("target answered {status}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_compare_is_exact() {
+        assert!(secret_matches(b"s3cret", "s3cret"));
+        assert!(!secret_matches(b"s3cre", "s3cret"));
+        assert!(!secret_matches(b"", "s3cret"));
+    }
+
+    #[test]
+    fn account_id_reads_every_shape() {
+        let v: Value = serde_json::json!({"account": {"_id": "a1"}});
+        assert_eq!(account_id(&v).as_deref(), Some("a1"));
+        let v: Value = serde_json::json!({"account": "a2"});
+        assert_eq!(account_id(&v).as_deref(), Some("a2"));
+    }
+}
