@@ -355,6 +355,16 @@ impl<const N: usize> Env for [(&str, &str); N] {
     }
 }
 
+impl Env for Vec<(String, String)> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .filter(|v| !v.is_empty())
+    }
+}
+
 /// The config file to use: `--config`, else `MONO_PROXY_CONFIG`, else `proxy.toml` if present.
 pub fn config_path(flag: Option<&Path>, env: &dyn Env) -> Option<(PathBuf, bool)> {
     if let Some(p) = flag {
