@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use crate::state::State;
 
@@ -36,22 +36,29 @@ pub async fn terminated() {
 }
 
 /// Reloads secrets on SIGHUP and whenever a configured secret file changes.
+///
+/// The SIGHUP handler is registered before this returns, so a SIGHUP sent once the caller has
+/// moved on reloads instead of killing the process (SIGHUP's default action).
 pub fn spawn_secret_reloader(state: &Arc<State>) {
     let files: Vec<PathBuf> = secret_files(state);
     let weak = Arc::downgrade(state);
     #[cfg(unix)]
     {
-        let weak = weak.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut hup) = signal(SignalKind::hangup()) else {
-                return;
-            };
-            while hup.recv().await.is_some() {
-                let Some(state) = weak.upgrade() else { return };
-                reload(&state, "SIGHUP");
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                let weak = weak.clone();
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        let Some(state) = weak.upgrade() else { return };
+                        reload(&state, "SIGHUP");
+                    }
+                });
             }
-        });
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; secret files are still watched")
+            }
+        }
     }
     if files.is_empty() {
         return;
@@ -72,22 +79,24 @@ fn secret_files(state: &State) -> Vec<PathBuf> {
     files
 }
 
+/// A digest of each file's content (`None` when unreadable). Content, not mtime and size: a
+/// rotation that keeps the length and lands within the filesystem's timestamp granularity must
+/// still be seen, and a `touch` alone must not reload. Secret files are tiny, so reading them
+/// every few seconds costs nothing.
+fn fingerprint(files: &[PathBuf]) -> Vec<Option<[u8; 32]>> {
+    use sha2::{Digest, Sha256};
+    files
+        .iter()
+        .map(|f| std::fs::read(f).ok().map(|b| Sha256::digest(&b).into()))
+        .collect()
+}
+
 async fn watch_files(weak: Weak<State>, files: Vec<PathBuf>) {
-    let stamp = |files: &[PathBuf]| -> Vec<Option<(SystemTime, u64)>> {
-        files
-            .iter()
-            .map(|f| {
-                std::fs::metadata(f)
-                    .ok()
-                    .and_then(|m| Some((m.modified().ok()?, m.len())))
-            })
-            .collect()
-    };
-    let mut last = stamp(&files);
+    let mut last = fingerprint(&files);
     loop {
         tokio::time::sleep(SECRET_FILE_CHECK).await;
         let Some(state) = weak.upgrade() else { return };
-        let now = stamp(&files);
+        let now = fingerprint(&files);
         if now != last {
             last = now;
             reload(&state, "secret file changed");

@@ -1,5 +1,7 @@
 //! Log setup: `tracing` with a `RUST_LOG`-style filter, as text or one JSON object per line.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
@@ -9,7 +11,10 @@ pub fn init(cfg: &LogConfig) -> Result<(), String> {
     let filter = EnvFilter::try_new(&cfg.filter).map_err(|e| format!("log filter: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: container runtimes and log shippers store
+        // stderr as-is, and escape codes there make lines unreadable and ungreppable.
+        .with_ansi(std::io::stderr().is_terminal());
     let result = match cfg.format {
         LogFormat::Json => builder
             .json()

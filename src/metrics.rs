@@ -199,7 +199,9 @@ impl Metrics {
     /// Counts a realtime call by outcome: `forwarded`, `collapsed` or `rate_limited`.
     pub fn realtime(&self, outcome: &'static str) {
         self.realtime.get_or_create(&OutcomeLabel { outcome }).inc();
-        if outcome != "forwarded" {
+        // Only a collapsed call is one Mono would have served (and billed); a call held back
+        // after a 429 would have been refused anyway, so it saves nothing.
+        if outcome == "collapsed" {
             let micros = self.cost_per_call_micros.load(Ordering::Relaxed);
             if micros > 0 {
                 self.saved.inc_by(micros as f64 / 1_000_000.0);
@@ -278,6 +280,8 @@ mod tests {
         let m = Metrics::new(Some(0.5));
         m.request("cached", "hit", 200);
         m.realtime("collapsed");
+        m.realtime("rate_limited");
+        m.realtime("forwarded");
         let text = m.encode(3, 1024);
         assert!(
             text.contains(
