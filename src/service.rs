@@ -213,7 +213,7 @@ async fn passthrough(
     let body = if hyper::body::Body::is_end_stream(&body) {
         Body::empty()
     } else {
-        Body::Limited(http_body_util::Limited::new(body, limit))
+        Body::limited(body, limit)
     };
     let resp = state
         .timed_send(

@@ -678,3 +678,37 @@ async fn shutdown_finishes_the_request_in_flight_and_refuses_new_connections() {
         .expect("drain ends")
         .expect("clean stop");
 }
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused_with_413() {
+    let sb = sandbox(sandbox_config()).await;
+    let proxy = ProxyBuilder::for_sandbox(&sb)
+        .toml("[server]\nmax_request_body = \"1MiB\"")
+        .start()
+        .await;
+    let declared = "x".repeat(2 * 1024 * 1024);
+    let reply = bounded(Method::POST, &proxy.url("/v2/echo"), &[], &declared).await;
+    assert_eq!(reply.status, 413, "{}", reply.text());
+    assert_envelope(&reply.json());
+
+    // Chunked, so the size is only known once the limit is passed mid-stream.
+    let chunks: Vec<Result<Frame<Bytes>, Infallible>> = (0..32)
+        .map(|_| Ok(Frame::data(Bytes::from(vec![b'y'; 64 * 1024]))))
+        .collect();
+    let client: Client<_, StreamBody<_>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::post(proxy.url("/v2/echo"))
+        .body(StreamBody::new(futures_util::stream::iter(chunks)))
+        .unwrap();
+    let resp = tokio::time::timeout(CALL_BOUND, client.request(req))
+        .await
+        .expect("bounded")
+        .expect("answer");
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        sb.sandbox.count("echo"),
+        0,
+        "no oversized body was delivered"
+    );
+}
