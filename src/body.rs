@@ -16,14 +16,19 @@ pub enum Body {
     Full(Option<Bytes>),
     /// A body streamed from the peer without buffering (passthrough).
     Stream(Incoming),
-    /// A streamed client body that fails once it passes a byte limit.
-    Limited(http_body_util::Limited<Incoming>),
+    /// A streamed client body that fails with [`TooLarge`] once it passes a byte limit.
+    Limited(http_body_util::Limited<Incoming>, usize),
 }
 
 impl Body {
     /// A body with no bytes.
     pub fn empty() -> Self {
         Body::Full(None)
+    }
+
+    /// A streamed client body refused with [`TooLarge`] past `limit` bytes.
+    pub fn limited(body: Incoming, limit: usize) -> Self {
+        Body::Limited(http_body_util::Limited::new(body, limit), limit)
     }
 
     /// A body holding `bytes`, sent without copying.
@@ -54,7 +59,20 @@ impl HttpBody for Body {
         match self.get_mut() {
             Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Body::Stream(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            Body::Limited(body) => Pin::new(body).poll_frame(cx),
+            // A typed error, so whoever sees it fail (the upstream client) can tell the client's
+            // oversized body (413) from a broken upstream (502).
+            Body::Limited(body, limit) => {
+                let limit = *limit;
+                Pin::new(body).poll_frame(cx).map_err(|e| {
+                    if e.downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some()
+                    {
+                        Box::new(TooLarge(limit)) as BoxError
+                    } else {
+                        e
+                    }
+                })
+            }
         }
     }
 
@@ -62,7 +80,7 @@ impl HttpBody for Body {
         match self {
             Body::Full(bytes) => bytes.is_none(),
             Body::Stream(body) => body.is_end_stream(),
-            Body::Limited(body) => body.is_end_stream(),
+            Body::Limited(body, _) => body.is_end_stream(),
         }
     }
 
@@ -71,10 +89,15 @@ impl HttpBody for Body {
             Body::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Body::Full(None) => SizeHint::with_exact(0),
             Body::Stream(body) => body.size_hint(),
-            Body::Limited(body) => body.size_hint(),
+            Body::Limited(body, _) => body.size_hint(),
         }
     }
 }
+
+/// A streamed request body passed its limit (bytes) while being forwarded.
+#[derive(Debug, thiserror::Error)]
+#[error("request body is larger than {0} bytes")]
+pub struct TooLarge(pub usize);
 
 /// Reads a whole body into memory, refusing one larger than `limit` bytes.
 pub async fn collect_limited<B>(body: B, limit: usize) -> Result<Bytes, CollectError>

@@ -595,9 +595,16 @@ impl<'t, 'e> Fields<'t, 'e> {
         }
     }
 
+    /// The environment's value when set, else the file's. The file's key is read either way:
+    /// skipping it would leave it "unknown" and refuse a valid file whenever the env overrides it.
+    fn env_or_string(&mut self, key: &'static str, env: Option<String>) -> Option<String> {
+        let file = self.string(key);
+        env.or(file)
+    }
+
     fn addr(&mut self, key: &'static str, env: Option<String>, default: &str) -> SocketAddr {
-        let text = env
-            .or_else(|| self.string(key))
+        let text = self
+            .env_or_string(key, env)
             .unwrap_or_else(|| default.to_string());
         match text.parse() {
             Ok(a) => a,
@@ -669,9 +676,8 @@ fn build(root: &Table, env: &dyn Env, errors: &mut Vec<String>) -> Config {
         env.var("MONO_PROXY_ADMIN_LISTEN"),
         DEFAULT_ADMIN_LISTEN,
     );
-    let public_base_url = env
-        .var("MONO_PROXY_PUBLIC_BASE_URL")
-        .or_else(|| top.string("public_base_url"))
+    let public_base_url = top
+        .env_or_string("public_base_url", env.var("MONO_PROXY_PUBLIC_BASE_URL"))
         .unwrap_or_else(|| format!("http://{listen}"));
     top.known.extend(SECTIONS.iter().filter(|s| !s.is_empty()));
     top.finish();
@@ -701,9 +707,8 @@ fn build(root: &Table, env: &dyn Env, errors: &mut Vec<String>) -> Config {
 
     let upstream = {
         let mut f = Fields::new("upstream", section(root, "upstream", errors), errors);
-        let base_text = env
-            .var("MONO_PROXY_UPSTREAM_URL")
-            .or_else(|| f.string("base_url"))
+        let base_text = f
+            .env_or_string("base_url", env.var("MONO_PROXY_UPSTREAM_URL"))
             .unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
         let base_url = match parse_origin(&base_text) {
             Ok(u) => u,
@@ -847,9 +852,8 @@ fn build(root: &Table, env: &dyn Env, errors: &mut Vec<String>) -> Config {
                 Backend::Memory
             }
         };
-        let redis_url = env
-            .var("MONO_PROXY_REDIS_URL")
-            .or_else(|| f.string("redis_url"))
+        let redis_url = f
+            .env_or_string("redis_url", env.var("MONO_PROXY_REDIS_URL"))
             .unwrap_or_else(|| DEFAULT_REDIS_URL.to_string());
         if !(redis_url.starts_with("redis://")
             || redis_url.starts_with("rediss://")
@@ -880,9 +884,8 @@ fn build(root: &Table, env: &dyn Env, errors: &mut Vec<String>) -> Config {
 
     let log = {
         let mut f = Fields::new("log", section(root, "log", errors), errors);
-        let format = match env
-            .var("MONO_PROXY_LOG_FORMAT")
-            .or_else(|| f.string("format"))
+        let format = match f
+            .env_or_string("format", env.var("MONO_PROXY_LOG_FORMAT"))
             .as_deref()
         {
             None | Some("text") => LogFormat::Text,
@@ -895,9 +898,8 @@ fn build(root: &Table, env: &dyn Env, errors: &mut Vec<String>) -> Config {
                 LogFormat::Text
             }
         };
-        let filter = env
-            .var("RUST_LOG")
-            .or_else(|| f.string("filter"))
+        let filter = f
+            .env_or_string("filter", env.var("RUST_LOG"))
             .unwrap_or_else(|| "info".to_string());
         if tracing_subscriber::EnvFilter::try_new(&filter).is_err() {
             f.problem("filter", format!("invalid log filter {filter:?}"));
@@ -1086,6 +1088,26 @@ mod tests {
         let c = Config::parse("", &[("MONO_SEC_KEY", "live_sk_topsecret")]).unwrap();
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("topsecret"), "{dbg}");
+    }
+
+    #[test]
+    fn environment_overrides_a_key_the_file_also_sets() {
+        let text = r#"
+            listen = "127.0.0.1:1111"
+            [upstream]
+            base_url = "https://api.withmono.com"
+            [log]
+            filter = "info"
+        "#;
+        let env = [
+            ("MONO_PROXY_LISTEN", "127.0.0.1:2222"),
+            ("MONO_PROXY_UPSTREAM_URL", "http://127.0.0.1:3333"),
+            ("RUST_LOG", "debug"),
+        ];
+        let c = Config::parse(text, &env).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:2222");
+        assert_eq!(c.upstream_authority(), "127.0.0.1:3333");
+        assert_eq!(c.log.filter, "debug");
     }
 
     #[test]

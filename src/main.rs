@@ -131,6 +131,18 @@ async fn run(path: Option<PathBuf>, listen: Option<SocketAddr>) -> ExitCode {
         eprintln!("mono-proxy: {e}");
         return ExitCode::from(2);
     }
+    // Install the SIGTERM/SIGINT handlers (on the future's first poll) before binding, so that
+    // once the port answers a signal always drains instead of killing the process outright.
+    let terminated = mono_proxy::lifecycle::terminated();
+    tokio::pin!(terminated);
+    let signalled = tokio::select! {
+        biased;
+        _ = &mut terminated => true,
+        _ = std::future::ready(()) => false,
+    };
+    if signalled {
+        return ExitCode::SUCCESS;
+    }
     let running = match mono_proxy::app::bind_and_start(config).await {
         Ok(r) => r,
         Err(e) => {
@@ -139,7 +151,7 @@ async fn run(path: Option<PathBuf>, listen: Option<SocketAddr>) -> ExitCode {
         }
     };
     mono_proxy::lifecycle::spawn_secret_reloader(&running.state);
-    mono_proxy::lifecycle::terminated().await;
+    terminated.await;
     tracing::info!("shutting down: not ready, draining in-flight requests");
     report(running.stop().await.map_err(|e| e.to_string()))
 }

@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use futures_util::future::BoxFuture;
 use http::header::{self, HeaderValue};
-use http::{Request, Response};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::body::Body;
@@ -125,9 +126,25 @@ async fn pipeline(
 
 /// Decides the request class and refuses what must never be forwarded.
 fn classify(state: &State, req: &Request<Incoming>) -> Result<Route, ProxyError> {
+    // Every HTTP/2 request carries `:authority` (the proxy's own address, what `Host` is in
+    // HTTP/1), so hyper puts one in every h2 URI. Only an HTTP/1 target with an authority is
+    // absolute-form (`HTTPS_PROXY` clients); checking h2's would refuse all h2 traffic with 403.
+    // The upstream origin comes from config either way, so ignoring it cannot redirect anything.
+    let origin_form;
+    let uri = if req.version() >= Version::HTTP_2 && req.method() != Method::CONNECT {
+        origin_form = Uri::from(
+            req.uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        &origin_form
+    } else {
+        req.uri()
+    };
     route::classify(
         req.method(),
-        req.uri(),
+        uri,
         req.headers(),
         &state.config.webhook.path,
         &state.config.upstream.accept_hosts,
@@ -196,7 +213,7 @@ async fn passthrough(
     let body = if hyper::body::Body::is_end_stream(&body) {
         Body::empty()
     } else {
-        Body::Limited(http_body_util::Limited::new(body, limit))
+        Body::limited(body, limit)
     };
     let resp = state
         .timed_send(

@@ -235,6 +235,10 @@ fn classify_client_error(
     use std::error::Error as _;
     let mut source = e.source();
     while let Some(s) = source {
+        // The client's own body passed the limit mid-stream: its fault, not the upstream's.
+        if let Some(too_large) = s.downcast_ref::<crate::body::TooLarge>() {
+            return ProxyError::PayloadTooLarge(too_large.0);
+        }
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::TimedOut {
                 return ProxyError::UpstreamTimeout(elapsed.min(timeout).as_millis() as u64);

@@ -1,0 +1,714 @@
+//! The foundation (issue 2) over real sockets: passthrough, key handling, header hygiene,
+//! request targets, input validation, upstream failures, HTTP/2, TLS upstream and drain.
+
+mod support;
+
+use std::convert::Infallible;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use mono_proxy::sandbox::{self_signed_cert, Fault, Sandbox};
+use serde_json::Value;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Upper bound for any single exchange: a hang fails the test instead of stalling it.
+const CALL_BOUND: Duration = Duration::from_secs(10);
+
+/// A raw HTTP/1.1 exchange: what the proxy answered to exactly these bytes.
+struct Raw {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Raw {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not json ({e}): {}\n{}", self.head, self.body))
+    }
+}
+
+/// Sends `request_line` plus `headers` verbatim (no client normalisation) and reads the answer.
+async fn raw(addr: SocketAddr, request_line: &str, headers: &[&str]) -> Raw {
+    let mut text = format!("{request_line}\r\n");
+    for h in headers {
+        text.push_str(h);
+        text.push_str("\r\n");
+    }
+    text.push_str("Connection: close\r\n\r\n");
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(text.as_bytes()).await.expect("write");
+        let mut buf = Vec::new();
+        stream.read_to_end(&mut buf).await.expect("read");
+        buf
+    };
+    let buf = tokio::time::timeout(CALL_BOUND, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("no answer to {request_line:?}"));
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {text:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Raw {
+        status,
+        head: head.to_string(),
+        body,
+    }
+}
+
+/// Decodes a chunked body (enough for the short answers these tests read).
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    for _ in 0..10_000 {
+        let Some((size, after)) = rest.split_once("\r\n") else {
+            break;
+        };
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 || after.len() < size {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Asserts Mono's failed envelope.
+fn assert_envelope(body: &Value) {
+    assert_eq!(body["status"], "failed", "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(body["timestamp"].as_str().is_some(), "{body}");
+    assert!(body["data"].is_null(), "{body}");
+}
+
+/// One request through the harness client, bounded so a hang fails.
+async fn bounded(method: Method, url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    tokio::time::timeout(
+        CALL_BOUND,
+        send(method, url, headers, Bytes::from(body.to_string())),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{url}: no answer within {CALL_BOUND:?}"))
+}
+
+#[tokio::test]
+async fn methods_query_and_body_pass_through_unchanged() {
+    let sb = sandbox(sandbox_config()).await;
+    let proxy = ProxyBuilder::for_sandbox(&sb).start().await;
+    for method in [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+    ] {
+        let body = if method == Method::GET {
+            String::new()
+        } else {
+            format!("{{\"via\":\"{method}\",\"n\":[1,2,3]}}")
+        };
+        let url = proxy.url("/v2/echo/some/path?b=2&a=one&&z=%20x");
+        let reply = bounded(
+            method.clone(),
+            &url,
+            &[("content-type", "application/json"), ("x-custom", "Kept")],
+            &body,
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{method}: {}", reply.text());
+        let echo = reply.json();
+        assert_eq!(echo["method"], method.as_str());
+        assert_eq!(echo["path"], "/v2/echo/some/path");
+        assert_eq!(
+            echo["query"], "b=2&a=one&&z=%20x",
+            "query is not normalised"
+        );
+        assert_eq!(echo["body"], body.as_str());
+        assert_eq!(echo["headers"]["x-custom"], "Kept");
+        assert_eq!(echo["headers"]["content-type"], "application/json");
+    }
+    assert_eq!(sb.sandbox.count("echo"), 5);
+    let methods: Vec<String> = sb
+        .sandbox
+        .requests()
+        .into_iter()
+        .map(|r| r.method)
+        .collect();
+    assert_eq!(methods, ["GET", "POST", "PUT", "PATCH", "DELETE"]);
+}
+
+#[tokio::test]
+async fn a_streamed_three_mib_body_arrives_intact() {
+    let sb = sandbox(sandbox_config()).await;
+    let proxy = ProxyBuilder::for_sandbox(&sb).start().await;
+    // 48 chunks of 64 KiB with no content-length: the proxy must stream, not assume a size.
+    let chunks: Vec<Result<Frame<Bytes>, Infallible>> = (0..48u8)
+        .map(|i| {
+            let byte = b'a' + (i % 26);
+            Ok(Frame::data(Bytes::from(vec![byte; 64 * 1024])))
+        })
+        .collect();
+    let expected: String = (0..48u8)
+        .map(|i| char::from(b'a' + (i % 26)).to_string().repeat(64 * 1024))
+        .collect();
+    let body = StreamBody::new(futures_util::stream::iter(chunks));
+    let client: Client<_, StreamBody<_>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::post(proxy.url("/v2/echo/upload"))
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .unwrap();
+    let exchange = async {
+        let resp = client.request(req).await.expect("proxy answers");
+        let status = resp.status();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, body)
+    };
+    let (status, body) = tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .expect("3 MiB round trip finishes");
+    assert_eq!(
+        status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&body[..body.len().min(500)])
+    );
+    let echo: Value = serde_json::from_slice(&body).unwrap();
+    let got = echo["body"].as_str().unwrap();
+    assert_eq!(got.len(), 3 * 1024 * 1024);
+    assert!(got == expected, "the body changed on the way");
+    assert_eq!(
+        echo["headers"]["transfer-encoding"], "chunked",
+        "streamed, not buffered into a content-length"
+    );
+}
+
+#[tokio::test]
+async fn the_key_is_injected_and_a_client_key_never_reaches_upstream() {
+    let sb = sandbox(sandbox_config()).await;
+    let proxy = ProxyBuilder::for_sandbox(&sb).start().await;
+    let plain = bounded(Method::GET, &proxy.url("/v2/echo"), &[], "").await;
+    assert_eq!(plain.status, 200, "{}", plain.text());
+    assert_eq!(plain.json()["headers"]["mono-sec-key"], KEY);
+
+    let sent = bounded(
+        Method::POST,
+        &proxy.url("/v2/echo"),
+        &[("Mono-Sec-Key", "live_sk_from_the_app")],
+        "{}",
+    )
+    .await;
+    assert_eq!(sent.status, 200, "{}", sent.text());
+    assert_eq!(sent.json()["headers"]["mono-sec-key"], KEY);
+
+    let balance = bounded(
+        Method::GET,
+        &proxy.url("/v2/accounts/acc1/balance"),
+        &[("mono-sec-key", "live_sk_from_the_app")],
+        "",
+    )
+    .await;
+    assert_eq!(balance.status, 200, "{}", balance.text());
+
+    let requests = sb.sandbox.requests();
+    assert_eq!(requests.len(), 3);
+    for r in &requests {
+        let keys: Vec<&str> = r
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("mono-sec-key"))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(keys, [KEY], "{} {}", r.method, r.path);
+    }
+    assert_eq!(sb.sandbox.count("unauthorized"), 0);
+}
+
+#[tokio::test]
+async fn a_client_key_is_refused_when_the_policy_is_reject() {
+    let sb = sandbox(sandbox_config()).await;
+    let proxy = ProxyBuilder::for_sandbox(&sb)
+        .toml("[upstream]\nclient_key = \"reject\"")
+        .start()
+        .await;
+    for path in ["/v2/echo", "/v2/accounts/acc1/balance"] {
+        let refused = bounded(
+            Method::GET,
+            &proxy.url(path),
+            &[("mono-sec-key", "live_sk_from_the_app")],
+            "",
+        )
+        .await;
+        assert_eq!(refused.status, 400, "{path}: {}", refused.text());
+        assert_envelope(&refused.json());
+    }
+    assert_eq!(sb.sandbox.count("total"), 0);
+    let allowed = bounded(Method::GET, &proxy.url("/v2/echo"), &[], "").await;
+    assert_eq!(allowed.status, 200);
+    assert_eq!(allowed.json()["headers"]["mono-sec-key"], KEY);
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed_and_host_is_the_upstream() {
+    let sb = sandbox(sandbox_config()).await;
+    let proxy = ProxyBuilder::for_sandbox(&sb).start().await;
+    let reply = raw(
+        proxy.running.addr,
+        "GET /v2/echo?x=1 HTTP/1.1",
+        &[
+            "Host: app.internal:1234",
+            "Connection: x-hop, keep-alive",
+            "X-Hop: 1",
+            "Keep-Alive: timeout=5",
+            "TE: trailers",
+            "Proxy-Authorization: Basic Zm9vOmJhcg==",
+            "Proxy-Connection: keep-alive",
+            "X-End-To-End: stays",
+        ],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}\n{}", reply.head, reply.body);
+    let requests = sb.sandbox.requests();
+    assert_eq!(requests.len(), 1);
+    let seen = &requests[0];
+    for name in [
+        "x-hop",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "proxy-connection",
+    ] {
+        assert_eq!(seen.header(name), None, "{name} reached the upstream");
+    }
+    if let Some(conn) = seen.header("connection") {
+        assert!(!conn.contains("x-hop"), "connection: {conn}");
+    }
+    assert_eq!(seen.header("x-end-to-end"), Some("stays"));
+    assert_eq!(seen.header("host"), Some(sb.addr.to_string().as_str()));
+}
+
+#[tokio::test]
+async fn a_request_id_is_generated_forwarded_and_echoed() {
+    let sb = sandbox(sandbox_config()).await;
+    let proxy = ProxyBuilder::for_sandbox(&sb).start().await;
+
+    let generated = bounded(Method::GET, &proxy.url("/v2/echo"), &[], "").await;
+    let id = generated
+        .header("x-request-id")
+        .expect("id echoed")
+        .to_string();
+    assert!(!id.is_empty());
+    assert_eq!(generated.json()["headers"]["x-request-id"], id.as_str());
+
+    let again = bounded(Method::GET, &proxy.url("/v2/echo"), &[], "").await;
+    assert_ne!(
+        again.header("x-request-id"),
+        Some(id.as_str()),
+        "ids are unique"
+    );
+
+    let kept = bounded(
+        Method::GET,
+        &proxy.url("/v2/echo"),
+        &[("x-request-id", "app-req-42")],
+        "",
+    )
+    .await;
+    assert_eq!(kept.header("x-request-id"), Some("app-req-42"));
+    assert_eq!(kept.json()["headers"]["x-request-id"], "app-req-42");
+
+    let insane = bounded(
+        Method::GET,
+        &proxy.url("/v2/echo"),
+        &[("x-request-id", "has spaces in it")],
+        "",
+    )
+    .await;
+    let replaced = insane.header("x-request-id").unwrap().to_string();
+    assert_ne!(replaced, "has spaces in it");
+    assert_eq!(insane.json()["headers"]["x-request-id"], replaced.as_str());
+
+    // Proxy-made errors carry it too.
+    let bad = bounded(
+        Method::GET,
+        &proxy.url("/v2/accounts/acc1/balance"),
+        &[("x-realtime", "maybe"), ("x-request-id", "bad-1")],
+        "",
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.header("x-request-id"), Some("bad-1"));
+}
+
+#[tokio::test]
+async fn absolute_form_targets_for_accepted_hosts_reach_the_upstream() {
+    let sb = sandbox(sandbox_config()).await;
+    let proxy = ProxyBuilder::for_sandbox(&sb).start().await;
+    let mono = raw(
+        proxy.running.addr,
+        "GET http://api.withmono.com/v2/echo?x=1 HTTP/1.1",
+        &["Host: api.withmono.com"],
+    )
+    .await;
+    assert_eq!(mono.status, 200, "{}\n{}", mono.head, mono.body);
+    let echo = mono.json();
+    assert_eq!(echo["path"], "/v2/echo");
+    assert_eq!(echo["query"], "x=1");
+    assert_eq!(echo["headers"]["host"], sb.addr.to_string());
+    assert_eq!(echo["headers"]["mono-sec-key"], KEY);
+
+    let own = raw(
+        proxy.running.addr,
+        &format!("GET https://{}/v2/echo/own?y=2 HTTP/1.1", sb.addr),
+        &[&format!("Host: {}", sb.addr)],
+    )
+    .await;
+    assert_eq!(own.status, 200, "{}\n{}", own.head, own.body);
+    assert_eq!(own.json()["path"], "/v2/echo/own");
+
+    let balance = raw(
+        proxy.running.addr,
+        "GET https://api.withmono.com/v2/accounts/acc1/balance HTTP/1.1",
+        &["Host: api.withmono.com"],
+    )
+    .await;
+    assert_eq!(balance.status, 200, "{}\n{}", balance.head, balance.body);
+    assert!(balance.body.contains("\"balance\""), "{}", balance.body);
+    assert_eq!(sb.sandbox.count("echo"), 2);
+    assert_eq!(sb.sandbox.count("balance"), 1);
+}
+
+#[tokio::test]
+async fn a_foreign_authority_is_forbidden_and_never_forwarded() {
+    let sb = sandbox(sandbox_config()).await;
+    let proxy = ProxyBuilder::for_sandbox(&sb).start().await;
+    for target in [
+        "http://evil.example/v2/echo",
+        "https://evil.example/v2/accounts/acc1/balance",
+        "http://api.withmono.com.evil.example/v2/echo",
+        "http://127.0.0.2:9/v2/echo",
+    ] {
+        let reply = raw(
+            proxy.running.addr,
+            &format!("GET {target} HTTP/1.1"),
+            &["Host: evil.example"],
+        )
+        .await;
+        assert_eq!(reply.status, 403, "{target}: {}", reply.body);
+        assert_envelope(&reply.json());
+    }
+    assert_eq!(sb.sandbox.count("total"), 0);
+}
+
+#[tokio::test]
+async fn connect_is_refused_with_a_pointer_to_the_base_url() {
+    let sb = sandbox(sandbox_config()).await;
+    let proxy = ProxyBuilder::for_sandbox(&sb).start().await;
+    let reply = raw(
+        proxy.running.addr,
+        "CONNECT api.withmono.com:443 HTTP/1.1",
+        &["Host: api.withmono.com:443"],
+    )
+    .await;
+    assert_eq!(reply.status, 405, "{}\n{}", reply.head, reply.body);
+    let body = reply.json();
+    assert_envelope(&body);
+    let message = body["message"].as_str().unwrap().to_ascii_lowercase();
+    assert!(message.contains("base url"), "{message}");
+    assert_eq!(sb.sandbox.count("total"), 0);
+}
+
+#[tokio::test]
+async fn malformed_ids_and_paths_are_refused_before_the_upstream() {
+    let sb = sandbox(sandbox_config()).await;
+    let proxy = ProxyBuilder::for_sandbox(&sb).start().await;
+    let long = "a".repeat(200);
+    let targets = [
+        "/v2/accounts/a%20b/balance".to_string(),
+        "/v2/accounts/../v1/x".to_string(),
+        "/v2/accounts/./balance".to_string(),
+        "/v2/accounts/%2e%2e/balance".to_string(),
+        "/v2/accounts/%2E%2E/transactions".to_string(),
+        "/v2/accounts/a%2fb/balance".to_string(),
+        "/v1/%2e%2e/v2/echo".to_string(),
+        format!("/v2/accounts/{long}/balance"),
+        format!("/v2/accounts/{long}/identity"),
+        "/v2/accounts/acc1/jobs/..".to_string(),
+    ];
+    for target in &targets {
+        let reply = raw(
+            proxy.running.addr,
+            &format!("GET {target} HTTP/1.1"),
+            &["Host: localhost"],
+        )
+        .await;
+        assert_eq!(reply.status, 400, "{target}: {}", reply.body);
+        assert_envelope(&reply.json());
+    }
+    for value in ["maybe", "1", "yes"] {
+        let reply = bounded(
+            Method::GET,
+            &proxy.url("/v2/accounts/acc1/balance"),
+            &[("x-realtime", value)],
+            "",
+        )
+        .await;
+        assert_eq!(reply.status, 400, "x-realtime: {value}: {}", reply.text());
+        assert_envelope(&reply.json());
+    }
+    assert_eq!(sb.sandbox.count("total"), 0, "{:?}", sb.sandbox.requests());
+    // Any case of true is accepted (and so is a sane id right at the bound).
+    let upper = bounded(
+        Method::GET,
+        &proxy.url("/v2/accounts/acc1/balance"),
+        &[("x-realtime", "TRUE")],
+        "",
+    )
+    .await;
+    assert_eq!(upper.status, 200, "{}", upper.text());
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_502_in_the_envelope() {
+    let port = free_port();
+    let proxy = ProxyBuilder::new(&format!("http://127.0.0.1:{port}"))
+        .start()
+        .await;
+    for path in ["/v2/echo", "/v2/accounts/acc1/balance", "/v1/misc"] {
+        let reply = bounded(Method::GET, &proxy.url(path), &[], "").await;
+        assert_eq!(reply.status, 502, "{path}: {}", reply.text());
+        assert_envelope(&reply.json());
+        assert!(reply.header("x-request-id").is_some());
+    }
+}
+
+#[tokio::test]
+async fn a_hanging_upstream_is_a_504_after_the_timeout() {
+    let sb = sandbox(sandbox_config()).await;
+    let proxy = ProxyBuilder::for_sandbox(&sb)
+        .toml("[upstream]\ntimeout = \"300ms\"")
+        .start()
+        .await;
+    sb.sandbox.set_fault(Some(Fault::Hang));
+    for path in ["/v2/echo", "/v2/accounts/acc1/balance"] {
+        let reply = bounded(Method::GET, &proxy.url(path), &[], "").await;
+        assert_eq!(reply.status, 504, "{path}: {}", reply.text());
+        assert_envelope(&reply.json());
+    }
+    assert_eq!(sb.sandbox.count("faulted"), 2);
+}
+
+#[tokio::test]
+async fn an_upstream_5xx_passes_through_unchanged_and_uncached() {
+    let sb = sandbox(sandbox_config()).await;
+    let proxy = ProxyBuilder::for_sandbox(&sb).start().await;
+    sb.sandbox.set_fault(Some(Fault::Status(503)));
+    for _ in 0..2 {
+        let reply = bounded(Method::GET, &proxy.url("/v2/echo/thing"), &[], "").await;
+        assert_eq!(reply.status, 503, "{}", reply.text());
+        let body = reply.json();
+        assert_eq!(body["status"], "failed");
+        assert_eq!(body["message"], "Service Unavailable", "Mono's own message");
+        assert_eq!(reply.header("x-cache"), None);
+    }
+    assert_eq!(
+        sb.sandbox.count("faulted"),
+        2,
+        "each call reached the upstream"
+    );
+    sb.sandbox.set_fault(None);
+    let healed = bounded(Method::GET, &proxy.url("/v2/echo/thing"), &[], "").await;
+    assert_eq!(healed.status, 200, "{}", healed.text());
+    assert_eq!(healed.json()["path"], "/v2/echo/thing");
+}
+
+#[tokio::test]
+async fn an_upstream_reset_is_a_502() {
+    let sb = sandbox(sandbox_config()).await;
+    let proxy = ProxyBuilder::for_sandbox(&sb).start().await;
+    sb.sandbox.set_fault(Some(Fault::Reset));
+    for path in ["/v2/echo", "/v2/accounts/acc1/balance"] {
+        let reply = bounded(Method::GET, &proxy.url(path), &[], "").await;
+        assert_eq!(reply.status, 502, "{path}: {}", reply.text());
+        assert_envelope(&reply.json());
+    }
+    assert!(sb.sandbox.count("faulted") >= 2);
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_from_the_client_works() {
+    let sb = sandbox(sandbox_config()).await;
+    let proxy = ProxyBuilder::for_sandbox(&sb).start().await;
+    let h2: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let call = |method: Method, path: &str, body: &'static str| {
+        let req = Request::builder()
+            .method(method)
+            .uri(proxy.url(path))
+            .header("x-custom", "h2")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap();
+        let h2 = h2.clone();
+        async move {
+            let resp = tokio::time::timeout(CALL_BOUND, h2.request(req))
+                .await
+                .expect("bounded")
+                .expect("h2 answer");
+            assert_eq!(resp.version(), http::Version::HTTP_2);
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, body)
+        }
+    };
+    let (status, body) = call(Method::POST, "/v2/echo/h2?q=1", "over h2").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let echo: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["query"], "q=1");
+    assert_eq!(echo["body"], "over h2");
+    assert_eq!(echo["headers"]["x-custom"], "h2");
+    assert_eq!(echo["headers"]["mono-sec-key"], KEY);
+    assert_eq!(echo["headers"]["host"], sb.addr.to_string());
+
+    let (status, body) = call(Method::GET, "/v2/accounts/acc1/balance", "").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("\"balance\""));
+}
+
+#[tokio::test]
+async fn a_tls_upstream_is_trusted_through_ca_file_only() {
+    let (cert, key) = self_signed_cert(&["localhost", "127.0.0.1"]);
+    let mut ca = tempfile::NamedTempFile::new().unwrap();
+    ca.write_all(cert.as_bytes()).unwrap();
+    ca.flush().unwrap();
+    let sb = Sandbox::new(sandbox_config())
+        .spawn_tls(&cert, &key)
+        .await
+        .unwrap();
+    let base = format!("https://127.0.0.1:{}", sb.addr.port());
+
+    let trusted = ProxyBuilder::new(&base)
+        .toml(&format!(
+            "[upstream]\nca_file = \"{}\"",
+            ca.path().display()
+        ))
+        .start()
+        .await;
+    let ok = bounded(
+        Method::GET,
+        &trusted.url("/v2/accounts/acc1/balance"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert!(ok.text().contains("\"balance\""));
+    let echo = bounded(Method::GET, &trusted.url("/v2/echo/tls"), &[], "").await;
+    assert_eq!(echo.status, 200, "{}", echo.text());
+    assert_eq!(echo.json()["headers"]["mono-sec-key"], KEY);
+
+    let untrusted = ProxyBuilder::new(&base).start().await;
+    let before = sb.sandbox.count("total");
+    let refused = bounded(
+        Method::GET,
+        &untrusted.url("/v2/accounts/acc2/balance"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(refused.status, 502, "{}", refused.text());
+    assert_envelope(&refused.json());
+    assert_eq!(
+        sb.sandbox.count("total"),
+        before,
+        "no request over an untrusted channel"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_finishes_the_request_in_flight_and_refuses_new_connections() {
+    let sb = sandbox(sandbox_config()).await;
+    let proxy = ProxyBuilder::for_sandbox(&sb).start().await;
+    let addr = proxy.running.addr;
+    sb.sandbox
+        .set_fault(Some(Fault::Latency(Duration::from_secs(1))));
+    let url = proxy.url("/v2/echo/slow");
+    let in_flight = tokio::spawn(async move { bounded(Method::GET, &url, &[], "").await });
+    let reached = eventually(CALL_BOUND, || async { sb.sandbox.count("total") == 1 }).await;
+    assert!(reached, "the slow request reached the upstream");
+    proxy.running.begin_shutdown();
+
+    let reply = in_flight.await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["path"], "/v2/echo/slow");
+
+    let refused = eventually(CALL_BOUND, || async {
+        TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    assert!(refused, "new connections are refused after shutdown");
+    tokio::time::timeout(CALL_BOUND, proxy.running.wait())
+        .await
+        .expect("drain ends")
+        .expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused_with_413() {
+    let sb = sandbox(sandbox_config()).await;
+    let proxy = ProxyBuilder::for_sandbox(&sb)
+        .toml("[server]\nmax_request_body = \"1MiB\"")
+        .start()
+        .await;
+    let declared = "x".repeat(2 * 1024 * 1024);
+    let reply = bounded(Method::POST, &proxy.url("/v2/echo"), &[], &declared).await;
+    assert_eq!(reply.status, 413, "{}", reply.text());
+    assert_envelope(&reply.json());
+
+    // Chunked, so the size is only known once the limit is passed mid-stream.
+    let chunks: Vec<Result<Frame<Bytes>, Infallible>> = (0..32)
+        .map(|_| Ok(Frame::data(Bytes::from(vec![b'y'; 64 * 1024]))))
+        .collect();
+    let client: Client<_, StreamBody<_>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::post(proxy.url("/v2/echo"))
+        .body(StreamBody::new(futures_util::stream::iter(chunks)))
+        .unwrap();
+    let resp = tokio::time::timeout(CALL_BOUND, client.request(req))
+        .await
+        .expect("bounded")
+        .expect("answer");
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        sb.sandbox.count("echo"),
+        0,
+        "no oversized body was delivered"
+    );
+}
