@@ -53,17 +53,18 @@ async fn concurrent_realtime(replicas: &[&TestProxy], path: &str, n: usize) -> V
     replies
 }
 
-// A generous per-operation timeout where the test is about sharing, not outages: a loaded
-// two-core machine must not trip the fail-open path and make a second upstream call.
-const SLOW_OK: &str = "timeout = \"2s\"";
+// A generous per-operation timeout (default 50 ms): a loaded two-core machine must not turn a
+// slow answer into a local fallback and a second upstream call. Outages are still seen at once:
+// a stopped Redis refuses connections, it does not go slow.
+const TIMEOUT: &str = "timeout = \"1s\"";
 
 #[tokio::test]
 async fn two_replicas_make_one_realtime_call_for_200_concurrent_calls() {
     let r = TestRedis::start();
     let sb = sandbox(sandbox_config()).await;
     let p = prefix();
-    let a = replica(&sb, &r, &p, SLOW_OK, "").await;
-    let b = replica(&sb, &r, &p, SLOW_OK, "").await;
+    let a = replica(&sb, &r, &p, TIMEOUT, "").await;
+    let b = replica(&sb, &r, &p, TIMEOUT, "").await;
     assert_eq!(store_state(&a).await, "ok");
 
     let replies = concurrent_realtime(&[&a, &b], "/v2/accounts/acc-many/balance", 200).await;
@@ -87,8 +88,8 @@ async fn webhook_on_one_replica_updates_job_status_and_drops_cache_on_the_other(
     })
     .await;
     let p = prefix();
-    let a = replica(&sb, &r, &p, SLOW_OK, "[jobs]\npoll = false").await;
-    let b = replica(&sb, &r, &p, SLOW_OK, "[jobs]\npoll = false").await;
+    let a = replica(&sb, &r, &p, TIMEOUT, "[jobs]\npoll = false").await;
+    let b = replica(&sb, &r, &p, TIMEOUT, "[jobs]\npoll = false").await;
     let path = "/v2/accounts/acc-hook/balance";
 
     let started = a.realtime(path).await;
@@ -131,8 +132,8 @@ async fn redis_outage_serves_locally_and_sharing_returns_after_restart() {
     let mut r = TestRedis::private();
     let sb = sandbox(sandbox_config()).await;
     let p = prefix();
-    let a = replica(&sb, &r, &p, "", "").await;
-    let b = replica(&sb, &r, &p, "", "").await;
+    let a = replica(&sb, &r, &p, TIMEOUT, "").await;
+    let b = replica(&sb, &r, &p, TIMEOUT, "").await;
     let shared = a.realtime("/v2/accounts/acc-before/balance").await;
     assert_eq!(shared.status, 200);
     let on_b = b.realtime("/v2/accounts/acc-before/balance").await;
@@ -180,7 +181,14 @@ async fn redis_outage_serves_locally_and_sharing_returns_after_restart() {
 async fn fail_closed_answers_503_while_redis_is_down_and_recovers() {
     let mut r = TestRedis::private();
     let sb = sandbox(sandbox_config()).await;
-    let a = replica(&sb, &r, &prefix(), "fail_open = false", "").await;
+    let a = replica(
+        &sb,
+        &r,
+        &prefix(),
+        "fail_open = false\ntimeout = \"1s\"",
+        "",
+    )
+    .await;
     assert_eq!(a.realtime("/v2/accounts/acc-fc1/balance").await.status, 200);
 
     r.stop();
@@ -211,7 +219,7 @@ async fn proxy_starts_with_redis_down_and_shares_once_it_comes_up() {
     let mut r = TestRedis::private();
     r.stop();
     let sb = sandbox(sandbox_config()).await;
-    let a = replica(&sb, &r, &prefix(), "", "").await;
+    let a = replica(&sb, &r, &prefix(), TIMEOUT, "").await;
     assert!(store_state(&a).await.starts_with("degraded"));
     let rt = a.realtime("/v2/accounts/acc-cold/balance").await;
     assert_eq!(rt.status, 200, "{}", rt.text());

@@ -12,10 +12,12 @@
 //! Channels: `<prefix>:v1:events` carries [`Broadcast`]s, `<prefix>:v1:stored` says a record was
 //! stored so replicas that lost a claim wake at once (a bounded re-read covers lost messages).
 //!
-//! Every operation has a short timeout. On a failure the store turns degraded: it logs once,
-//! counts the error, and answers from an embedded [`MemoryStore`] (fail open) or with
+//! Every operation has a short timeout. On a connection error the store turns degraded: it logs
+//! once, counts the error, and answers from an embedded [`MemoryStore`] (fail open) or with
 //! [`StoreError::Unavailable`] (fail closed) until a background ping finds Redis again. While
-//! degraded no operation waits on Redis, so an outage costs requests nothing.
+//! degraded no operation waits on Redis, so an outage costs requests nothing. A timeout falls back
+//! for that one operation and asks the health task to ping at once: one slow answer under a burst
+//! must not push every replica onto local state (and into duplicate realtime calls) for a while.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,7 +29,7 @@ use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisResult, Script};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, watch, Notify};
 use tokio::time::Instant;
 
 use crate::config::StoreConfig;
@@ -101,6 +103,14 @@ return 0
 "#,
     )
 });
+
+/// Loads the scripts so their first use is one round trip (Redis forgets them on restart).
+async fn load_scripts(conn: &mut ConnectionManager) -> RedisResult<()> {
+    for script in [&*RELEASE, &*PUT, &*SWAP] {
+        script.load_async(conn).await?;
+    }
+    Ok(())
+}
 
 /// Key and channel names under `<prefix>:v1`.
 #[derive(Debug, Clone)]
@@ -253,6 +263,8 @@ struct Inner {
     password: Option<String>,
     /// Dropped with the store: background tasks end.
     _shutdown: watch::Sender<()>,
+    /// Asks the health task to ping now (an operation timed out).
+    check: Arc<Notify>,
 }
 
 impl Inner {
@@ -268,7 +280,13 @@ impl Inner {
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(self.fail(op, &e.to_string())),
-            Err(_) => Err(self.fail(op, &format!("timed out after {:?}", self.timeout))),
+            Err(_) => {
+                // Slow is not down: fall back for this call only and let the ping decide.
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                self.check.notify_one();
+                tracing::debug!(op, timeout = ?self.timeout, "redis operation timed out");
+                Err(format!("{op}: timed out after {:?}", self.timeout))
+            }
         }
     }
 
@@ -429,7 +447,14 @@ impl Inner {
             .await;
         match done {
             Ok(_) => Ok(()),
-            Err(reason) => self.fallback(reason, || ()),
+            Err(reason) => {
+                // Replicas that lost the claim wait for this record; let them claim instead of
+                // waiting out the lease. (Skipped while degraded: the lease expires on its own.)
+                if let Err(e) = self.release(key).await {
+                    tracing::debug!(error = %e, "could not give back the claim after a failed put");
+                }
+                self.fallback(reason, || ())
+            }
         }
     }
 
@@ -732,6 +757,7 @@ impl RedisStore {
             stored,
             password: url_password(&cfg.redis_url),
             _shutdown: shutdown,
+            check: Arc::default(),
         });
 
         let mut conn = inner.conn.clone();
@@ -742,7 +768,12 @@ impl RedisStore {
         .await
         {
             Ok(Ok(_)) => {
-                tracing::info!(redis = %shown, prefix = %cfg.prefix, replica = %inner.replica, "shared store: redis")
+                tracing::info!(redis = %shown, prefix = %cfg.prefix, replica = %inner.replica, "shared store: redis");
+                if let Ok(Err(e)) =
+                    tokio::time::timeout(CONNECT_BUDGET, load_scripts(&mut conn)).await
+                {
+                    tracing::warn!(error = %e, "could not preload redis scripts");
+                }
             }
             Ok(Err(e)) => {
                 inner.fail("connect", &e.to_string());
@@ -760,7 +791,11 @@ impl RedisStore {
             inner.stored.clone(),
             shutdown_rx.clone(),
         ));
-        tokio::spawn(health(Arc::downgrade(&inner), shutdown_rx));
+        tokio::spawn(health(
+            Arc::downgrade(&inner),
+            Arc::clone(&inner.check),
+            shutdown_rx,
+        ));
         Ok(Arc::new(RedisStore { inner }))
     }
 
@@ -776,19 +811,27 @@ impl RedisStore {
 }
 
 /// Pings Redis: turns the store degraded when it stops answering, healthy when it answers again.
-async fn health(inner: Weak<Inner>, mut shutdown: watch::Receiver<()>) {
+/// Holds the store only weakly between pings, so dropping the store ends it.
+async fn health(weak: Weak<Inner>, check: Arc<Notify>, mut shutdown: watch::Receiver<()>) {
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
+            _ = check.notified() => {}
         }
-        let Some(inner) = inner.upgrade() else { return };
+        let Some(inner) = weak.upgrade() else { return };
         let mut conn = inner.conn.clone();
         let budget = inner.timeout.max(HEALTH_TIMEOUT);
         let ping =
             tokio::time::timeout(budget, redis::cmd("PING").query_async::<String>(&mut conn)).await;
         match ping {
-            Ok(Ok(_)) => inner.recover(),
+            Ok(Ok(_)) => {
+                if inner.degraded.load(Ordering::Acquire) {
+                    // A restarted Redis has forgotten the scripts.
+                    let _ = tokio::time::timeout(budget, load_scripts(&mut conn)).await;
+                }
+                inner.recover();
+            }
             Ok(Err(e)) => {
                 if !inner.degraded.load(Ordering::Acquire) {
                     inner.fail("ping", &e.to_string());
