@@ -11,7 +11,6 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use crate::body::Body;
-use crate::config::Backend;
 use crate::error::json_response;
 use crate::state::State;
 use crate::store::StoreStatus;
@@ -70,6 +69,9 @@ pub fn answer(state: &State, req: &Request<Incoming>) -> Response<Body> {
         "/healthz" => json_response(StatusCode::OK, r#"{"status":"ok"}"#.into()),
         "/readyz" => readiness(state),
         "/metrics" => {
+            // Gauges that mirror state are read at scrape time, so they are never stale.
+            let degraded = matches!(state.store.status(), StoreStatus::Degraded(_));
+            state.metrics.set_store_degraded(degraded);
             let text = state
                 .metrics
                 .encode(state.cache.entry_count(), state.cache.weighted_size());
@@ -97,16 +99,12 @@ fn readiness(state: &State) -> Response<Body> {
         StoreStatus::Local => "memory".to_string(),
         StoreStatus::Shared => "ok".to_string(),
         StoreStatus::Degraded(why) => {
-            state.metrics.set_store_degraded(true);
             if !state.config.store.fail_open {
                 reasons.push(format!("store degraded (fail-closed): {why}"));
             }
             format!("degraded: {why}")
         }
     };
-    if !matches!(store, StoreStatus::Degraded(_)) && state.config.store.backend == Backend::Redis {
-        state.metrics.set_store_degraded(false);
-    }
     let ready = reasons.is_empty();
     let body = serde_json::json!({
         "ready": ready,

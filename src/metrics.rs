@@ -81,7 +81,7 @@ impl Metrics {
             upstream.clone(),
         );
         let upstream_seconds = Family::<ClassLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+            Histogram::new(exponential_buckets(0.001, 2.0, 17))
         });
         registry.register(
             "upstream_duration_seconds",

@@ -225,6 +225,8 @@ impl State {
     ) {
         let label = match status {
             Ok(s) => s.as_str().to_string(),
+            // The client's body was too large: the upstream did nothing wrong.
+            Err(ProxyError::PayloadTooLarge(_)) => return,
             Err(e) => e.kind().to_string(),
         };
         self.metrics.upstream(class, &label, started.elapsed());
