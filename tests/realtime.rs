@@ -75,12 +75,7 @@ impl SendOne for http2::SendRequest<Empty<Bytes>> {
 async fn collect(resp: http::Response<hyper::body::Incoming>) -> Reply {
     let status = resp.status();
     let headers = resp.headers().clone();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
     Reply {
         status,
         headers,
@@ -198,7 +193,10 @@ fn assert_one_flight(replies: &[Reply]) {
     }
     let job_ids: HashSet<_> = replies.iter().map(|r| r.header("x-job-id")).collect();
     assert_eq!(job_ids.len(), 1, "one job id for all: {job_ids:?}");
-    assert!(job_ids.iter().all(Option::is_some), "every answer has x-job-id");
+    assert!(
+        job_ids.iter().all(Option::is_some),
+        "every answer has x-job-id"
+    );
     let misses = replies
         .iter()
         .filter(|r| r.header("x-cache") == Some("MISS"))
@@ -228,7 +226,10 @@ async fn thousand_concurrent_realtime_calls_make_one_upstream_call() {
     assert_one_flight(&replies);
     assert_eq!(sb.sandbox.count("balance_realtime"), 1);
     assert_eq!(sb.sandbox.count("balance_realtime_repeat"), 0);
-    assert!(proxy.running.state.realtime.is_empty(), "no flight left open");
+    assert!(
+        proxy.running.state.realtime.is_empty(),
+        "no flight left open"
+    );
 }
 
 // Over h2 every request carries `:authority` (the proxy's own address), which hyper exposes as
@@ -343,7 +344,11 @@ async fn balance_and_transactions_have_independent_windows() {
     assert_eq!(balance.header("x-cache"), Some("MISS"));
     let tx = proxy.realtime(TRANSACTIONS).await;
     assert_eq!(tx.status, 200, "{}", tx.text());
-    assert_eq!(tx.header("x-cache"), Some("MISS"), "own window for transactions");
+    assert_eq!(
+        tx.header("x-cache"),
+        Some("MISS"),
+        "own window for transactions"
+    );
     assert_ne!(balance.header("x-job-id"), tx.header("x-job-id"));
     assert_eq!(sb.sandbox.count("balance_realtime"), 1);
     assert_eq!(sb.sandbox.count("transactions_realtime"), 1);
@@ -432,7 +437,10 @@ async fn waiters_get_the_answer_when_the_leaders_client_hangs_up() {
         realtime_on(&mut leader_conn, addr, BALANCE),
     )
     .await;
-    assert!(gave_up.is_err(), "the leader's call should still be running");
+    assert!(
+        gave_up.is_err(),
+        "the leader's call should still be running"
+    );
     drop(leader_conn);
 
     let replies = tokio::time::timeout(TEST_BOUND, concurrent_realtime(&proxy, BALANCE, 9))
@@ -466,10 +474,17 @@ async fn a_429_from_mono_holds_realtime_calls_back_for_the_window() {
     }
     assert_eq!(realtime_calls(&sb), 0, "no realtime call while held back");
     assert_eq!(sb.sandbox.count("faulted"), 1);
-    assert_eq!(sb.sandbox.count("balance"), 1, "one plain fetch, then the cache");
+    assert_eq!(
+        sb.sandbox.count("balance"),
+        1,
+        "one plain fetch, then the cache"
+    );
     let m = proxy.metrics().await;
     assert!(
-        metric(&m, "mono_proxy_realtime_calls_total{outcome=\"rate_limited\"}") >= 3.0,
+        metric(
+            &m,
+            "mono_proxy_realtime_calls_total{outcome=\"rate_limited\"}"
+        ) >= 3.0,
         "{m}"
     );
 }
@@ -484,7 +499,11 @@ async fn realtime_header_is_case_insensitive_and_answers_are_labelled() {
     assert_eq!(leader.header("x-cache"), Some("MISS"));
     assert!(leader.header("x-job-id").is_some(), "Mono's x-job-id");
     assert_eq!(leader.header("x-job-status"), Some("processing"));
-    assert_eq!(sb.sandbox.count("balance_realtime"), 1, "counted as realtime");
+    assert_eq!(
+        sb.sandbox.count("balance_realtime"),
+        1,
+        "counted as realtime"
+    );
 
     let collapsed = proxy.get(BALANCE, &[("x-realtime", "True")]).await;
     assert_eq!(collapsed.status, 200);
@@ -559,4 +578,38 @@ async fn measure_waiter_latency() {
         lags.len(),
         sb.sandbox.count("balance_realtime") + sb.sandbox.count("balance_realtime_repeat")
     );
+}
+
+// The flight is per (account, endpoint): a caller asking for another transactions page while
+// the realtime call for page 1 runs shares that call, but must get its own page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_asking_for_another_page_gets_its_own_page() {
+    let sb = sandbox(sandbox_config()).await;
+    sb.sandbox
+        .set_fault_spec(Some(Fault::Latency(Duration::from_millis(500)).times(1)));
+    let proxy = ProxyBuilder::for_sandbox(&sb).toml(NO_POLL).start().await;
+    let addr = proxy.running.addr;
+
+    let leader = tokio::spawn(async move {
+        let mut conn = h1_connection(addr).await;
+        realtime_on(&mut conn, addr, "/v2/accounts/acc1/transactions?limit=2").await
+    });
+    let joined = eventually(Duration::from_secs(10), || async {
+        !proxy.running.state.realtime.is_empty()
+    })
+    .await;
+    assert!(joined, "the leader's flight never started");
+    let page2 = proxy
+        .realtime("/v2/accounts/acc1/transactions?limit=2&page=2")
+        .await;
+    let page1 = leader.await.expect("leader task");
+
+    assert_eq!(page1.status, 200, "{}", page1.text());
+    assert_eq!(page2.status, 200, "{}", page2.text());
+    assert_eq!(page1.json()["meta"]["page"], 1, "{}", page1.text());
+    assert_eq!(page2.json()["meta"]["page"], 2, "{}", page2.text());
+    assert_ne!(page1.json()["data"], page2.json()["data"]);
+    assert_eq!(page2.header("x-job-id"), page1.header("x-job-id"));
+    assert_eq!(sb.sandbox.count("transactions_realtime"), 1);
+    assert_eq!(sb.sandbox.count("transactions_realtime_repeat"), 0);
 }
