@@ -32,6 +32,9 @@ pub struct RealtimeAnswer {
     pub body: Bytes,
     /// Whether this answer came from a realtime call to Mono.
     pub forwarded: bool,
+    /// The normalised path and query it answers (`transactions?limit=2&page=2`): a flight is
+    /// per endpoint, so a waiter that asked for another page must not take this body.
+    pub path: String,
 }
 
 impl RealtimeAnswer {
@@ -85,6 +88,7 @@ pub async fn serve(
         Join::Leader(leader, waiter) => {
             let state = Arc::clone(state);
             let tenant = tenant.clone();
+            let key = key.clone();
             let query = query.map(str::to_string);
             let request_id = request_id.clone();
             // Detached: the client that started the call may hang up; its waiters may not.
@@ -97,7 +101,7 @@ pub async fn serve(
         Join::Follower(waiter) => (waiter, false),
     };
     let timeout = state.config.upstream.realtime_timeout + Duration::from_secs(1);
-    let answer = match waiter.wait(timeout).await {
+    let mut answer = match waiter.wait(timeout).await {
         Outcome::Done(result) => result?,
         Outcome::LeaderLost => {
             return Err(ProxyError::Internal(
@@ -106,6 +110,14 @@ pub async fn serve(
         }
         Outcome::TimedOut => return Err(ProxyError::UpstreamTimeout(timeout.as_millis() as u64)),
     };
+    if answer.status.is_success() && answer.path != path_key(kind, query) {
+        // Same job, another page: answer from the record the flight stored, with this
+        // caller's own body (held, or one collapsed plain fetch).
+        match state.store.get(&key).await? {
+            Some(rec) => answer = from_record(state, tenant, &rec, kind, query, request_id).await?,
+            None => return cache::serve(state, tenant, account, kind, query, request_id).await,
+        }
+    }
     let result = if led && answer.forwarded {
         state.metrics.realtime("forwarded");
         CacheResult::Miss
@@ -129,6 +141,12 @@ async fn lead(
     query: Option<&str>,
     request_id: &HeaderValue,
 ) -> Result<RealtimeAnswer, ProxyError> {
+    // A flight that finished between this caller's record read and its join has stored its
+    // record already (records are stored before a flight ends): answer from it rather than
+    // calling Mono a second time inside the window.
+    if let Some(rec) = state.store.get(key).await?.filter(|r| in_window(state, r)) {
+        return from_record(state, tenant, &rec, key.kind, query, request_id).await;
+    }
     let lease = state.config.upstream.realtime_timeout + Duration::from_secs(5);
     if state.store.claim(key, lease).await? == Claim::Lost {
         let wait = state.config.upstream.realtime_timeout;
@@ -185,6 +203,7 @@ async fn forward(
         headers: fetched.headers,
         body,
         forwarded: true,
+        path: path_key(key.kind, query),
     };
     let Some(job_id) = job_id.filter(|_| answer.status.is_success()) else {
         return Ok((answer, false));
@@ -270,6 +289,7 @@ async fn from_record(
                         headers: f.headers.clone(),
                         body: f.body.clone(),
                         forwarded: false,
+                        path: pkey,
                     })
                 }
             }
@@ -293,6 +313,7 @@ async fn from_record(
         headers,
         body: body.body.clone(),
         forwarded: false,
+        path: pkey,
     })
 }
 

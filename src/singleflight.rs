@@ -200,4 +200,66 @@ mod tests {
             Outcome::TimedOut
         ));
     }
+
+    #[tokio::test]
+    async fn waiters_already_parked_are_woken_and_a_dropped_waiter_harms_none() {
+        let flights: Arc<Flights<&str, u32>> = Arc::default();
+        let Join::Leader(leader, w0) = flights.join(&"k") else {
+            panic!("first caller leads")
+        };
+        let mut parked = tokio::task::JoinSet::new();
+        for i in 0..100 {
+            let Join::Follower(w) = flights.join(&"k") else {
+                panic!("caller {i} follows")
+            };
+            if i % 10 == 0 {
+                // A caller that hangs up before the leader finishes.
+                drop(w);
+                continue;
+            }
+            parked.spawn(async move { w.wait(Duration::from_secs(5)).await });
+        }
+        tokio::task::yield_now().await;
+        leader.finish(42);
+        assert!(matches!(
+            w0.wait(Duration::from_secs(1)).await,
+            Outcome::Done(42)
+        ));
+        let mut woken = 0;
+        while let Some(outcome) = parked.join_next().await {
+            assert!(matches!(outcome.unwrap(), Outcome::Done(42)));
+            woken += 1;
+        }
+        assert_eq!(woken, 90);
+    }
+
+    #[tokio::test]
+    async fn a_new_flight_after_a_finished_one_starts_clean() {
+        let flights: Arc<Flights<&str, u32>> = Arc::default();
+        let Join::Leader(first, old) = flights.join(&"k") else {
+            panic!()
+        };
+        first.finish(1);
+        let Join::Leader(second, new) = flights.join(&"k") else {
+            panic!("a finished flight must not be joined")
+        };
+        let Join::Follower(late) = flights.join(&"k") else {
+            panic!()
+        };
+        assert_eq!(flights.len(), 1);
+        assert!(matches!(
+            old.wait(Duration::from_secs(1)).await,
+            Outcome::Done(1)
+        ));
+        drop(second);
+        assert!(matches!(
+            new.wait(Duration::from_secs(1)).await,
+            Outcome::LeaderLost
+        ));
+        assert!(matches!(
+            late.wait(Duration::from_secs(1)).await,
+            Outcome::LeaderLost
+        ));
+        assert!(flights.is_empty());
+    }
 }
