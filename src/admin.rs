@@ -72,6 +72,7 @@ pub fn answer(state: &State, req: &Request<Incoming>) -> Response<Body> {
             // Gauges that mirror state are read at scrape time, so they are never stale.
             let degraded = matches!(state.store.status(), StoreStatus::Degraded(_));
             state.metrics.set_store_degraded(degraded);
+            state.metrics.sync_store_errors(state.store.errors());
             let text = state
                 .metrics
                 .encode(state.cache.entry_count(), state.cache.weighted_size());

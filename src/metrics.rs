@@ -231,6 +231,15 @@ impl Metrics {
         self.store_errors.get_or_create(&OpLabel { op }).inc();
     }
 
+    /// Brings `store_errors{op="redis"}` up to the store's own count of failed operations.
+    pub fn sync_store_errors(&self, total: u64) {
+        let counter = self.store_errors.get_or_create(&OpLabel { op: "redis" });
+        let seen = counter.get();
+        if total > seen {
+            counter.inc_by(total - seen);
+        }
+    }
+
     /// Sets the degraded flag.
     pub fn set_store_degraded(&self, degraded: bool) {
         self.store_degraded.set(degraded as i64);
@@ -294,5 +303,12 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("mono_proxy_cache_bytes 1024"), "{text}");
+        m.sync_store_errors(3);
+        m.sync_store_errors(2);
+        let text = m.encode(0, 0);
+        assert!(
+            text.contains(r#"mono_proxy_store_errors_total{op="redis"} 3"#),
+            "{text}"
+        );
     }
 }

@@ -100,7 +100,10 @@ pub async fn serve(
         }
         Join::Follower(waiter) => (waiter, false),
     };
-    let timeout = state.config.upstream.realtime_timeout + Duration::from_secs(1);
+    // The leader bounds itself: a realtime call, or waiting on another replica and then one
+    // plain fetch. Waiters allow for all of it so they hear the leader's own outcome.
+    let upstream = &state.config.upstream;
+    let timeout = upstream.realtime_timeout + upstream.timeout + Duration::from_secs(2);
     let mut answer = match waiter.wait(timeout).await {
         Outcome::Done(result) => result?,
         Outcome::LeaderLost => {

@@ -224,6 +224,10 @@ pub trait JobStore: Send + Sync + 'static {
     fn subscribe(&self) -> Option<broadcast::Receiver<Broadcast>>;
     /// Current health.
     fn status(&self) -> StoreStatus;
+    /// Shared-store operations that failed since start (timeouts included); 0 in process.
+    fn errors(&self) -> u64 {
+        0
+    }
 }
 
 /// Milliseconds since the unix epoch (records are shared between machines, so wall clock).

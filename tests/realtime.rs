@@ -235,7 +235,6 @@ async fn thousand_concurrent_realtime_calls_make_one_upstream_call() {
 // Over h2 every request carries `:authority` (the proxy's own address), which hyper exposes as
 // an absolute URI; the proxy must serve it like origin-form, not as a foreign proxy target.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "blocked: route::check_authority answers 403 to every HTTP/2 request (its :authority is the proxy's own address)"]
 async fn realtime_calls_over_h2_share_one_flight() {
     let sb = sandbox(sandbox_config()).await;
     sb.sandbox

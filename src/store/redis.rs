@@ -979,6 +979,10 @@ impl JobStore for RedisStore {
     fn status(&self) -> StoreStatus {
         self.inner.status()
     }
+
+    fn errors(&self) -> u64 {
+        RedisStore::errors(self)
+    }
 }
 
 #[cfg(test)]
