@@ -279,6 +279,29 @@ async fn stale_entry_is_served_when_upstream_fails_after_ttl() {
 }
 
 #[tokio::test]
+async fn stale_entry_is_served_when_upstream_resets_after_ttl() {
+    let sb = sandbox(sandbox_config()).await;
+    let proxy = ProxyBuilder::for_sandbox(&sb)
+        .toml("[cache]\nttl = \"1s\"\nmax_stale = \"1h\"")
+        .start()
+        .await;
+    let first = proxy.get("/v2/accounts/st3/balance", &[]).await;
+    assert_eq!(first.status, 200);
+    sb.sandbox.set_fault(Some(Fault::Reset));
+    let (r, stale) = get_until(
+        &proxy,
+        "/v2/accounts/st3/balance",
+        Duration::from_secs(10),
+        |r| r.header("x-cache") != Some("HIT"),
+    )
+    .await;
+    assert!(stale, "the entry never expired");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-cache"), Some("STALE"));
+    assert_eq!(r.body, first.body);
+}
+
+#[tokio::test]
 async fn upstream_error_passes_through_once_past_max_stale() {
     let sb = sandbox(sandbox_config()).await;
     let proxy = ProxyBuilder::for_sandbox(&sb)
