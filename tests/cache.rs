@@ -26,8 +26,8 @@ async fn miss_then_hit_makes_one_upstream_call() {
 }
 
 /// Fetches `/v2/accounts/{id}/balance` under `base` for every id, `tasks` keep-alive clients at
-/// once, asserting each answer is a 200.
-async fn fetch_balances(base: &str, ids: Vec<String>, tasks: usize) {
+/// once, asserting each answer is a 200; `key` is sent as `mono-sec-key` (sandbox direct).
+async fn fetch_balances(base: &str, ids: Vec<String>, tasks: usize, key: Option<&'static str>) {
     let ids = std::sync::Arc::new(ids);
     let mut set = tokio::task::JoinSet::new();
     for t in 0..tasks {
@@ -36,7 +36,11 @@ async fn fetch_balances(base: &str, ids: Vec<String>, tasks: usize) {
         set.spawn(async move {
             let client = client();
             for id in ids.iter().skip(t).step_by(tasks) {
-                let req = http::Request::get(format!("{base}/v2/accounts/{id}/balance"))
+                let mut req = http::Request::get(format!("{base}/v2/accounts/{id}/balance"));
+                if let Some(key) = key {
+                    req = req.header("mono-sec-key", key);
+                }
+                let req = req
                     .body(http_body_util::Full::new(bytes::Bytes::new()))
                     .unwrap();
                 let resp = client.request(req).await.expect("request");
@@ -179,7 +183,7 @@ async fn cache_stays_within_max_bytes_when_ten_times_that_passes_through() {
     let sample = proxy.get("/v2/accounts/bound0/balance", &[]).await;
     let passed = sample.body.len() * ids.len();
     assert!(passed >= 10 * 64 * 1024, "only {passed} bytes would pass");
-    fetch_balances(&proxy.url(""), ids, 16).await;
+    fetch_balances(&proxy.url(""), ids, 16, None).await;
     assert_eq!(sb.sandbox.count("balance"), 3200);
     let text = proxy.metrics().await;
     let held = metric(&text, "mono_proxy_cache_bytes");
@@ -425,6 +429,36 @@ async fn requests_without_a_valid_client_token_never_reach_upstream() {
     assert_eq!(sb.sandbox.count("total"), 1);
 }
 
+/// Counts live heap bytes so the memory measurement sees the heap, not just RSS.
+struct CountingAlloc;
+
+static LIVE_HEAP: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        LIVE_HEAP.fetch_add(layout.size() as i64, std::sync::atomic::Ordering::Relaxed);
+        std::alloc::System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        LIVE_HEAP.fetch_sub(layout.size() as i64, std::sync::atomic::Ordering::Relaxed);
+        std::alloc::System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        LIVE_HEAP.fetch_add(
+            new as i64 - layout.size() as i64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        std::alloc::System.realloc(ptr, layout, new)
+    }
+}
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+fn live_heap() -> i64 {
+    LIVE_HEAP.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// This process's resident set size in bytes.
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
@@ -446,30 +480,23 @@ async fn measure_memory_per_entry() {
     let ids = |prefix: &str| -> Vec<String> { (0..N).map(|i| format!("{prefix}{i:06}")).collect() };
 
     // Phase 1: the sandbox alone, to learn what its own per-account state costs.
+    let warm: Vec<String> = ids("w").into_iter().take(1000).collect();
     let direct = sandbox(sandbox_config()).await;
-    let warm = sandbox(sandbox_config()).await;
-    fetch_balances(
-        &warm.base_url(false),
-        ids("w").into_iter().take(1000).collect(),
-        TASKS,
-    )
-    .await;
-    let before = rss_bytes();
-    fetch_balances(&direct.base_url(false), ids("m"), TASKS).await;
+    let direct_url = direct.base_url(false);
+    fetch_balances(&direct_url, warm.clone(), TASKS, Some(KEY)).await;
+    let (before, heap_before) = (rss_bytes(), live_heap());
+    fetch_balances(&direct_url, ids("m"), TASKS, Some(KEY)).await;
     let sandbox_growth = rss_bytes().saturating_sub(before);
+    let sandbox_heap = live_heap() - heap_before;
 
-    // Phase 2: proxy + a second sandbox; the difference is the proxy's share.
-    let sb = sandbox(sandbox_config()).await;
-    let proxy = ProxyBuilder::for_sandbox(&sb).start().await;
-    fetch_balances(
-        &proxy.url(""),
-        ids("w").into_iter().take(1000).collect(),
-        TASKS,
-    )
-    .await;
-    let before = rss_bytes();
-    fetch_balances(&proxy.url(""), ids("m"), TASKS).await;
-    let both_growth = rss_bytes().saturating_sub(before);
+    // Phase 2: the proxy in front of the same sandbox, whose accounts already exist, so the
+    // growth now is the proxy's alone (plus allocator noise).
+    let proxy = ProxyBuilder::for_sandbox(&direct).start().await;
+    fetch_balances(&proxy.url(""), warm, TASKS, None).await;
+    let (before, heap_before) = (rss_bytes(), live_heap());
+    fetch_balances(&proxy.url(""), ids("m"), TASKS, None).await;
+    let proxy_growth = rss_bytes().saturating_sub(before);
+    let proxy_heap = live_heap() - heap_before;
     let text = proxy.metrics().await;
     let weighed = metric(&text, "mono_proxy_cache_bytes");
     let entries = metric(&text, "mono_proxy_cache_entries");
@@ -479,24 +506,37 @@ async fn measure_memory_per_entry() {
         .body
         .len();
 
-    let per = |b: f64| b / N as f64;
+    // Cross-check: what dropping the proxy's state gives back is what it held.
+    let state = std::sync::Arc::clone(&proxy.running.state);
+    proxy.stop().await;
+    let heap_before_drop = live_heap();
+    drop(state);
+    let released = heap_before_drop - live_heap();
+    let per = |b: u64| b as f64 / N as f64;
     println!("entries cached: {entries}, body bytes: {body_len}");
     println!(
-        "rss growth, sandbox only:      {:>8.0} B/account",
-        per(sandbox_growth as f64)
+        "rss growth, sandbox alone (first sight of each account): {:>6.0} B/account",
+        per(sandbox_growth)
     );
     println!(
-        "rss growth, proxy + sandbox:   {:>8.0} B/entry",
-        per(both_growth as f64)
+        "rss growth, proxy alone (accounts already seeded):       {:>6.0} B/entry",
+        per(proxy_growth)
     );
     println!(
-        "rss growth, proxy share:       {:>8.0} B/entry",
-        per(both_growth as f64 - sandbox_growth as f64)
+        "live heap growth, sandbox alone:                         {:>6.0} B/account",
+        per(sandbox_heap.max(0) as u64)
     );
     println!(
-        "mono_proxy_cache_bytes / N:    {:>8.0} B/entry",
-        per(weighed)
+        "live heap growth, proxy alone:                           {:>6.0} B/entry",
+        per(proxy_heap.max(0) as u64)
+    );
+    println!(
+        "heap released when the proxy's state drops:             {:>6.0} B/entry",
+        per(released.max(0) as u64)
+    );
+    println!(
+        "mono_proxy_cache_bytes / N (weigher's estimate):         {:>6.0} B/entry",
+        per(weighed as u64)
     );
     drop(direct);
-    drop(warm);
 }
