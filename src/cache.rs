@@ -16,7 +16,7 @@ use crate::body::Body;
 use crate::config::CacheConfig;
 use crate::error::ProxyError;
 use crate::headers::{bool_value, set_cache_status, CacheResult, X_HAS_NEW_DATA};
-use crate::route::{path_key, Kind};
+use crate::route::{account_target, path_key, Kind};
 use crate::singleflight::{Join, Outcome};
 use crate::state::{State, Tenant};
 use crate::upstream::Fetched;
@@ -225,6 +225,8 @@ impl ResponseCache {
             return;
         };
         let mut inner = entry.inner.write().unwrap_or_else(|p| p.into_inner());
+        // The comparison a finished sync left pending belongs to the old job; a new job starts clean.
+        inner.presync.clear();
         inner.new_data.clear();
         inner.forced = None;
         for (_, body) in inner.paths.iter_mut() {
@@ -382,11 +384,7 @@ pub async fn fill(
             let tenant = tenant.clone();
             let akey = akey.to_string();
             let pkey = pkey.to_string();
-            let mut target = format!("/v2/accounts/{account}/{}", kind.as_str());
-            if let Some(q) = query.filter(|q| !q.is_empty()) {
-                target.push('?');
-                target.push_str(q);
-            }
+            let target = account_target(account, kind, query);
             let request_id = request_id.clone();
             // Detached: a client hanging up must not cancel a fetch others wait on.
             tokio::spawn(async move {
@@ -481,6 +479,16 @@ mod tests {
         let stored_ct = stored.content_type.as_ref().unwrap();
         assert_eq!(stored_ct, "application/json");
         assert!(!range.contains(&(stored_ct.as_bytes().as_ptr() as usize)));
+    }
+
+    #[tokio::test]
+    async fn a_new_job_drops_the_pending_comparison_of_the_last_sync() {
+        let cache = ResponseCache::new(&cfg(1 << 20));
+        cache.store("t:a", "balance", Bytes::from_static(br#"{"data":1}"#), None);
+        cache.invalidate("t:a", None);
+        cache.job_started("t:a");
+        let b = cache.store("t:a", "balance", Bytes::from_static(br#"{"data":2}"#), None);
+        assert!(!b.has_new_data);
     }
 
     #[tokio::test(start_paused = true)]

@@ -16,7 +16,7 @@ use crate::error::ProxyError;
 use crate::headers::{
     bool_value, header_bool, set_cache_status, CacheResult, X_HAS_NEW_DATA, X_JOB_ID, X_JOB_STATUS,
 };
-use crate::route::{path_key, Kind};
+use crate::route::{account_target, path_key, Kind};
 use crate::singleflight::{Join, Outcome};
 use crate::state::{State, Tenant};
 use crate::store::{now_ms, Broadcast, Claim, JobRecord, JobStatus, RecordKey};
@@ -175,11 +175,7 @@ async fn forward(
     query: Option<&str>,
     request_id: &HeaderValue,
 ) -> Result<(RealtimeAnswer, bool), ProxyError> {
-    let mut target = format!("/v2/accounts/{}/{}", key.account, key.kind.as_str());
-    if let Some(q) = query.filter(|q| !q.is_empty()) {
-        target.push('?');
-        target.push_str(q);
-    }
+    let target = account_target(&key.account, key.kind, query);
     let started_at = now_ms();
     let req = state.upstream.get(&target, &tenant.key, request_id, true)?;
     let timeout = state.config.upstream.realtime_timeout;

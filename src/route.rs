@@ -261,6 +261,16 @@ pub fn normalize_query(query: Option<&str>) -> String {
     pairs.join("&")
 }
 
+/// The upstream target of an account endpoint, with the client's query as sent.
+pub fn account_target(account: &str, kind: Kind, query: Option<&str>) -> String {
+    let mut target = format!("/v2/accounts/{account}/{}", kind.as_str());
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        target.push('?');
+        target.push_str(q);
+    }
+    target
+}
+
 /// The cache path key of an account endpoint: `balance` or `transactions?page=2`.
 pub fn path_key(kind: Kind, query: Option<&str>) -> String {
     let q = normalize_query(query);
