@@ -47,7 +47,11 @@ fn classify(c: &mut Criterion) {
     let hosts = vec!["api.withmono.com".to_string()];
     let mut g = c.benchmark_group("classify");
     let cases: [(&str, &str, Option<&str>); 4] = [
-        ("cached_balance", "/v2/accounts/666b166ce06b042/balance", None),
+        (
+            "cached_balance",
+            "/v2/accounts/666b166ce06b042/balance",
+            None,
+        ),
         (
             "realtime_transactions",
             "/v2/accounts/666b166ce06b042/transactions?page=2&limit=50",

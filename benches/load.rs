@@ -25,6 +25,7 @@ use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -290,7 +291,12 @@ async fn upstream_total(sandbox: SocketAddr) -> Result<u64, BoxError> {
     sender.ready().await?;
     let mut req = Request::get("/__sandbox/counts").body(Empty::new())?;
     req.headers_mut().insert(HOST, target.headers[0].1.clone());
-    let body = sender.send_request(req).await?.into_body().collect().await?;
+    let body = sender
+        .send_request(req)
+        .await?
+        .into_body()
+        .collect()
+        .await?;
     let v: serde_json::Value = serde_json::from_slice(&body.to_bytes())?;
     v["total"]
         .as_u64()
@@ -444,6 +450,9 @@ const REALTIME_BURST: &str = "proxy realtime burst";
 
 /// Throughput and p99 of each row, side by side, as SVG.
 fn draw_chart(path: &Path, rows: &[Row], caption: &str) -> Result<(), Box<dyn Error>> {
+    if rows.is_empty() {
+        return Err("no rows to draw".into());
+    }
     let root = SVGBackend::new(path, (1200, 520)).into_drawing_area();
     root.fill(&WHITE)?;
     let root = root.titled(caption, ("sans-serif", 18))?;
@@ -455,7 +464,7 @@ fn draw_chart(path: &Path, rows: &[Row], caption: &str) -> Result<(), Box<dyn Er
             PROXY_HIT => "proxy hit",
             DIRECT_IDENTITY => "direct identity",
             PROXY_PASSTHROUGH => "proxy passthrough",
-            REALTIME_BURST => "realtime burst",
+            REALTIME_BURST => "realtime burst (one-shot)",
             other => other,
         })
         .collect();
@@ -480,7 +489,8 @@ fn draw_chart(path: &Path, rows: &[Row], caption: &str) -> Result<(), Box<dyn Er
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(70)
-            .build_cartesian_2d((0..values.len()).into_segmented(), 0.0..top)?;
+            // A segmented 0..n-1 has exactly n slots.
+            .build_cartesian_2d((0..values.len() - 1).into_segmented(), 0.0..top)?;
         chart
             .configure_mesh()
             .disable_x_mesh()
@@ -508,8 +518,11 @@ fn draw_chart(path: &Path, rows: &[Row], caption: &str) -> Result<(), Box<dyn Er
             };
             Text::new(
                 text,
-                (SegmentValue::CenterOf(i), *v + top * 0.02),
-                ("sans-serif", 12).into_font(),
+                (SegmentValue::CenterOf(i), *v + top * 0.01),
+                ("sans-serif", 12)
+                    .into_font()
+                    .into_text_style(area)
+                    .pos(Pos::new(HPos::Center, VPos::Bottom)),
             )
         }))?;
     }
