@@ -121,6 +121,8 @@ struct Sample {
     non2xx: u64,
     errors: u64,
     elapsed: Duration,
+    /// When each burst request completed (empty for sustained runs).
+    finished: Vec<Instant>,
 }
 
 impl Sample {
@@ -129,6 +131,7 @@ impl Sample {
         self.ok += other.ok;
         self.non2xx += other.non2xx;
         self.errors += other.errors;
+        self.finished.extend(other.finished);
     }
 }
 
@@ -260,6 +263,7 @@ async fn burst(target: &Target, path: &str, n: usize) -> Sample {
             };
             match result {
                 Ok((ok, lat)) => {
+                    s.finished.push(Instant::now());
                     s.lat_us.push(lat.as_micros().min(u32::MAX as u128) as u32);
                     if ok {
                         s.ok += 1;
@@ -314,6 +318,8 @@ struct Row {
     cpu_us_per_req: Option<f64>,
     upstream: u64,
     bad: u64,
+    /// Burst only: last completion minus first completion (how long the fan-out took).
+    spread_ms: Option<f64>,
 }
 
 fn percentile(sorted: &[u32], q: f64) -> u32 {
@@ -355,6 +361,10 @@ where
         cpu_us_per_req,
         upstream: up1 - up0,
         bad: s.non2xx + s.errors,
+        spread_ms: match (s.finished.iter().min(), s.finished.iter().max()) {
+            (Some(first), Some(last)) => Some((*last - *first).as_secs_f64() * 1000.0),
+            _ => None,
+        },
     };
     eprintln!(
         "load: {name}: {} req in {:.2}s, {} non-2xx/errors",
@@ -433,11 +443,13 @@ fn print_ratios(rows: &[Row]) {
     }
     if let Some(b) = find(rows, REALTIME_BURST) {
         println!(
-            "realtime burst: {} calls -> {} upstream call(s), latency p50 {:.2} ms, p99.9 {:.2} ms",
+            "realtime burst: {} calls -> {} upstream call(s), latency p50 {:.2} ms, p99.9 {:.2} ms, \
+             first to last answer {:.2} ms",
             b.reqs,
             b.upstream,
             ms(b.p50_us),
-            ms(b.p999_us)
+            ms(b.p999_us),
+            b.spread_ms.unwrap_or(0.0)
         );
     }
 }
