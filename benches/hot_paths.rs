@@ -1,1 +1,256 @@
-fn main() {}
+//! Criterion benches of the functions every request touches, in process and without sockets.
+//!
+//! `cargo bench --bench hot_paths` (add `-- --quick` for a short run). The cache-hit bench builds
+//! a real [`State`] whose upstream is an unused loopback port: a hit never touches it.
+
+use std::hint::black_box;
+use std::net::TcpListener;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use http::header::HeaderValue;
+use http::{HeaderMap, Method, Uri};
+use mono_proxy::cache::{self, CachedBody};
+use mono_proxy::config::Config;
+use mono_proxy::headers::{self, CacheResult};
+use mono_proxy::pagination::{self, Rewrite};
+use mono_proxy::route::{self, Kind};
+use mono_proxy::state::State;
+
+/// A balance body shaped like Mono's (and the sandbox's).
+const BALANCE: &[u8] = br#"{"status":"successful","message":"Request was succesfully completed","timestamp":"2024-06-13T10:00:00.000Z","data":{"id":"666b166ce06b042","name":"Samuel Olamide","account_number":"0131883461","balance":500000,"currency":"NGN"}}"#;
+
+/// A job-status envelope as `GET /v2/accounts/{id}/jobs/{job_id}` returns it.
+const JOB_STATUS: &[u8] = br#"{"status":"successful","message":"Job status retrieved","timestamp":"2024-06-13T10:00:00.000Z","data":{"id":"jobs.accounts_1","job_status":"finished","reauth_required":false}}"#;
+
+/// `mono.events.account_updated` as the sandbox sends it.
+const ACCOUNT_UPDATED: &[u8] = br#"{"event":"mono.events.account_updated","event_id":"5f0c2c1e-8d0b-4b57-9d6e-6f3f1c9b2a11","data":{"account":{"_id":"666b166ce06b042","name":"Samuel Olamide","accountNumber":"0131883461","currency":"NGN","balance":500000,"type":"SAVINGS ACCOUNT - INDIVIDUAL","institution":{"name":"Sandbox Bank","bankCode":"000000","type":"PERSONAL_BANKING"}},"meta":{"data_status":"AVAILABLE","auth_method":"mobile_banking","sync_status":"SUCCESSFUL","job_id":"jobs.accounts_1","has_new_data":true}}}"#;
+
+/// A transactions page whose `meta.previous`/`meta.next` point at Mono.
+fn transactions_page() -> Bytes {
+    let mut rows = Vec::new();
+    for i in 0..20 {
+        rows.push(format!(
+            r#"{{"id":"txn{i:04}","narration":"POS purchase {i}","amount":{},"type":"debit","balance":{},"date":"2024-06-0{}T10:00:00.000Z","category":"unknown"}}"#,
+            1000 + i,
+            500000 - i * 1000,
+            1 + i % 9
+        ));
+    }
+    Bytes::from(format!(
+        r#"{{"status":"successful","message":"ok","timestamp":"2024-06-13T10:00:00.000Z","data":[{}],"meta":{{"total":60,"page":2,"previous":"https://api.withmono.com/v2/accounts/abc/transactions?page=1","next":"https://api.withmono.com/v2/accounts/abc/transactions?page=3"}}}}"#,
+        rows.join(",")
+    ))
+}
+
+fn classify(c: &mut Criterion) {
+    let hosts = vec!["api.withmono.com".to_string()];
+    let mut g = c.benchmark_group("classify");
+    let cases: [(&str, &str, Option<&str>); 4] = [
+        (
+            "cached_balance",
+            "/v2/accounts/666b166ce06b042/balance",
+            None,
+        ),
+        (
+            "realtime_transactions",
+            "/v2/accounts/666b166ce06b042/transactions?page=2&limit=50",
+            Some("true"),
+        ),
+        (
+            "job_status",
+            "/v2/accounts/666b166ce06b042/jobs/jobs.accounts_1",
+            None,
+        ),
+        ("passthrough", "/v2/accounts/666b166ce06b042/identity", None),
+    ];
+    for (name, target, realtime) in cases {
+        let uri: Uri = target.parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("127.0.0.1:8080"));
+        h.insert("user-agent", HeaderValue::from_static("bench/1"));
+        if let Some(v) = realtime {
+            h.insert("x-realtime", HeaderValue::from_static(v));
+        }
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                route::classify(
+                    black_box(&Method::GET),
+                    black_box(&uri),
+                    black_box(&h),
+                    "/webhooks/mono",
+                    &hosts,
+                )
+            })
+        });
+    }
+    g.finish();
+}
+
+fn cache_keys(c: &mut Criterion) {
+    let mut g = c.benchmark_group("cache_key");
+    g.bench_function("normalize_query_none", |b| {
+        b.iter(|| route::normalize_query(black_box(None)))
+    });
+    g.bench_function("normalize_query_3_pairs", |b| {
+        b.iter(|| route::normalize_query(black_box(Some("page=2&limit=50&paginate=true&"))))
+    });
+    g.bench_function("path_key_balance", |b| {
+        b.iter(|| route::path_key(black_box(Kind::Balance), black_box(None)))
+    });
+    g.bench_function("path_key_transactions_query", |b| {
+        b.iter(|| {
+            route::path_key(
+                black_box(Kind::Transactions),
+                black_box(Some("start=01-01-2024&end=31-01-2024&page=2")),
+            )
+        })
+    });
+    g.finish();
+}
+
+/// A state whose upstream is a loopback port nobody listens on (bound, read, dropped).
+fn bench_state(rt: &tokio::runtime::Runtime) -> std::sync::Arc<State> {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port");
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         [upstream]\nbase_url = \"http://127.0.0.1:{port}\"\n\
+         [cache]\nttl = \"1h\"\n[log]\nfilter = \"warn\"\n"
+    );
+    let config = Config::parse_runnable(&text, &[("MONO_SEC_KEY", "k")]).expect("bench config");
+    rt.block_on(State::new(config)).expect("bench state")
+}
+
+fn cache_hit(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let state = bench_state(&rt);
+    let tenant = state.secrets.load().default.clone();
+    let akey = cache::account_key(&tenant, "acc");
+    let ct = Some(HeaderValue::from_static("application/json; charset=utf-8"));
+    state
+        .cache
+        .store(&akey, "balance", Bytes::from_static(BALANCE), ct.clone());
+    let request_id = headers::new_request_id();
+
+    // Sanity: this really is the hit path (a miss would try the dead upstream and fail).
+    let (_, result) = rt
+        .block_on(cache::serve(
+            &state,
+            &tenant,
+            "acc",
+            Kind::Balance,
+            None,
+            &request_id,
+        ))
+        .expect("hit");
+    assert_eq!(result, CacheResult::Hit);
+
+    let mut g = c.benchmark_group("cache_hit");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("serve_balance", |b| {
+        b.to_async(&rt).iter(|| async {
+            cache::serve(&state, &tenant, "acc", Kind::Balance, None, &request_id)
+                .await
+                .map(|(resp, _)| resp)
+        })
+    });
+    g.bench_function("lookup", |b| {
+        b.iter(|| state.cache.lookup(black_box(&akey), black_box("balance")))
+    });
+    g.bench_function("account_key", |b| {
+        b.iter(|| cache::account_key(black_box(&tenant), black_box("666b166ce06b042")))
+    });
+    g.bench_function("new_request_id", |b| b.iter(headers::new_request_id));
+    g.finish();
+}
+
+fn header_synthesis(c: &mut Criterion) {
+    let body = CachedBody {
+        body: Bytes::from_static(BALANCE),
+        content_type: Some(HeaderValue::from_static("application/json; charset=utf-8")),
+        stored_at: tokio::time::Instant::now(),
+        hash: cache::data_hash(BALANCE),
+        has_new_data: false,
+    };
+    let mut g = c.benchmark_group("headers");
+    g.bench_function("set_cache_status_hit_ttl", |b| {
+        b.iter_batched_ref(
+            HeaderMap::new,
+            |h| headers::set_cache_status(h, black_box(CacheResult::Hit), black_box(Some(299))),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("set_cache_status_collapsed_no_ttl", |b| {
+        b.iter_batched_ref(
+            HeaderMap::new,
+            |h| headers::set_cache_status(h, black_box(CacheResult::Collapsed), None),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("respond_hit", |b| {
+        b.iter(|| cache::respond(black_box(&body), CacheResult::Hit, Some(299)))
+    });
+    g.finish();
+}
+
+fn webhook_parsing(c: &mut Criterion) {
+    let mut g = c.benchmark_group("webhook");
+    g.bench_function("parse_job_status", |b| {
+        b.iter(|| mono_proxy::jobs::parse_job_status(black_box(JOB_STATUS)))
+    });
+    // What webhook::serve does with a delivery: a Value, then the fields it reads.
+    g.bench_function("parse_account_updated", |b| {
+        b.iter(|| {
+            let event: serde_json::Value =
+                serde_json::from_slice(black_box(ACCOUNT_UPDATED)).unwrap();
+            let meta = &event["data"]["meta"];
+            (
+                event["event"].as_str().map(str::len),
+                meta["sync_status"].as_str().map(str::len),
+                meta["job_id"].as_str().map(str::len),
+                meta["has_new_data"].as_bool(),
+            )
+        })
+    });
+    g.finish();
+}
+
+fn body_work(c: &mut Criterion) {
+    let page = transactions_page();
+    let rw = Rewrite::new(
+        vec!["https://api.withmono.com".into()],
+        "http://127.0.0.1:8080",
+    );
+    let mut g = c.benchmark_group("body");
+    g.bench_function("data_hash_balance", |b| {
+        b.iter(|| cache::data_hash(black_box(BALANCE)))
+    });
+    g.bench_function("data_hash_transactions_page", |b| {
+        b.iter(|| cache::data_hash(black_box(&page)))
+    });
+    g.bench_function("rewrite_transactions_page", |b| {
+        b.iter(|| pagination::rewrite(black_box(page.clone()), &rw))
+    });
+    g.bench_function("rewrite_balance_untouched", |b| {
+        b.iter(|| pagination::rewrite(black_box(Bytes::from_static(BALANCE)), &rw))
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    classify,
+    cache_keys,
+    cache_hit,
+    header_synthesis,
+    webhook_parsing,
+    body_work
+);
+criterion_main!(benches);
