@@ -86,6 +86,21 @@ async fn listening(addr: SocketAddr, proc: &Proc) {
 }
 
 /// Writes a proxy config in `dir` and returns its path.
+/// Runs `mono-proxy check --config <config>` with the test key, bounded in time.
+async fn check(dir: &Path, config: &Path) -> std::process::Output {
+    let mut cmd = mono_proxy(dir);
+    cmd.arg("check")
+        .arg("--config")
+        .arg(config)
+        .env("MONO_SEC_KEY", KEY)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    tokio::time::timeout(STEP, cmd.output())
+        .await
+        .expect("check finishes")
+        .expect("check runs")
+}
+
 fn write_config(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("proxy-test.toml");
     std::fs::write(&path, text).unwrap();
@@ -111,17 +126,7 @@ async fn check_reports_every_problem_at_once() {
         dir.path(),
         "listen = \"127.0.0.1:18080\"\n\n[upstream]\nbase_url = \"ftp://api.withmono.com\"\ntimeout = \"soon\"\nbogus_key = 1\n",
     );
-    let mut cmd = mono_proxy(dir.path());
-    cmd.arg("check")
-        .arg("--config")
-        .arg(&config)
-        .env("MONO_SEC_KEY", KEY)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let out = tokio::time::timeout(STEP, cmd.output())
-        .await
-        .expect("check finishes")
-        .expect("check runs");
+    let out = check(dir.path(), &config).await;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -138,17 +143,7 @@ async fn check_reports_every_problem_at_once() {
         dir.path(),
         "listen = \"127.0.0.1:18080\"\n\n[upstream]\nbase_url = \"https://api.withmono.com\"\ntimeout = \"10s\"\n",
     );
-    let mut cmd = mono_proxy(dir.path());
-    cmd.arg("check")
-        .arg("--config")
-        .arg(&good)
-        .env("MONO_SEC_KEY", KEY)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let out = tokio::time::timeout(STEP, cmd.output())
-        .await
-        .expect("check finishes")
-        .expect("check runs");
+    let out = check(dir.path(), &good).await;
     assert!(
         out.status.success(),
         "{}",
