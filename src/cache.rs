@@ -295,6 +295,8 @@ pub fn data_hash(body: &[u8]) -> u64 {
 /// Builds the response for a cached body.
 pub fn respond(body: &CachedBody, result: CacheResult, ttl: Option<i64>) -> Response<Body> {
     let mut resp = Response::new(Body::full(body.body.clone()));
+    // Sized for what is added here and by the service (x-request-id): no regrowth per hit.
+    *resp.headers_mut() = http::HeaderMap::with_capacity(8);
     let h = resp.headers_mut();
     if let Some(ct) = &body.content_type {
         h.insert(header::CONTENT_TYPE, ct.clone());

@@ -116,13 +116,42 @@ pub fn set_cache_status(headers: &mut HeaderMap, result: CacheResult, ttl: Optio
         CacheResult::Collapsed => "mono-proxy; hit; collapsed",
     };
     let value = match ttl {
-        Some(t) => HeaderValue::try_from(format!("{base}; ttl={t}")),
+        Some(t) => with_ttl(base, t),
         None => Ok(HeaderValue::from_static(base)),
     };
     if let Ok(v) = value {
         headers.insert(CACHE_STATUS, v);
     }
     headers.insert(X_CACHE, HeaderValue::from_static(result.as_str()));
+}
+
+/// `<base>; ttl=<t>` built on the stack: this runs on every cache hit.
+fn with_ttl(base: &str, ttl: i64) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    for part in [base.as_bytes(), b"; ttl="] {
+        buf[n..n + part.len()].copy_from_slice(part);
+        n += part.len();
+    }
+    if ttl < 0 {
+        buf[n] = b'-';
+        n += 1;
+    }
+    let mut digits = [0u8; 20];
+    let mut d = digits.len();
+    let mut v = ttl.unsigned_abs();
+    loop {
+        d -= 1;
+        digits[d] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let tail = &digits[d..];
+    buf[n..n + tail.len()].copy_from_slice(tail);
+    n += tail.len();
+    HeaderValue::from_bytes(&buf[..n])
 }
 
 /// `true`/`false` as a header value.
@@ -169,6 +198,15 @@ mod tests {
         set_cache_status(&mut h, CacheResult::Hit, Some(42));
         assert_eq!(h[CACHE_STATUS], "mono-proxy; hit; ttl=42");
         assert_eq!(h[X_CACHE], "HIT");
+        set_cache_status(&mut h, CacheResult::Stale, Some(-7));
+        assert_eq!(h[CACHE_STATUS], "mono-proxy; fwd=stale; ttl=-7");
+        set_cache_status(&mut h, CacheResult::Hit, Some(0));
+        assert_eq!(h[CACHE_STATUS], "mono-proxy; hit; ttl=0");
+        set_cache_status(&mut h, CacheResult::Miss, Some(i64::MIN));
+        assert!(h[CACHE_STATUS]
+            .to_str()
+            .unwrap()
+            .ends_with("ttl=-9223372036854775808"));
         set_cache_status(&mut h, CacheResult::Collapsed, None);
         assert!(h[CACHE_STATUS].to_str().unwrap().contains("collapsed"));
     }

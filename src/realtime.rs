@@ -202,7 +202,7 @@ async fn forward(
         headers: fetched.headers,
         body,
         forwarded: true,
-        path: path_key(key.kind, query),
+        path: path_key(key.kind, query).into_owned(),
     };
     let Some(job_id) = job_id.filter(|_| answer.status.is_success()) else {
         return Ok((answer, false));
@@ -288,7 +288,7 @@ async fn from_record(
                         headers: f.headers.clone(),
                         body: f.body.clone(),
                         forwarded: false,
-                        path: pkey,
+                        path: pkey.into_owned(),
                     })
                 }
             }
@@ -312,7 +312,7 @@ async fn from_record(
         headers,
         body: body.body.clone(),
         forwarded: false,
-        path: pkey,
+        path: pkey.into_owned(),
     })
 }
 

@@ -3,6 +3,8 @@
 //! Validation happens here, before anything is forwarded: a request that names a bad id, uses
 //! dot-segments or points at a foreign authority never reaches the upstream.
 
+use std::borrow::Cow;
+
 use http::{HeaderMap, Method, Uri};
 
 use crate::error::ProxyError;
@@ -272,12 +274,13 @@ pub fn account_target(account: &str, kind: Kind, query: Option<&str>) -> String 
 }
 
 /// The cache path key of an account endpoint: `balance` or `transactions?page=2`.
-pub fn path_key(kind: Kind, query: Option<&str>) -> String {
+/// Borrowed when there is no query, so the common hit allocates nothing for it.
+pub fn path_key(kind: Kind, query: Option<&str>) -> Cow<'static, str> {
     let q = normalize_query(query);
     if q.is_empty() {
-        kind.as_str().to_string()
+        Cow::Borrowed(kind.as_str())
     } else {
-        format!("{}?{q}", kind.as_str())
+        Cow::Owned(format!("{}?{q}", kind.as_str()))
     }
 }
 
