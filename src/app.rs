@@ -58,6 +58,9 @@ pub async fn start(
 ) -> Result<Running, String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
+    if !addr.ip().is_loopback() && config.clients.is_empty() {
+        tracing::warn!(listen = %addr, "listening beyond loopback without [[clients]] tokens: anything that can connect can spend the Mono key");
+    }
     let state = State::new(config).await?;
     let (stop, rx) = watch::channel(false);
     let server = tokio::spawn(server::run(listener, Arc::clone(&state), stopped(rx)));

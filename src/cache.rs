@@ -28,6 +28,9 @@ const ACCOUNT_OVERHEAD: usize = 480;
 /// Bytes charged per cached path on top of its name and body (`CachedBody`, `Arc`, list slot).
 const PATH_OVERHEAD: usize = 160;
 
+/// Distinct paths (query variants) cached per account at most.
+const MAX_PATHS_PER_ACCOUNT: usize = 64;
+
 /// Mono's content type, held as a static value instead of a copy per entry.
 const JSON: &str = "application/json";
 
@@ -197,6 +200,13 @@ impl ResponseCache {
             });
             let keep = self.ttl + self.max_stale;
             inner.paths.retain(|(_, b)| b.stored_at.elapsed() < keep);
+            // Query variants are client-chosen: bound them so one account cannot grow a long
+            // list that every read of that account scans. The oldest variant goes first.
+            if inner.paths.len() >= MAX_PATHS_PER_ACCOUNT
+                && !inner.paths.iter().any(|(p, _)| &**p == path)
+            {
+                inner.paths.remove(0);
+            }
             upsert(&mut inner.paths, path, Arc::clone(&cached));
             cached
         };
@@ -494,6 +504,18 @@ mod tests {
         let stored_ct = stored.content_type.as_ref().unwrap();
         assert_eq!(stored_ct, "application/json");
         assert!(!range.contains(&(stored_ct.as_bytes().as_ptr() as usize)));
+    }
+
+    #[tokio::test]
+    async fn query_variants_per_account_are_bounded() {
+        let cache = ResponseCache::new(&cfg(1 << 24));
+        for i in 0..(MAX_PATHS_PER_ACCOUNT + 10) {
+            let path = format!("transactions?x={i}");
+            cache.store("t:a", &path, Bytes::from_static(br#"{"data":[]}"#), None);
+        }
+        assert!(cache.lookup("t:a", "transactions?x=0").is_none());
+        let last = format!("transactions?x={}", MAX_PATHS_PER_ACCOUNT + 9);
+        assert!(cache.lookup("t:a", &last).is_some());
     }
 
     #[tokio::test]

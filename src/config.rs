@@ -36,6 +36,8 @@ pub const DEFAULT_CACHE_MAX_BYTES: u64 = 256 * 1024 * 1024;
 pub const DEFAULT_MAX_ENTRY_BYTES: u64 = 8 * 1024 * 1024;
 /// Time allowed for a client to send its request headers.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Keep-alive connections idle this long are closed (clients' pools reconnect).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 /// Cap on concurrent client connections.
 pub const DEFAULT_MAX_CONNECTIONS: u64 = 4096;
 /// Time in-flight requests get to finish after SIGTERM.
@@ -194,6 +196,8 @@ pub struct Config {
 pub struct ServerConfig {
     /// Time allowed to send request headers.
     pub header_read_timeout: Duration,
+    /// A connection with no request for this long (none in flight) is closed.
+    pub idle_timeout: Duration,
     /// Concurrent connections accepted; more wait in the listen backlog.
     pub max_connections: usize,
     /// Time in-flight requests get after SIGTERM.
@@ -693,6 +697,7 @@ fn build(root: &Table, env: &dyn Env, errors: &mut Vec<String>) -> Config {
         let mut f = Fields::new("server", section(root, "server", errors), errors);
         let s = ServerConfig {
             header_read_timeout: f.duration("header_read_timeout", DEFAULT_HEADER_READ_TIMEOUT),
+            idle_timeout: f.duration("idle_timeout", DEFAULT_IDLE_TIMEOUT),
             max_connections: f.count("max_connections", DEFAULT_MAX_CONNECTIONS) as usize,
             drain_timeout: f.duration("drain_timeout", DEFAULT_DRAIN_TIMEOUT),
             max_header_bytes: f.size("max_header_bytes", DEFAULT_MAX_HEADER_BYTES) as usize,

@@ -247,8 +247,11 @@ pub async fn serve(
     path_and_query: &str,
     request_id: &HeaderValue,
 ) -> Result<(Response<Body>, CacheResult), ProxyError> {
+    // Only the tenant (and account) that started a job may read it locally or update it.
+    let mut ours = true;
     if let Some((owner, record)) = state.store.job(job_id).await? {
-        if owner == tenant.id && record.account == account && record.status.is_terminal() {
+        ours = owner == tenant.id && record.account == account;
+        if ours && record.status.is_terminal() {
             let mut resp = json_response(StatusCode::OK, job_envelope(&record));
             set_cache_status(resp.headers_mut(), CacheResult::Hit, None);
             return Ok((resp, CacheResult::Hit));
@@ -260,7 +263,7 @@ pub async fn serve(
     let fetched = state
         .timed_fetch("job_status", req, state.config.upstream.timeout)
         .await?;
-    if fetched.status.is_success() {
+    if ours && fetched.status.is_success() {
         if let Some(update) = parse_job_status(&fetched.body) {
             apply(state, job_id, &update, None).await;
         }

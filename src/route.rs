@@ -259,8 +259,14 @@ pub fn normalize_query(query: Option<&str>) -> String {
     if pairs.is_empty() {
         return String::new();
     }
-    pairs.sort_unstable();
+    // Stable and by name only: repeated parameters keep their order (`page=2&page=1` differs
+    // from `page=1&page=2` to an upstream that reads the first), other orders do not matter.
+    pairs.sort_by(|a, b| param_name(a).cmp(param_name(b)));
     pairs.join("&")
+}
+
+fn param_name(pair: &str) -> &str {
+    pair.split_once('=').map_or(pair, |(name, _)| name)
 }
 
 /// The upstream target of an account endpoint, with the client's query as sent.
@@ -413,6 +419,11 @@ mod tests {
         assert_eq!(normalize_query(Some("paginate=true&")), "paginate=true");
         assert_eq!(normalize_query(Some("b=2&&a=1&")), "a=1&b=2");
         assert_eq!(path_key(Kind::Balance, Some("&")), "balance");
+        assert_eq!(normalize_query(Some("page=2&page=1")), "page=2&page=1");
+        assert_ne!(
+            normalize_query(Some("page=2&page=1")),
+            normalize_query(Some("page=1&page=2"))
+        );
         assert_ne!(
             path_key(Kind::Transactions, Some("page=1")),
             path_key(Kind::Transactions, Some("page=2"))

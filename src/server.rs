@@ -10,8 +10,25 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::service::Proxy;
+use crate::service::{Activity, Proxy};
 use crate::state::State;
+
+/// Resolves when a connection should be closed for sending nothing: no request within `first`
+/// of opening (before any parser timeout applies: HTTP/1-vs-2 detection and h2 have none), or
+/// none for `idle` since the last one ended. A request in flight keeps the connection open.
+async fn idle_watchdog(activity: &Activity, first: Duration, idle: Duration) {
+    let mut seen = 0;
+    let mut limit = first;
+    loop {
+        tokio::time::sleep(limit).await;
+        let started = activity.started();
+        if started == seen && activity.in_flight() == 0 {
+            return;
+        }
+        seen = started;
+        limit = idle;
+    }
+}
 
 /// Serves `listener` until `shutdown` resolves, then drains in-flight requests for at most
 /// `server.drain_timeout` before returning.
@@ -61,15 +78,24 @@ pub async fn run(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "set_nodelay failed");
         }
+        let (service, activity) = proxy.for_connection();
         let conn = builder
-            .serve_connection(TokioIo::new(stream), proxy.clone())
+            .serve_connection(TokioIo::new(stream), service)
             .into_owned();
         let conn = graceful.watch(conn);
         let state = Arc::clone(&state);
         state.metrics.connection_opened();
+        let (first, idle) = (cfg.header_read_timeout, cfg.idle_timeout);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(client.addr = %peer, error = %e, "connection ended with an error");
+            tokio::select! {
+                result = conn => {
+                    if let Err(e) = result {
+                        tracing::debug!(client.addr = %peer, error = %e, "connection ended with an error");
+                    }
+                }
+                _ = idle_watchdog(&activity, first, idle) => {
+                    tracing::debug!(client.addr = %peer, "closing a connection that sent no request in time");
+                }
             }
             state.metrics.connection_closed();
             drop(permit);

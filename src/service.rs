@@ -2,6 +2,7 @@
 //! → upstream → respond. Infallible: every failure becomes a response in Mono's envelope.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,12 +25,54 @@ use crate::{cache, jobs, realtime, webhook};
 #[derive(Clone)]
 pub struct Proxy {
     state: Arc<State>,
+    activity: Arc<Activity>,
+}
+
+/// What one connection is doing, so the server can close connections that send nothing.
+#[derive(Default)]
+pub struct Activity {
+    started: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    /// Requests started on the connection so far.
+    pub fn started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// Requests being answered now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a request as in flight until its answer is ready (or it is cancelled).
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Proxy {
     /// A service over `state`.
     pub fn new(state: Arc<State>) -> Proxy {
-        Proxy { state }
+        Proxy {
+            state,
+            activity: Arc::default(),
+        }
+    }
+
+    /// The service for one new connection, with its own activity counters.
+    pub fn for_connection(&self) -> (Proxy, Arc<Activity>) {
+        let activity = Arc::new(Activity::default());
+        let proxy = Proxy {
+            state: Arc::clone(&self.state),
+            activity: Arc::clone(&activity),
+        };
+        (proxy, activity)
     }
 }
 
@@ -40,7 +83,14 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let state = Arc::clone(&self.state);
-        Box::pin(async move { Ok(handle(state, req).await) })
+        self.activity.started.fetch_add(1, Ordering::Relaxed);
+        self.activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlight(Arc::clone(&self.activity));
+        Box::pin(async move {
+            let resp = handle(state, req).await;
+            drop(guard);
+            Ok(resp)
+        })
     }
 }
 

@@ -712,3 +712,46 @@ async fn a_body_over_the_limit_is_refused_with_413() {
         "no oversized body was delivered"
     );
 }
+
+#[tokio::test]
+async fn connections_that_send_nothing_are_closed_and_free_their_slot() {
+    let sb = sandbox(sandbox_config()).await;
+    let proxy = ProxyBuilder::for_sandbox(&sb)
+        .toml("[server]\nheader_read_timeout = \"300ms\"\nmax_connections = 2")
+        .start()
+        .await;
+    // Two silent sockets take every slot: one says nothing, one stops inside the h2 preface.
+    let mut silent = TcpStream::connect(proxy.running.addr).await.unwrap();
+    let mut half_h2 = TcpStream::connect(proxy.running.addr).await.unwrap();
+    half_h2.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    for sock in [&mut silent, &mut half_h2] {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(10), sock.read(&mut buf))
+            .await
+            .expect("the proxy closes a silent connection");
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "closed, not answered: {read:?}"
+        );
+    }
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        proxy.get("/v2/accounts/slow1/balance", &[]),
+    )
+    .await
+    .expect("a real client gets a slot again");
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn a_slow_request_in_flight_outlives_the_idle_timeout() {
+    let sb = sandbox(sandbox_config()).await;
+    sb.sandbox
+        .set_fault(Some(Fault::Latency(Duration::from_millis(1200))));
+    let proxy = ProxyBuilder::for_sandbox(&sb)
+        .toml("[server]\nheader_read_timeout = \"200ms\"\nidle_timeout = \"200ms\"")
+        .start()
+        .await;
+    let r = proxy.get("/v2/echo/slow", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
