@@ -102,19 +102,7 @@ pub async fn try_send(
         .body(Full::new(body.into()))
         .map_err(|e| e.to_string())?;
     let resp = client().request(req).await.map_err(|e| format!("{e:?}"))?;
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok(Reply {
-        status,
-        headers,
-        body,
-    })
+    Reply::read(resp).await
 }
 
 /// GET with headers.
