@@ -1,6 +1,7 @@
 //! End-to-end tests of the Mono sandbox over real loopback sockets.
 
-use std::future::Future;
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,26 +17,10 @@ use mono_proxy::sandbox::{
     self_signed_cert, Fault, JobStatus, RunningSandbox, Sandbox, SandboxConfig,
 };
 use serde_json::Value;
+use support::{client, eventually, Reply};
 use tokio::sync::mpsc;
 
-const KEY: &str = "test_sk_sandbox";
-
-/// What a call returned, so each assertion is one line.
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).expect("sandbox answers json")
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
+use support::KEY;
 
 fn fast_config() -> SandboxConfig {
     SandboxConfig {
@@ -46,10 +31,6 @@ fn fast_config() -> SandboxConfig {
 
 async fn start(cfg: SandboxConfig) -> RunningSandbox {
     Sandbox::new(cfg).spawn().await.expect("sandbox starts")
-}
-
-fn client() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).build_http()
 }
 
 async fn send<C>(
@@ -69,19 +50,7 @@ where
     let resp = client
         .request(req.body(Full::new(body.into())).expect("valid request"))
         .await?;
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .expect("body reads")
-        .to_bytes();
-    Ok(Reply {
-        status,
-        headers,
-        body,
-    })
+    Ok(Reply::read(resp).await.expect("body reads"))
 }
 
 /// GET with the right key and any extra headers.
@@ -92,21 +61,6 @@ async fn get(sb: &RunningSandbox, path: &str, extra: &[(&str, &str)]) -> Reply {
     send(&client(), Method::GET, &url, &headers, Bytes::new())
         .await
         .expect("request succeeds")
-}
-
-/// Polls `cond` every 20 ms for up to 5 s.
-async fn eventually<F, Fut>(mut cond: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    for _ in 0..250 {
-        if cond().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
 }
 
 #[tokio::test]
@@ -252,7 +206,7 @@ async fn second_realtime_call_in_window_keeps_the_job_and_reports_it_finished() 
     assert_eq!(sb.sandbox.count("balance_realtime_repeat"), 1);
     assert_eq!(sb.sandbox.count("balance"), 0);
 
-    let finished = eventually(|| async {
+    let finished = eventually(Duration::from_secs(5), || async {
         let r = get(&sb, path, &[("x-realtime", "true")]).await;
         r.header("x-job-status") == Some("finished")
             && r.header("x-job-id") == Some(job_id.as_str())
@@ -306,7 +260,7 @@ async fn job_endpoint_reports_status_in_monos_envelope() {
     assert_eq!(job["data"]["type"], "statement");
     assert_eq!(job["data"]["account"], "acc3");
 
-    let finished = eventually(|| async {
+    let finished = eventually(Duration::from_secs(5), || async {
         let data = get(&sb, &job_path, &[]).await.json()["data"].clone();
         data["job_status"] == "finished" && data["synced"] == true
     })
@@ -335,7 +289,7 @@ async fn reauth_account_job_fails_with_reauth_required() {
         "/v2/accounts/reauth-42/jobs/{}",
         rt.header("x-job-id").unwrap()
     );
-    let failed = eventually(|| async {
+    let failed = eventually(Duration::from_secs(5), || async {
         let data = get(&sb, &job_path, &[]).await.json()["data"].clone();
         data["job_status"] == "failed" && data["reauth_required"] == true
     })
@@ -421,7 +375,12 @@ async fn finished_job_sends_both_webhooks_with_the_secret() {
     assert_eq!(updated["data"]["meta"]["data_status"], "AVAILABLE");
     assert_eq!(updated["data"]["meta"]["job_id"], job_id.as_str());
     assert_eq!(updated["data"]["meta"]["has_new_data"], true);
-    assert!(eventually(|| async { sb.sandbox.count("webhooks_sent") == 2 }).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sb.sandbox.count("webhooks_sent") == 2
+        })
+        .await
+    );
 }
 
 #[tokio::test]
@@ -442,7 +401,12 @@ async fn unreachable_webhook_url_is_counted_as_failed() {
         &[("x-realtime", "true")],
     )
     .await;
-    assert!(eventually(|| async { sb.sandbox.count("webhooks_failed") == 2 }).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sb.sandbox.count("webhooks_failed") == 2
+        })
+        .await
+    );
 }
 
 #[tokio::test]
@@ -534,7 +498,12 @@ async fn hang_fault_never_answers_and_does_not_block_shutdown() {
             .await
         }
     });
-    assert!(eventually(|| async { sb.sandbox.count("faulted") == 2 }).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sb.sandbox.count("faulted") == 2
+        })
+        .await
+    );
     let stopped = tokio::time::timeout(Duration::from_secs(5), sb.stop()).await;
     assert!(matches!(stopped, Ok(Ok(()))), "sandbox stops promptly");
     let outcome = tokio::time::timeout(Duration::from_secs(5), pending)
