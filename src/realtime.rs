@@ -61,27 +61,23 @@ pub async fn serve(
         account: account.to_string(),
         kind,
     };
+    // Inside the window, or held back after a 429: answer from the record, never from Mono.
     let record = state.store.get(&key).await?;
-    if let Some(rec) = record.as_ref().filter(|r| in_window(state, r)) {
-        state.metrics.realtime("collapsed");
-        let answer = from_record(state, tenant, rec, kind, query, request_id).await?;
+    let windowed = record.as_ref().is_some_and(|r| in_window(state, r));
+    if windowed || state.store.rate_limit(&key).await?.is_some() {
+        state.metrics.realtime(if windowed {
+            "collapsed"
+        } else {
+            "rate_limited"
+        });
+        let Some(rec) = record else {
+            return cache::serve(state, tenant, account, kind, query, request_id).await;
+        };
+        let answer = from_record(state, tenant, &rec, kind, query, request_id).await?;
         return Ok((
             answer.into_response(CacheResult::Collapsed),
             CacheResult::Collapsed,
         ));
-    }
-    if state.store.rate_limit(&key).await?.is_some() {
-        state.metrics.realtime("rate_limited");
-        return match record {
-            Some(rec) => {
-                let answer = from_record(state, tenant, &rec, kind, query, request_id).await?;
-                Ok((
-                    answer.into_response(CacheResult::Collapsed),
-                    CacheResult::Collapsed,
-                ))
-            }
-            None => cache::serve(state, tenant, account, kind, query, request_id).await,
-        };
     }
 
     let (waiter, led) = match state.realtime.join(&key.flat()) {
