@@ -14,6 +14,8 @@ use mono_proxy::cache::{self, CachedBody};
 use mono_proxy::config::Config;
 use mono_proxy::headers::{self, CacheResult};
 use mono_proxy::pagination::{self, Rewrite};
+use mono_proxy::request::context::{self, AccountRead};
+use mono_proxy::request::{cached_read, sync};
 use mono_proxy::route::{self, Kind};
 use mono_proxy::state::State;
 
@@ -90,17 +92,17 @@ fn classify(c: &mut Criterion) {
 fn cache_keys(c: &mut Criterion) {
     let mut g = c.benchmark_group("cache_key");
     g.bench_function("normalize_query_none", |b| {
-        b.iter(|| route::normalize_query(black_box(None)))
+        b.iter(|| context::normalize_query(black_box(None)))
     });
     g.bench_function("normalize_query_3_pairs", |b| {
-        b.iter(|| route::normalize_query(black_box(Some("page=2&limit=50&paginate=true&"))))
+        b.iter(|| context::normalize_query(black_box(Some("page=2&limit=50&paginate=true&"))))
     });
     g.bench_function("path_key_balance", |b| {
-        b.iter(|| route::path_key(black_box(Kind::Balance), black_box(None)))
+        b.iter(|| context::path_key(black_box(Kind::Balance), black_box(None)))
     });
     g.bench_function("path_key_transactions_query", |b| {
         b.iter(|| {
-            route::path_key(
+            context::path_key(
                 black_box(Kind::Transactions),
                 black_box(Some("start=01-01-2024&end=31-01-2024&page=2")),
             )
@@ -121,7 +123,7 @@ fn bench_state(rt: &tokio::runtime::Runtime) -> std::sync::Arc<State> {
          [cache]\nttl = \"1h\"\n[log]\nfilter = \"warn\"\n"
     );
     let config = Config::parse_runnable(&text, &[("MONO_SEC_KEY", "k")]).expect("bench config");
-    rt.block_on(State::new(config)).expect("bench state")
+    rt.block_on(State::new(config)).expect("bench state").0
 }
 
 fn cache_hit(c: &mut Criterion) {
@@ -132,40 +134,49 @@ fn cache_hit(c: &mut Criterion) {
         .unwrap();
     let state = bench_state(&rt);
     let tenant = state.secrets.load().default.clone();
-    let akey = cache::account_key(&tenant, "acc");
+    let request_id = headers::new_request_id();
+    let read = AccountRead::new(
+        tenant.clone(),
+        "acc".into(),
+        Kind::Balance,
+        None,
+        request_id.clone(),
+    );
+    let akey = read.account_key();
     let ct = Some(HeaderValue::from_static("application/json; charset=utf-8"));
     state
         .cache
         .store(&akey, "balance", Bytes::from_static(BALANCE), ct.clone());
-    let request_id = headers::new_request_id();
 
     // Sanity: this really is the hit path (a miss would try the dead upstream and fail).
-    let (_, result) = rt
-        .block_on(cache::serve(
-            &state,
-            &tenant,
-            "acc",
-            Kind::Balance,
-            None,
-            &request_id,
-        ))
-        .expect("hit");
+    let (_, result) = rt.block_on(cached_read::serve(&state, &read)).expect("hit");
     assert_eq!(result, CacheResult::Hit);
 
     let mut g = c.benchmark_group("cache_hit");
     g.throughput(Throughput::Elements(1));
     g.bench_function("serve_balance", |b| {
         b.to_async(&rt).iter(|| async {
-            cache::serve(&state, &tenant, "acc", Kind::Balance, None, &request_id)
+            cached_read::serve(&state, &read)
                 .await
                 .map(|(resp, _)| resp)
+        })
+    });
+    g.bench_function("read_context", |b| {
+        b.iter(|| {
+            AccountRead::new(
+                tenant.clone(),
+                black_box("666b166ce06b042").to_string(),
+                Kind::Balance,
+                black_box(None),
+                request_id.clone(),
+            )
         })
     });
     g.bench_function("lookup", |b| {
         b.iter(|| state.cache.lookup(black_box(&akey), black_box("balance")))
     });
     g.bench_function("account_key", |b| {
-        b.iter(|| cache::account_key(black_box(&tenant), black_box("666b166ce06b042")))
+        b.iter(|| context::account_key(black_box(&tenant.id), black_box("666b166ce06b042")))
     });
     g.bench_function("new_request_id", |b| b.iter(headers::new_request_id));
     g.finish();
@@ -195,7 +206,7 @@ fn header_synthesis(c: &mut Criterion) {
         )
     });
     g.bench_function("respond_hit", |b| {
-        b.iter(|| cache::respond(black_box(&body), CacheResult::Hit, Some(299)))
+        b.iter(|| cached_read::respond(black_box(&body), CacheResult::Hit, Some(299)))
     });
     g.finish();
 }
@@ -203,9 +214,9 @@ fn header_synthesis(c: &mut Criterion) {
 fn webhook_parsing(c: &mut Criterion) {
     let mut g = c.benchmark_group("webhook");
     g.bench_function("parse_job_status", |b| {
-        b.iter(|| mono_proxy::jobs::parse_job_status(black_box(JOB_STATUS)))
+        b.iter(|| sync::parse_job_status(black_box(JOB_STATUS)))
     });
-    // What webhook::serve does with a delivery: a Value, then the fields it reads.
+    // What the webhook class does with a delivery: a Value, then the fields it reads.
     g.bench_function("parse_account_updated", |b| {
         b.iter(|| {
             let event: serde_json::Value =

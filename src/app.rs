@@ -1,4 +1,5 @@
-//! Starting and stopping a whole proxy (server + admin) on already-bound listeners.
+//! Starting and stopping a whole proxy: the state, the servers on already-bound listeners, and
+//! the background tasks beside them (poller, broadcast listener, secret watcher).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -9,8 +10,30 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::state::State;
-use crate::{admin, server};
+use crate::request::{poller, sync};
+use crate::state::{State, StateError};
+use crate::{admin, lifecycle, server};
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// `proxy` or `admin`.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A bound listener has no local address.
+    #[error("listener address: {0}")]
+    Listener(std::io::Error),
+    /// The shared state could not be built.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
 
 /// A running proxy: its addresses, its state, and the means to stop it.
 pub struct Running {
@@ -50,18 +73,26 @@ impl Running {
     }
 }
 
-/// Builds the state and serves `listener` and `admin` until [`Running::stop`].
+/// Builds the state, starts the background tasks and serves `listener` and `admin` until
+/// [`Running::stop`].
 pub async fn start(
     config: Config,
     listener: TcpListener,
     admin: TcpListener,
-) -> Result<Running, String> {
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
+) -> Result<Running, StartError> {
+    let addr = listener.local_addr().map_err(StartError::Listener)?;
+    let admin_addr = admin.local_addr().map_err(StartError::Listener)?;
     if !addr.ip().is_loopback() && config.clients.is_empty() {
         tracing::warn!(listen = %addr, "listening beyond loopback without [[clients]] tokens: anything that can connect can spend the Mono key");
     }
-    let state = State::new(config).await?;
+    let (state, polls) = State::new(config).await?;
+    // Background tasks hold the state weakly: they end when the proxy is dropped.
+    tokio::spawn(poller::run(Arc::downgrade(&state), polls));
+    if let Some(broadcasts) = state.store.subscribe() {
+        tokio::spawn(sync::listen(Arc::downgrade(&state), broadcasts));
+    }
+    lifecycle::watch_secrets(&state);
+
     let (stop, rx) = watch::channel(false);
     let server = tokio::spawn(server::run(listener, Arc::clone(&state), stopped(rx)));
     // The admin listener outlives the drain so /readyz can say "draining".
@@ -86,12 +117,13 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 }
 
 /// Binds the configured listeners and starts.
-pub async fn bind_and_start(config: Config) -> Result<Running, String> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let admin = TcpListener::bind(config.admin_listen)
-        .await
-        .map_err(|e| format!("cannot listen on {} (admin): {e}", config.admin_listen))?;
+pub async fn bind_and_start(config: Config) -> Result<Running, StartError> {
+    let bind = |addr: SocketAddr, what: &'static str| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, what, source })
+    };
+    let listener = bind(config.listen, "proxy").await?;
+    let admin = bind(config.admin_listen, "admin").await?;
     start(config, listener, admin).await
 }

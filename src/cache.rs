@@ -1,4 +1,5 @@
-//! The response cache for balances and transactions, and the cached-read phase (spec §4).
+//! Cache storage for balances and transactions (spec §4): bodies, freshness and the hashes
+//! behind `x-has-new-data`. It knows nothing of requests; the cached-read class drives it.
 //!
 //! Entries are grouped per (tenant, account) so that invalidating an account after a sync is one
 //! operation and the pre-sync content hashes that drive `x-has-new-data` live beside the bodies.
@@ -8,18 +9,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::{Response, StatusCode};
+use http::header::HeaderValue;
 use tokio::time::Instant;
 
-use crate::body::Body;
 use crate::config::CacheConfig;
-use crate::error::ProxyError;
-use crate::headers::{bool_value, set_cache_status, CacheResult, X_HAS_NEW_DATA};
-use crate::route::{account_target, path_key, Kind};
-use crate::singleflight::{Join, Outcome};
-use crate::state::{State, Tenant};
-use crate::upstream::Fetched;
 
 /// Bytes charged per account group on top of its key and bodies: moka's per-entry bookkeeping
 /// plus our structs. Measured with a counting allocator: one balance (23-byte key, 220-byte
@@ -127,6 +120,11 @@ impl ResponseCache {
             ttl: cfg.ttl,
             max_stale: cfg.max_stale,
         }
+    }
+
+    /// The freshness lifetime of a stored body.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
     }
 
     /// The body cached for a path of an account, whatever its age.
@@ -278,15 +276,6 @@ impl ResponseCache {
     }
 }
 
-/// The cache group key of an account for a tenant.
-pub fn account_key(tenant: &Tenant, account: &str) -> String {
-    let mut k = String::with_capacity(tenant.id.len() + 1 + account.len());
-    k.push_str(&tenant.id);
-    k.push(':');
-    k.push_str(account);
-    k
-}
-
 /// Hash of the envelope's `data` (the timestamp changes on every call; the data does not).
 pub fn data_hash(body: &[u8]) -> u64 {
     #[derive(serde::Deserialize)]
@@ -300,154 +289,6 @@ pub fn data_hash(body: &[u8]) -> u64 {
         _ => body.hash(&mut h),
     }
     h.finish()
-}
-
-/// Builds the response for a cached body.
-pub fn respond(body: &CachedBody, result: CacheResult, ttl: Option<i64>) -> Response<Body> {
-    let mut resp = Response::new(Body::full(body.body.clone()));
-    // Sized for what is added here and by the service (x-request-id): no regrowth per hit.
-    *resp.headers_mut() = http::HeaderMap::with_capacity(8);
-    let h = resp.headers_mut();
-    if let Some(ct) = &body.content_type {
-        h.insert(header::CONTENT_TYPE, ct.clone());
-    }
-    set_cache_status(h, result, ttl);
-    if matches!(result, CacheResult::Hit | CacheResult::Stale) {
-        h.insert(
-            header::AGE,
-            HeaderValue::from(body.stored_at.elapsed().as_secs()),
-        );
-    }
-    h.insert(X_HAS_NEW_DATA, bool_value(body.has_new_data));
-    resp
-}
-
-/// What a fill (an upstream fetch for a cache miss) produced, shared by its waiters.
-#[derive(Debug, Clone)]
-pub enum Filled {
-    /// A 200, now cached.
-    Stored(Arc<CachedBody>),
-    /// Anything else, passed through uncached.
-    Uncacheable(Arc<Fetched>),
-}
-
-/// Cached read (spec §4): fresh hit, or one collapsed upstream fetch, or stale on error.
-pub async fn serve(
-    state: &Arc<State>,
-    tenant: &Tenant,
-    account: &str,
-    kind: Kind,
-    query: Option<&str>,
-    request_id: &HeaderValue,
-) -> Result<(Response<Body>, CacheResult), ProxyError> {
-    let akey = account_key(tenant, account);
-    let pkey = path_key(kind, query);
-    let mut stale = None;
-    if let Some(body) = state.cache.lookup(&akey, &pkey) {
-        match state.cache.freshness(&body) {
-            Freshness::Fresh(ttl) => {
-                return Ok((
-                    respond(&body, CacheResult::Hit, Some(ttl)),
-                    CacheResult::Hit,
-                ))
-            }
-            Freshness::Stale(past) => stale = Some((body, past)),
-            Freshness::Expired => {}
-        }
-    }
-    let (filled, led) = fill(
-        state, tenant, &akey, &pkey, account, kind, query, request_id,
-    )
-    .await;
-    let result = if led {
-        CacheResult::Miss
-    } else {
-        CacheResult::Collapsed
-    };
-    match (filled, stale) {
-        (Ok(Filled::Stored(body)), _) => {
-            let ttl = state.cache.ttl.as_secs() as i64;
-            Ok((respond(&body, result, Some(ttl)), result))
-        }
-        (Ok(Filled::Uncacheable(f)), Some((body, past))) if f.status.is_server_error() => Ok((
-            respond(&body, CacheResult::Stale, Some(-past)),
-            CacheResult::Stale,
-        )),
-        (Ok(Filled::Uncacheable(f)), _) => {
-            let mut resp = f.to_response();
-            set_cache_status(resp.headers_mut(), result, None);
-            Ok((resp, result))
-        }
-        (Err(e), Some((body, past))) => {
-            tracing::warn!(error = %e, account, "upstream failed; serving stale");
-            Ok((
-                respond(&body, CacheResult::Stale, Some(-past)),
-                CacheResult::Stale,
-            ))
-        }
-        (Err(e), None) => Err(e),
-    }
-}
-
-/// One upstream fetch per (tenant, account, path) however many callers miss at once.
-/// Returns the fill's result and whether this caller led it.
-#[allow(clippy::too_many_arguments)]
-pub async fn fill(
-    state: &Arc<State>,
-    tenant: &Tenant,
-    akey: &str,
-    pkey: &str,
-    account: &str,
-    kind: Kind,
-    query: Option<&str>,
-    request_id: &HeaderValue,
-) -> (Result<Filled, ProxyError>, bool) {
-    let flight_key = format!("{akey}/{pkey}");
-    let (waiter, led) = match state.fills.join(&flight_key) {
-        Join::Leader(leader, waiter) => {
-            let state = Arc::clone(state);
-            let tenant = tenant.clone();
-            let akey = akey.to_string();
-            let pkey = pkey.to_string();
-            let target = account_target(account, kind, query);
-            let request_id = request_id.clone();
-            // Detached: a client hanging up must not cancel a fetch others wait on.
-            tokio::spawn(async move {
-                let result =
-                    fetch_and_store(&state, &tenant, &akey, &pkey, &target, &request_id).await;
-                leader.finish(result);
-            });
-            (waiter, true)
-        }
-        Join::Follower(waiter) => (waiter, false),
-    };
-    let timeout = state.config.upstream.timeout + Duration::from_secs(1);
-    let result = match waiter.wait(timeout).await {
-        Outcome::Done(r) => r,
-        Outcome::LeaderLost => Err(ProxyError::Internal("the cache fill was abandoned".into())),
-        Outcome::TimedOut => Err(ProxyError::UpstreamTimeout(timeout.as_millis() as u64)),
-    };
-    (result, led)
-}
-
-async fn fetch_and_store(
-    state: &State,
-    tenant: &Tenant,
-    akey: &str,
-    pkey: &str,
-    target: &str,
-    request_id: &HeaderValue,
-) -> Result<Filled, ProxyError> {
-    let req = state.upstream.get(target, &tenant.key, request_id, false)?;
-    let fetched = state
-        .timed_fetch("cached", req, state.config.upstream.timeout)
-        .await?;
-    if fetched.status != StatusCode::OK {
-        return Ok(Filled::Uncacheable(Arc::new(fetched)));
-    }
-    let body = crate::pagination::rewrite(fetched.body, &state.pagination);
-    let ct = fetched.headers.get(header::CONTENT_TYPE).cloned();
-    Ok(Filled::Stored(state.cache.store(akey, pkey, body, ct)))
 }
 
 #[cfg(test)]

@@ -17,20 +17,41 @@ use crate::sandbox::{Sandbox, SandboxConfig};
 const DEMO_KEY: &str = "test_sk_demo";
 const DEMO_WEBHOOK_SECRET: &str = "demo-webhook-secret";
 
+/// Why the demo could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The demo's own listen address is taken or not allowed.
+    #[error("cannot listen on {addr}: {source} (try `mono-proxy demo --listen 127.0.0.1:0`)")]
+    Listen {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A loopback listener or the sandbox failed.
+    #[error("demo: {0}")]
+    Io(#[from] std::io::Error),
+    /// The built-in config was refused (a bug).
+    #[error("demo config: {0}")]
+    Config(#[from] crate::config::ConfigErrors),
+    /// The proxy did not start.
+    #[error(transparent)]
+    Start(#[from] crate::app::StartError),
+}
+
 /// Runs the demo until SIGINT/SIGTERM.
-pub async fn run(listen: SocketAddr) -> Result<(), String> {
-    let proxy_listener = TcpListener::bind(listen).await.map_err(|e| {
-        format!("cannot listen on {listen}: {e} (try `mono-proxy demo --listen 127.0.0.1:0`)")
-    })?;
-    let proxy_addr = proxy_listener.local_addr().map_err(|e| e.to_string())?;
-    let admin_listener = TcpListener::bind("127.0.0.1:0")
+pub async fn run(listen: SocketAddr) -> Result<(), DemoError> {
+    let proxy_listener = TcpListener::bind(listen)
         .await
-        .map_err(|e| e.to_string())?;
-    let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
-    let app_listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| e.to_string())?;
-    let app_addr = app_listener.local_addr().map_err(|e| e.to_string())?;
+        .map_err(|source| DemoError::Listen {
+            addr: listen,
+            source,
+        })?;
+    let proxy_addr = proxy_listener.local_addr()?;
+    let admin_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let admin_addr = admin_listener.local_addr()?;
+    let app_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let app_addr = app_listener.local_addr()?;
     tokio::spawn(run_app(app_listener));
 
     let sandbox = Sandbox::new(SandboxConfig {
@@ -42,8 +63,7 @@ pub async fn run(listen: SocketAddr) -> Result<(), String> {
         ..SandboxConfig::default()
     })
     .spawn()
-    .await
-    .map_err(|e| format!("sandbox: {e}"))?;
+    .await?;
 
     let text = format!(
         r#"
@@ -63,7 +83,7 @@ pub async fn run(listen: SocketAddr) -> Result<(), String> {
         ("MONO_SEC_KEY", DEMO_KEY),
         ("MONO_WEBHOOK_SECRET", DEMO_WEBHOOK_SECRET),
     ];
-    let config = Config::parse_runnable(&text, &env).map_err(|e| e.to_string())?;
+    let config = Config::parse_runnable(&text, &env)?;
     let running = crate::app::start(config, proxy_listener, admin_listener).await?;
 
     let p = format!("http://{proxy_addr}");
@@ -87,8 +107,8 @@ Ctrl-C to stop.
         sb = sandbox.addr
     );
     crate::lifecycle::terminated().await;
-    running.stop().await.map_err(|e| e.to_string())?;
-    sandbox.stop().await.map_err(|e| e.to_string())?;
+    running.stop().await?;
+    sandbox.stop().await?;
     Ok(())
 }
 

@@ -1,22 +1,29 @@
 //! mono-proxy: a local caching reverse proxy for Mono's open-banking API.
 //!
-//! Request path: [`route`] classifies → [`service`] authorizes and picks the phase →
-//! [`cache`] | [`realtime`] | [`jobs`] | [`webhook`] | passthrough → [`upstream`] → respond.
+//! Request path: [`service`] runs the pipeline: [`route`] classifies → authorize → one of the
+//! [`request`] classes (cached read, realtime, job status, webhook, passthrough) → [`upstream`]
+//! → respond. The request classes stand on shared handles that import nothing above them:
+//! [`config`], [`upstream`], [`cache`], [`inflight`], [`store`], [`polls`], [`deliveries`],
+//! [`tenant`], [`metrics`], gathered in [`state`]. [`app`] assembles a proxy and starts its
+//! servers ([`server`], [`admin`]) and background tasks. docs/design.md draws the map.
 
 pub mod admin;
 pub mod app;
 pub mod body;
 pub mod cache;
+pub mod clock;
 pub mod config;
+pub mod deliveries;
 pub mod demo;
 pub mod error;
 pub mod headers;
-pub mod jobs;
+pub mod inflight;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod pagination;
-pub mod realtime;
+pub mod polls;
+pub mod request;
 pub mod route;
 pub mod sandbox;
 pub mod server;
@@ -24,5 +31,5 @@ pub mod service;
 pub mod singleflight;
 pub mod state;
 pub mod store;
+pub mod tenant;
 pub mod upstream;
-pub mod webhook;

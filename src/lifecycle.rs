@@ -39,7 +39,7 @@ pub async fn terminated() {
 ///
 /// The SIGHUP handler is registered before this returns, so a SIGHUP sent once the caller has
 /// moved on reloads instead of killing the process (SIGHUP's default action).
-pub fn spawn_secret_reloader(state: &Arc<State>) {
+pub fn watch_secrets(state: &Arc<State>) {
     let files: Vec<PathBuf> = secret_files(state);
     let weak = Arc::downgrade(state);
     #[cfg(unix)]

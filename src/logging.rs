@@ -6,9 +6,20 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
 
+/// Why logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LogSetupError {
+    /// The filter does not parse.
+    #[error("log filter: {0}")]
+    Filter(#[from] tracing_subscriber::filter::ParseError),
+    /// A global subscriber is already installed.
+    #[error("log setup: {0}")]
+    Install(String),
+}
+
 /// Installs the global subscriber, writing to stderr.
-pub fn init(cfg: &LogConfig) -> Result<(), String> {
-    let filter = EnvFilter::try_new(&cfg.filter).map_err(|e| format!("log filter: {e}"))?;
+pub fn init(cfg: &LogConfig) -> Result<(), LogSetupError> {
+    let filter = EnvFilter::try_new(&cfg.filter)?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -23,5 +34,5 @@ pub fn init(cfg: &LogConfig) -> Result<(), String> {
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };
-    result.map_err(|e| format!("log setup: {e}"))
+    result.map_err(|e| LogSetupError::Install(e.to_string()))
 }

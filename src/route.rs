@@ -1,9 +1,8 @@
-//! Request classification: which of the five paths through the proxy a request takes.
+//! Request classification, the first phase: which of the five paths through the proxy a
+//! request takes.
 //!
 //! Validation happens here, before anything is forwarded: a request that names a bad id, uses
 //! dot-segments or points at a foreign authority never reaches the upstream.
-
-use std::borrow::Cow;
 
 use http::{HeaderMap, Method, Uri};
 
@@ -31,7 +30,7 @@ impl Kind {
 
 /// The class of a request (spec §2), with the validated ids it carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
+pub enum Class {
     /// `GET` balance/transactions with `x-realtime: true`.
     Realtime {
         /// Account id.
@@ -59,15 +58,15 @@ pub enum Route {
     Passthrough,
 }
 
-impl Route {
+impl Class {
     /// A short label for logs and metrics.
-    pub fn class(&self) -> &'static str {
+    pub fn label(&self) -> &'static str {
         match self {
-            Route::Realtime { .. } => "realtime",
-            Route::Cached { .. } => "cached",
-            Route::JobStatus { .. } => "job_status",
-            Route::Webhook => "webhook",
-            Route::Passthrough => "passthrough",
+            Class::Realtime { .. } => "realtime",
+            Class::Cached { .. } => "cached",
+            Class::JobStatus { .. } => "job_status",
+            Class::Webhook => "webhook",
+            Class::Passthrough => "passthrough",
         }
     }
 }
@@ -82,7 +81,7 @@ pub fn classify(
     headers: &HeaderMap,
     webhook_path: &str,
     accept_hosts: &[String],
-) -> Result<Route, ProxyError> {
+) -> Result<Class, ProxyError> {
     if method == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed(
             "CONNECT tunnels are not supported: point the client's Mono base URL at this proxy instead",
@@ -95,7 +94,7 @@ pub fn classify(
 
     if path == webhook_path {
         return if method == Method::POST {
-            Ok(Route::Webhook)
+            Ok(Class::Webhook)
         } else {
             Err(ProxyError::MethodNotAllowed(
                 "the webhook path accepts POST only",
@@ -105,39 +104,39 @@ pub fn classify(
 
     let mut segments = path.split('/').skip(1);
     if segments.next() != Some("v2") || segments.next() != Some("accounts") {
-        return Ok(Route::Passthrough);
+        return Ok(Class::Passthrough);
     }
     let Some(account) = segments.next() else {
-        return Ok(Route::Passthrough);
+        return Ok(Class::Passthrough);
     };
     if account.is_empty() {
-        return Ok(Route::Passthrough);
+        return Ok(Class::Passthrough);
     }
     validate_id("account id", account)?;
     let rest: [Option<&str>; 3] = [segments.next(), segments.next(), segments.next()];
     if method != Method::GET {
-        return Ok(Route::Passthrough);
+        return Ok(Class::Passthrough);
     }
     let account = account.to_string();
     Ok(match rest {
-        [Some("balance"), None, _] => account_route(account, Kind::Balance, realtime),
-        [Some("transactions"), None, _] => account_route(account, Kind::Transactions, realtime),
+        [Some("balance"), None, _] => account_class(account, Kind::Balance, realtime),
+        [Some("transactions"), None, _] => account_class(account, Kind::Transactions, realtime),
         [Some("jobs"), Some(job_id), None] => {
             validate_id("job id", job_id)?;
-            Route::JobStatus {
+            Class::JobStatus {
                 account,
                 job_id: job_id.to_string(),
             }
         }
-        _ => Route::Passthrough,
+        _ => Class::Passthrough,
     })
 }
 
-fn account_route(account: String, kind: Kind, realtime: bool) -> Route {
+fn account_class(account: String, kind: Kind, realtime: bool) -> Class {
     if realtime {
-        Route::Realtime { account, kind }
+        Class::Realtime { account, kind }
     } else {
-        Route::Cached { account, kind }
+        Class::Cached { account, kind }
     }
 }
 
@@ -250,51 +249,11 @@ fn realtime_flag(headers: &HeaderMap) -> Result<bool, ProxyError> {
     Ok(flag.unwrap_or(false))
 }
 
-/// Normalizes a query for cache keys: pairs sorted, empty pairs and trailing `&` dropped.
-pub fn normalize_query(query: Option<&str>) -> String {
-    let Some(q) = query else {
-        return String::new();
-    };
-    let mut pairs: Vec<&str> = q.split('&').filter(|p| !p.is_empty()).collect();
-    if pairs.is_empty() {
-        return String::new();
-    }
-    // Stable and by name only: repeated parameters keep their order (`page=2&page=1` differs
-    // from `page=1&page=2` to an upstream that reads the first), other orders do not matter.
-    pairs.sort_by(|a, b| param_name(a).cmp(param_name(b)));
-    pairs.join("&")
-}
-
-fn param_name(pair: &str) -> &str {
-    pair.split_once('=').map_or(pair, |(name, _)| name)
-}
-
-/// The upstream target of an account endpoint, with the client's query as sent.
-pub fn account_target(account: &str, kind: Kind, query: Option<&str>) -> String {
-    let mut target = format!("/v2/accounts/{account}/{}", kind.as_str());
-    if let Some(q) = query.filter(|q| !q.is_empty()) {
-        target.push('?');
-        target.push_str(q);
-    }
-    target
-}
-
-/// The cache path key of an account endpoint: `balance` or `transactions?page=2`.
-/// Borrowed when there is no query, so the common hit allocates nothing for it.
-pub fn path_key(kind: Kind, query: Option<&str>) -> Cow<'static, str> {
-    let q = normalize_query(query);
-    if q.is_empty() {
-        Cow::Borrowed(kind.as_str())
-    } else {
-        Cow::Owned(format!("{}?{q}", kind.as_str()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn route(method: &str, target: &str, realtime: Option<&str>) -> Result<Route, ProxyError> {
+    fn class_of(method: &str, target: &str, realtime: Option<&str>) -> Result<Class, ProxyError> {
         let mut headers = HeaderMap::new();
         if let Some(v) = realtime {
             headers.insert("x-realtime", v.parse().unwrap());
@@ -312,29 +271,29 @@ mod tests {
     #[test]
     fn classes_follow_the_spec_table() {
         assert_eq!(
-            route("GET", "/v2/accounts/abc/balance", Some("TRUE")).unwrap(),
-            Route::Realtime {
+            class_of("GET", "/v2/accounts/abc/balance", Some("TRUE")).unwrap(),
+            Class::Realtime {
                 account: "abc".into(),
                 kind: Kind::Balance
             }
         );
         assert_eq!(
-            route("GET", "/v2/accounts/abc/transactions?page=2", None).unwrap(),
-            Route::Cached {
+            class_of("GET", "/v2/accounts/abc/transactions?page=2", None).unwrap(),
+            Class::Cached {
                 account: "abc".into(),
                 kind: Kind::Transactions
             }
         );
         assert_eq!(
-            route("GET", "/v2/accounts/abc/jobs/jobs.accounts_1", None).unwrap(),
-            Route::JobStatus {
+            class_of("GET", "/v2/accounts/abc/jobs/jobs.accounts_1", None).unwrap(),
+            Class::JobStatus {
                 account: "abc".into(),
                 job_id: "jobs.accounts_1".into()
             }
         );
         assert_eq!(
-            route("POST", "/webhooks/mono", None).unwrap(),
-            Route::Webhook
+            class_of("POST", "/webhooks/mono", None).unwrap(),
+            Class::Webhook
         );
         for p in [
             "/v1/x",
@@ -343,11 +302,11 @@ mod tests {
             "/account/auth",
             "/v2/accounts/abc/identity",
         ] {
-            assert_eq!(route("GET", p, None).unwrap(), Route::Passthrough, "{p}");
+            assert_eq!(class_of("GET", p, None).unwrap(), Class::Passthrough, "{p}");
         }
         assert_eq!(
-            route("POST", "/v2/accounts/abc/balance", None).unwrap(),
-            Route::Passthrough
+            class_of("POST", "/v2/accounts/abc/balance", None).unwrap(),
+            Class::Passthrough
         );
     }
 
@@ -361,18 +320,18 @@ mod tests {
             "/v2/accounts/a%2fb/balance",
             "/v1/../v2",
         ] {
-            assert_eq!(route("GET", p, None).unwrap_err().status(), 400, "{p}");
+            assert_eq!(class_of("GET", p, None).unwrap_err().status(), 400, "{p}");
         }
         let long = format!("/v2/accounts/{}/balance", "a".repeat(MAX_ID_LEN + 1));
-        assert_eq!(route("GET", &long, None).unwrap_err().status(), 400);
+        assert_eq!(class_of("GET", &long, None).unwrap_err().status(), 400);
         assert_eq!(
-            route("GET", "/v2/accounts/abc/balance", Some("yes"))
+            class_of("GET", "/v2/accounts/abc/balance", Some("yes"))
                 .unwrap_err()
                 .status(),
             400
         );
         assert_eq!(
-            route("GET", "/v2/accounts/abc/jobs/..", None)
+            class_of("GET", "/v2/accounts/abc/jobs/..", None)
                 .unwrap_err()
                 .status(),
             400
@@ -381,52 +340,36 @@ mod tests {
 
     #[test]
     fn absolute_form_only_for_accepted_hosts() {
-        assert!(route(
+        assert!(class_of(
             "GET",
             "https://api.withmono.com/v2/accounts/a/balance",
             None
         )
         .is_ok());
-        assert!(route(
+        assert!(class_of(
             "GET",
             "http://API.withmono.com:443/v2/accounts/a/balance",
             None
         )
         .is_err());
-        assert!(route(
+        assert!(class_of(
             "GET",
             "https://api.withmono.com:443/v2/accounts/a/balance",
             None
         )
         .is_ok());
-        assert!(route("GET", "http://127.0.0.1:9/v2/x", None).is_ok());
+        assert!(class_of("GET", "http://127.0.0.1:9/v2/x", None).is_ok());
         assert_eq!(
-            route("GET", "https://evil.example/v2/x", None)
+            class_of("GET", "https://evil.example/v2/x", None)
                 .unwrap_err()
                 .status(),
             403
         );
         assert_eq!(
-            route("CONNECT", "api.withmono.com:443", None)
+            class_of("CONNECT", "api.withmono.com:443", None)
                 .unwrap_err()
                 .status(),
             405
-        );
-    }
-
-    #[test]
-    fn query_normalization_sorts_and_drops_empty_pairs() {
-        assert_eq!(normalize_query(Some("paginate=true&")), "paginate=true");
-        assert_eq!(normalize_query(Some("b=2&&a=1&")), "a=1&b=2");
-        assert_eq!(path_key(Kind::Balance, Some("&")), "balance");
-        assert_eq!(normalize_query(Some("page=2&page=1")), "page=2&page=1");
-        assert_ne!(
-            normalize_query(Some("page=2&page=1")),
-            normalize_query(Some("page=1&page=2"))
-        );
-        assert_ne!(
-            path_key(Kind::Transactions, Some("page=1")),
-            path_key(Kind::Transactions, Some("page=2"))
         );
     }
 }

@@ -1,5 +1,6 @@
-//! The request pipeline: classify → authorize → (cache | realtime | jobs | webhook | passthrough)
-//! → upstream → respond. Infallible: every failure becomes a response in Mono's envelope.
+//! The request pipeline: classify → authorize → (cached read | realtime | job status | webhook |
+//! passthrough) → upstream → respond. Infallible: every failure becomes a response in Mono's
+//! envelope, and every request ends in one summary event and one metric.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -16,10 +17,11 @@ use crate::body::Body;
 use crate::config::ClientKeyPolicy;
 use crate::error::ProxyError;
 use crate::headers::{self, CacheResult, MONO_SEC_KEY, REQUEST_ID, X_PROXY_TOKEN};
-use crate::route::{self, Route};
-use crate::state::{State, Tenant};
-use crate::webhook::secret_matches;
-use crate::{cache, jobs, realtime, webhook};
+use crate::request::context::{AccountRead, JobRead};
+use crate::request::{cached_read, job_status, passthrough, realtime, webhook};
+use crate::route::{self, Class};
+use crate::state::State;
+use crate::tenant::Tenant;
 
 /// The proxy as a hyper service: a cheap clone over the shared state.
 #[derive(Clone)]
@@ -48,9 +50,9 @@ impl Activity {
 }
 
 /// Counts a request as in flight until its answer is ready (or it is cancelled).
-struct InFlight(Arc<Activity>);
+struct Busy(Arc<Activity>);
 
-impl Drop for InFlight {
+impl Drop for Busy {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
@@ -85,7 +87,7 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
         let state = Arc::clone(&self.state);
         self.activity.started.fetch_add(1, Ordering::Relaxed);
         self.activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        let guard = InFlight(Arc::clone(&self.activity));
+        let guard = Busy(Arc::clone(&self.activity));
         Box::pin(async move {
             let resp = handle(state, req).await;
             drop(guard);
@@ -94,8 +96,8 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
     }
 }
 
-/// What the pipeline produced, for the summary log line and metrics.
-struct Outcome {
+/// What the pipeline produced, for the summary event and metrics.
+struct Summary {
     class: &'static str,
     cache: Option<CacheResult>,
     error: Option<&'static str>,
@@ -107,15 +109,15 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
     let request_id = headers::request_id(req.headers());
     let method = req.method().clone();
     let uri = req.uri().clone();
-    let mut outcome = Outcome {
+    let mut summary = Summary {
         class: "invalid",
         cache: None,
         error: None,
     };
-    let mut resp = match pipeline(&state, req, &request_id, &mut outcome).await {
+    let mut resp = match pipeline(&state, req, &request_id, &mut summary).await {
         Ok(resp) => resp,
         Err(e) => {
-            outcome.error = Some(e.kind());
+            summary.error = Some(e.kind());
             if e.status().is_server_error() {
                 tracing::warn!(request_id = ?request_id, error = %e, "request failed");
             }
@@ -124,58 +126,67 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
     };
     resp.headers_mut().insert(REQUEST_ID, request_id.clone());
     let status = resp.status().as_u16();
-    let cache_label = outcome.cache.map_or("none", CacheResult::label);
-    state.metrics.request(outcome.class, cache_label, status);
+    let cache_label = summary.cache.map_or("none", CacheResult::label);
+    state.metrics.request(summary.class, cache_label, status);
     tracing::info!(
         target: "mono_proxy::access",
         request_id = request_id.to_str().unwrap_or("-"),
         method = %method,
         path = uri.path(),
-        class = outcome.class,
+        class = summary.class,
         status,
         cache = cache_label,
-        error = outcome.error.unwrap_or(""),
+        error = summary.error.unwrap_or(""),
         duration_ms = started.elapsed().as_secs_f64() * 1000.0,
         "request"
     );
     resp
 }
 
-/// classify → authorize → the class's phase.
+/// classify → authorize → the class's step.
 async fn pipeline(
     state: &Arc<State>,
     req: Request<Incoming>,
     request_id: &HeaderValue,
-    outcome: &mut Outcome,
+    summary: &mut Summary,
 ) -> Result<Response<Body>, ProxyError> {
-    let route = classify(state, &req)?;
-    outcome.class = route.class();
-    if route == Route::Webhook {
-        return webhook::serve(state, req).await;
-    }
-    let tenant = authorize(state, &req)?;
+    let class = classify(state, &req)?;
+    summary.class = class.label();
     let query = req.uri().query();
-    let (resp, result) = match &route {
-        Route::Cached { account, kind } => {
-            cache::serve(state, &tenant, account, *kind, query, request_id).await?
+    let (resp, result) = match class {
+        // Mono authenticates its webhooks with their own secret; no client token applies.
+        Class::Webhook => return webhook::serve(state, req).await,
+        Class::Passthrough => {
+            let tenant = authorize(state, &req)?;
+            return passthrough::serve(state, &tenant, req, request_id).await;
         }
-        Route::Realtime { account, kind } => {
-            realtime::serve(state, &tenant, account, *kind, query, request_id).await?
+        Class::Cached { account, kind } => {
+            let tenant = authorize(state, &req)?;
+            let read = AccountRead::new(tenant, account, kind, query, request_id.clone());
+            cached_read::serve(state, &read).await?
         }
-        Route::JobStatus { account, job_id } => {
-            let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-            jobs::serve(state, &tenant, account, job_id, pq, request_id).await?
+        Class::Realtime { account, kind } => {
+            let tenant = authorize(state, &req)?;
+            let read = AccountRead::new(tenant, account, kind, query, request_id.clone());
+            realtime::serve(state, &read).await?
         }
-        Route::Webhook | Route::Passthrough => {
-            return passthrough(state, &tenant, req, request_id).await;
+        Class::JobStatus { account, job_id } => {
+            let read = JobRead {
+                tenant: authorize(state, &req)?,
+                account,
+                job_id,
+                query: query.map(str::to_string),
+                request_id: request_id.clone(),
+            };
+            job_status::serve(state, &read).await?
         }
     };
-    outcome.cache = Some(result);
+    summary.cache = Some(result);
     Ok(resp)
 }
 
 /// Decides the request class and refuses what must never be forwarded.
-fn classify(state: &State, req: &Request<Incoming>) -> Result<Route, ProxyError> {
+fn classify(state: &State, req: &Request<Incoming>) -> Result<Class, ProxyError> {
     // Every HTTP/2 request carries `:authority` (the proxy's own address, what `Host` is in
     // HTTP/1), so hyper puts one in every h2 URI. Only an HTTP/1 target with an authority is
     // absolute-form (`HTTPS_PROXY` clients); checking h2's would refuse all h2 traffic with 403.
@@ -228,50 +239,7 @@ fn authorize(state: &State, req: &Request<Incoming>) -> Result<Tenant, ProxyErro
         return Err(ProxyError::Unauthorized("a client token is required"));
     };
     secrets
-        .clients
-        .iter()
-        .find(|c| secret_matches(presented, c.token.expose()))
+        .client(presented)
         .map(|c| c.tenant.clone())
         .ok_or(ProxyError::Unauthorized("invalid client token"))
-}
-
-/// Passthrough: forwarded as-is with the key injected, streamed both ways, never cached.
-async fn passthrough(
-    state: &Arc<State>,
-    tenant: &Tenant,
-    req: Request<Incoming>,
-    request_id: &HeaderValue,
-) -> Result<Response<Body>, ProxyError> {
-    let limit = state.config.server.max_request_body;
-    let (mut parts, body) = req.into_parts();
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ProxyError::PayloadTooLarge(limit));
-    }
-    parts.headers.remove(X_PROXY_TOKEN);
-    if !state.secrets.load().clients.is_empty() {
-        // The client token may travel as a bearer token; it is ours, not Mono's.
-        parts.headers.remove(header::AUTHORIZATION);
-    }
-    state
-        .upstream
-        .prepare(&mut parts, &tenant.key, request_id)?;
-    let body = if hyper::body::Body::is_end_stream(&body) {
-        Body::empty()
-    } else {
-        Body::limited(body, limit)
-    };
-    let resp = state
-        .timed_send(
-            "passthrough",
-            Request::from_parts(parts, body),
-            state.config.upstream.timeout,
-        )
-        .await?;
-    let (parts, body) = resp.into_parts();
-    Ok(Response::from_parts(parts, Body::Stream(body)))
 }

@@ -1,4 +1,5 @@
-//! The one pooled upstream client: rustls, HTTP/1.1 and h2 by ALPN, key injection, timeouts.
+//! The one pooled upstream client: rustls, HTTP/1.1 and h2 by ALPN, key injection, timeouts,
+//! and the metrics of every call made to Mono.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +19,34 @@ use crate::body::{collect_limited, Body, CollectError};
 use crate::config::{Secret, UpstreamConfig};
 use crate::error::ProxyError;
 use crate::headers::{strip_hop_by_hop, MONO_SEC_KEY, REQUEST_ID};
+use crate::metrics::Metrics;
+
+/// Why the upstream client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamSetupError {
+    /// `ca_file` cannot be read.
+    #[error("cannot read ca_file {path}: {source}")]
+    CaFileUnreadable {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `ca_file` holds something that is not a usable certificate.
+    #[error("ca_file {path}: {reason}")]
+    CaFileInvalid {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// rustls refused the TLS settings.
+    #[error("tls setup: {0}")]
+    Tls(#[from] rustls::Error),
+    /// `base_url` names no host usable in `Host`.
+    #[error("upstream base_url has no usable host")]
+    NoHost,
+}
 
 /// A response read fully into memory (for the cache and for answers shared by waiters).
 #[derive(Debug, Clone)]
@@ -48,33 +77,42 @@ pub struct Upstream {
     authority: Authority,
     host: HeaderValue,
     max_response_bytes: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl Upstream {
-    /// Builds the client from config: webpki roots plus the optional `ca_file`.
-    pub fn new(cfg: &UpstreamConfig) -> Result<Upstream, String> {
+    /// Builds the client from config: webpki roots plus the optional `ca_file`; every call
+    /// made through it is counted in `metrics`.
+    pub fn new(
+        cfg: &UpstreamConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Upstream, UpstreamSetupError> {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(path) = &cfg.ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
+            let invalid = |reason: String| UpstreamSetupError::CaFileInvalid {
+                path: path.clone(),
+                reason,
+            };
+            let pem =
+                std::fs::read(path).map_err(|source| UpstreamSetupError::CaFileUnreadable {
+                    path: path.clone(),
+                    source,
+                })?;
             let mut added = 0;
             for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                let cert = cert.map_err(|e| format!("ca_file {}: {e}", path.display()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+                let cert = cert.map_err(|e| invalid(e.to_string()))?;
+                roots.add(cert).map_err(|e| invalid(e.to_string()))?;
                 added += 1;
             }
             if added == 0 {
-                return Err(format!("ca_file {} holds no certificate", path.display()));
+                return Err(invalid("holds no certificate".into()));
             }
         }
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("tls setup: {e}"))?
+        .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
 
@@ -100,15 +138,16 @@ impl Upstream {
             .base_url
             .authority()
             .cloned()
-            .ok_or_else(|| "upstream base_url has no host".to_string())?;
-        let host = HeaderValue::from_str(authority.as_str())
-            .map_err(|_| "upstream host is not a valid header value".to_string())?;
+            .ok_or(UpstreamSetupError::NoHost)?;
+        let host =
+            HeaderValue::from_str(authority.as_str()).map_err(|_| UpstreamSetupError::NoHost)?;
         Ok(Upstream {
             client,
             scheme,
             authority,
             host,
             max_response_bytes: cfg.max_response_bytes,
+            metrics,
         })
     }
 
@@ -171,8 +210,22 @@ impl Upstream {
         Ok(req)
     }
 
-    /// Sends a request and returns the response head within `timeout`; the body streams after.
+    /// Sends a request for a request class and returns the response head within `timeout`,
+    /// counting the call in metrics; the body streams after.
     pub async fn send(
+        &self,
+        class: &'static str,
+        req: Request<Body>,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let started = Instant::now();
+        let result = self.relay(req, timeout).await;
+        self.record(class, result.as_ref().map(|r| r.status()), started);
+        result
+    }
+
+    /// Sends a request that is not a call to Mono (a webhook relay): not counted as one.
+    pub async fn relay(
         &self,
         req: Request<Body>,
         timeout: Duration,
@@ -188,15 +241,28 @@ impl Upstream {
         }
     }
 
-    /// Sends a request and reads the whole answer, head and body, within `timeout`.
+    /// Sends a request for a request class and reads the whole answer within `timeout`,
+    /// counting the call in metrics.
     pub async fn fetch(
+        &self,
+        class: &'static str,
+        req: Request<Body>,
+        timeout: Duration,
+    ) -> Result<Fetched, ProxyError> {
+        let started = Instant::now();
+        let result = self.fetch_whole(req, timeout).await;
+        self.record(class, result.as_ref().map(|r| r.status), started);
+        result
+    }
+
+    async fn fetch_whole(
         &self,
         req: Request<Body>,
         timeout: Duration,
     ) -> Result<Fetched, ProxyError> {
         let limit = self.max_response_bytes;
         let work = async {
-            let resp = self.send(req, timeout).await?;
+            let resp = self.relay(req, timeout).await?;
             let (parts, body) = resp.into_parts();
             let body = collect_limited(body, limit).await.map_err(|e| match e {
                 CollectError::TooLarge => {
@@ -216,6 +282,23 @@ impl Upstream {
             Ok(r) => r,
             Err(_) => Err(ProxyError::UpstreamTimeout(timeout.as_millis() as u64)),
         }
+    }
+}
+
+impl Upstream {
+    fn record(
+        &self,
+        class: &'static str,
+        status: Result<StatusCode, &ProxyError>,
+        started: Instant,
+    ) {
+        let label = match status {
+            Ok(s) => s.as_str().to_string(),
+            // The client's body was too large: the upstream did nothing wrong.
+            Err(ProxyError::PayloadTooLarge(_)) => return,
+            Err(e) => e.kind().to_string(),
+        };
+        self.metrics.upstream(class, &label, started.elapsed());
     }
 }
 

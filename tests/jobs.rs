@@ -145,7 +145,7 @@ async fn poller_gives_up_at_its_deadline() {
     .await;
     assert!(gave_up, "{}", proxy.metrics().await);
     let released = eventually(Duration::from_secs(5), || async {
-        proxy.running.state.poller.active() == 0
+        proxy.running.state.polls.active() == 0
     })
     .await;
     assert!(released, "the job is still followed after the deadline");

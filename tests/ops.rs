@@ -403,7 +403,6 @@ async fn rotated_key_file_is_picked_up_without_restart_on_the_same_connection() 
     let key_file = dir.path().join("mono-sec-key");
     std::fs::write(&key_file, "test_sk_wrong00\n").unwrap();
     let proxy = proxy_with_key_file(&sb, &key_file).await;
-    mono_proxy::lifecycle::spawn_secret_reloader(&proxy.running.state);
 
     let mut conn = KeepAlive::open(proxy.running.addr).await;
     let denied = conn.get("/v2/accounts/acc1/balance").await.unwrap();

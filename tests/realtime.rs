@@ -227,7 +227,7 @@ async fn thousand_concurrent_realtime_calls_make_one_upstream_call() {
     assert_eq!(sb.sandbox.count("balance_realtime"), 1);
     assert_eq!(sb.sandbox.count("balance_realtime_repeat"), 0);
     assert!(
-        proxy.running.state.realtime.is_empty(),
+        proxy.running.state.inflight.realtime.is_empty(),
         "no flight left open"
     );
 }
@@ -594,7 +594,7 @@ async fn a_waiter_asking_for_another_page_gets_its_own_page() {
         realtime_on(&mut conn, addr, "/v2/accounts/acc1/transactions?limit=2").await
     });
     let joined = eventually(Duration::from_secs(10), || async {
-        !proxy.running.state.realtime.is_empty()
+        !proxy.running.state.inflight.realtime.is_empty()
     })
     .await;
     assert!(joined, "the leader's flight never started");

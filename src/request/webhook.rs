@@ -1,8 +1,8 @@
 //! Mono's webhooks (spec §6): authenticate, apply once, relay to every target, lose nothing.
 //!
 //! Mono retries any delivery we do not answer 200, so a target that is down turns into a 502
-//! and a later retry; per-event memory makes the retry apply nothing twice and relay only to the
-//! targets that have not had it yet.
+//! and a later retry; the delivery memory makes the retry apply nothing twice and relay only to
+//! the targets that have not had it yet.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,55 +13,13 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use crate::body::{collect_limited, Body, CollectError};
 use crate::error::{envelope, json_response, timestamp, ProxyError};
 use crate::headers::{strip_hop_by_hop, MONO_SEC_KEY, MONO_WEBHOOK_SECRET};
-use crate::jobs;
-use crate::route::Kind;
+use crate::request::sync;
 use crate::state::State;
-use crate::store::{JobStatus, JobUpdate, RecordKey};
-
-/// Mono retries for up to 48 h: remember deliveries a little longer.
-const DELIVERY_MEMORY: Duration = Duration::from_secs(50 * 3600);
-
-/// Progress of one event across its deliveries.
-#[derive(Default)]
-struct Progress {
-    applied: bool,
-    delivered: Vec<bool>,
-}
-
-/// Per-event memory: applied once, relayed once per target.
-pub struct Deliveries {
-    events: moka::sync::Cache<String, Arc<tokio::sync::Mutex<Progress>>>,
-}
-
-impl Default for Deliveries {
-    fn default() -> Self {
-        Deliveries::new()
-    }
-}
-
-impl Deliveries {
-    /// Empty memory.
-    pub fn new() -> Deliveries {
-        Deliveries {
-            events: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(DELIVERY_MEMORY)
-                .build(),
-        }
-    }
-}
-
-/// Compares secrets in constant time (digests first, so the length does not leak either).
-pub fn secret_matches(presented: &[u8], expected: &str) -> bool {
-    let a = Sha256::digest(presented);
-    let b = Sha256::digest(expected.as_bytes());
-    a.ct_eq(&b).into()
-}
+use crate::store::{JobStatus, JobUpdate};
 
 /// Handles one delivery from Mono.
 pub async fn serve(
@@ -69,17 +27,17 @@ pub async fn serve(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
     let secrets = state.secrets.load_full();
-    let Some(expected) = secrets.webhook.as_ref() else {
+    if secrets.webhook.is_none() {
         state.metrics.webhook("unknown", "rejected");
         tracing::warn!("webhook refused: no webhook secret is configured (MONO_WEBHOOK_SECRET)");
         return Err(ProxyError::Unauthorized("webhook secret is not configured"));
-    };
+    }
     let presented = req
         .headers()
         .get(MONO_WEBHOOK_SECRET)
         .map(HeaderValue::as_bytes)
         .unwrap_or_default();
-    if !secret_matches(presented, expected.expose()) {
+    if !secrets.webhook_matches(presented) {
         state.metrics.webhook("unknown", "rejected");
         return Err(ProxyError::Unauthorized("invalid mono-webhook-secret"));
     }
@@ -102,7 +60,7 @@ pub async fn serve(
         Some(id) => format!("id:{id}"),
         None => format!("sha256:{:x}", Sha256::digest(&body)),
     };
-    let progress = state.deliveries.events.get_with(id, Default::default);
+    let progress = state.deliveries.progress(id);
     // Held across the relay: a retry racing the first delivery waits for it instead of doubling it.
     let mut progress = progress.lock().await;
     if !progress.applied {
@@ -154,43 +112,20 @@ async fn apply(state: &Arc<State>, name: &str, event: &Value) -> Result<(), Prox
                         .and_then(Value::as_bool)
                         .unwrap_or(false),
                 };
-                jobs::apply(state, id, &update, None).await;
+                sync::apply(state, id, &update, None).await;
             }
         }
         "mono.events.account_updated" | "mono.accounts.account_updated" => {
             let meta = data.get("meta").unwrap_or(&Value::Null);
-            let account = account_id(data);
-            let sync = meta
-                .get("sync_status")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let has_new_data = meta.get("has_new_data").and_then(Value::as_bool);
-            let update = if sync.eq_ignore_ascii_case("SUCCESSFUL") {
-                JobUpdate {
-                    status: JobStatus::Finished,
-                    has_new_data,
-                    reauth_required: false,
-                }
-            } else if sync.eq_ignore_ascii_case("FAILED") {
-                JobUpdate {
-                    status: JobStatus::Failed,
-                    has_new_data,
-                    reauth_required: false,
-                }
-            } else if sync.eq_ignore_ascii_case("REAUTHORISATION_REQUIRED") {
-                JobUpdate {
-                    status: JobStatus::Failed,
-                    has_new_data,
-                    reauth_required: true,
-                }
-            } else {
+            let Some(update) = sync_update(meta) else {
                 return Ok(());
             };
+            let account = account_id(data);
             match meta.get("job_id").and_then(Value::as_str) {
-                Some(job_id) => jobs::apply(state, job_id, &update, account.as_deref()).await,
+                Some(job_id) => sync::apply(state, job_id, &update, account.as_deref()).await,
                 None => {
                     if let Some(account) = account {
-                        apply_to_account(state, &account, &update).await?;
+                        sync::apply_to_account(state, &account, &update).await?;
                     }
                 }
             }
@@ -200,33 +135,26 @@ async fn apply(state: &Arc<State>, name: &str, event: &Value) -> Result<(), Prox
     Ok(())
 }
 
-/// Older events name no job: apply to the account's processing jobs, and invalidate on success.
-async fn apply_to_account(
-    state: &Arc<State>,
-    account: &str,
-    update: &JobUpdate,
-) -> Result<(), ProxyError> {
-    let tenants = state.secrets.load().tenant_ids();
-    let mut invalidated = false;
-    for tenant in tenants {
-        for kind in [Kind::Balance, Kind::Transactions] {
-            let key = RecordKey {
-                tenant: tenant.clone(),
-                account: account.to_string(),
-                kind,
-            };
-            if let Some(rec) = state.store.get(&key).await? {
-                if rec.status == JobStatus::Processing {
-                    jobs::apply(state, &rec.job_id, update, None).await;
-                    invalidated |= update.status == JobStatus::Finished;
-                }
-            }
-        }
-    }
-    if update.status == JobStatus::Finished && !invalidated {
-        jobs::invalidate(state, account, update.has_new_data).await;
-    }
-    Ok(())
+/// The job update `meta.sync_status` means: `SUCCESSFUL`, `FAILED`, `REAUTHORISATION_REQUIRED`.
+fn sync_update(meta: &Value) -> Option<JobUpdate> {
+    let sync = meta
+        .get("sync_status")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let (status, reauth_required) = if sync.eq_ignore_ascii_case("SUCCESSFUL") {
+        (JobStatus::Finished, false)
+    } else if sync.eq_ignore_ascii_case("FAILED") {
+        (JobStatus::Failed, false)
+    } else if sync.eq_ignore_ascii_case("REAUTHORISATION_REQUIRED") {
+        (JobStatus::Failed, true)
+    } else {
+        return None;
+    };
+    Some(JobUpdate {
+        status,
+        has_new_data: meta.get("has_new_data").and_then(Value::as_bool),
+        reauth_required,
+    })
 }
 
 /// `data.account._id`, `data.account.id`, or `data.account` as a string.
@@ -282,6 +210,7 @@ async fn relay(
     failed
 }
 
+/// One relay to one target: 2xx or the reason it failed.
 async fn send(
     state: &State,
     target: &Uri,
@@ -300,7 +229,7 @@ async fn send(
     }
     let resp = state
         .upstream
-        .send(req, timeout)
+        .relay(req, timeout)
         .await
         .map_err(|e| e.to_string())?;
     let status = resp.status();
@@ -318,17 +247,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn secret_compare_is_exact() {
-        assert!(secret_matches(b"s3cret", "s3cret"));
-        assert!(!secret_matches(b"s3cre", "s3cret"));
-        assert!(!secret_matches(b"", "s3cret"));
-    }
-
-    #[test]
     fn account_id_reads_every_shape() {
         let v: Value = serde_json::json!({"account": {"_id": "a1"}});
         assert_eq!(account_id(&v).as_deref(), Some("a1"));
         let v: Value = serde_json::json!({"account": "a2"});
         assert_eq!(account_id(&v).as_deref(), Some("a2"));
+    }
+
+    #[test]
+    fn sync_status_maps_to_job_updates() {
+        let m = serde_json::json!({"sync_status": "reauthorisation_required"});
+        let u = sync_update(&m).unwrap();
+        assert_eq!(u.status, JobStatus::Failed);
+        assert!(u.reauth_required);
+        assert!(sync_update(&serde_json::json!({"sync_status": "NEW"})).is_none());
     }
 }

@@ -1,0 +1,61 @@
+//! Work in flight that concurrent requests share: cache fills and realtime calls.
+//!
+//! The tables live here, below the request classes, with the values their waiters receive, so
+//! the state can hold them without knowing the classes that lead and join the flights.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Response, StatusCode};
+
+use crate::body::Body;
+use crate::cache::CachedBody;
+use crate::error::ProxyError;
+use crate::headers::{set_cache_status, CacheResult};
+use crate::singleflight::Flights;
+use crate::upstream::Fetched;
+
+/// What a fill (an upstream fetch for a cache miss) produced, shared by its waiters.
+#[derive(Debug, Clone)]
+pub enum Filled {
+    /// A 200, now cached.
+    Stored(Arc<CachedBody>),
+    /// Anything else, passed through uncached.
+    Uncacheable(Arc<Fetched>),
+}
+
+/// A realtime answer, buffered so every waiter of a flight gets the same bytes.
+#[derive(Debug, Clone)]
+pub struct RealtimeAnswer {
+    /// Status to answer with.
+    pub status: StatusCode,
+    /// Headers to answer with (Mono's, or synthesized from the record).
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+    /// Whether this answer came from a realtime call to Mono.
+    pub forwarded: bool,
+    /// The normalised path and query it answers (`transactions?limit=2&page=2`): a flight is
+    /// per endpoint, so a waiter that asked for another page must not take this body.
+    pub path: String,
+}
+
+impl RealtimeAnswer {
+    /// The answer as a response labelled with how it was produced.
+    pub fn into_response(self, result: CacheResult) -> Response<Body> {
+        let mut resp = Response::new(Body::full(self.body));
+        *resp.status_mut() = self.status;
+        *resp.headers_mut() = self.headers;
+        set_cache_status(resp.headers_mut(), result, None);
+        resp
+    }
+}
+
+/// The flights in progress, keyed by what they fetch.
+#[derive(Default)]
+pub struct InFlight {
+    /// Cache fills, keyed by `tenant:account/path`.
+    pub fills: Arc<Flights<String, Result<Filled, ProxyError>>>,
+    /// Realtime calls, keyed by `tenant:account:kind`.
+    pub realtime: Arc<Flights<String, Result<RealtimeAnswer, ProxyError>>>,
+}

@@ -1,0 +1,279 @@
+//! Realtime reads (spec §3): one Mono realtime call per account and endpoint per window.
+//!
+//! Inside the window the answer comes from the job record; concurrent calls share one detached
+//! upstream call; a 429 is remembered; failures store nothing so the next call may try again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Response, StatusCode};
+
+use crate::body::Body;
+use crate::cache::Freshness;
+use crate::clock::now_ms;
+use crate::error::ProxyError;
+use crate::headers::{
+    bool_value, header_bool, CacheResult, X_HAS_NEW_DATA, X_JOB_ID, X_JOB_STATUS,
+};
+use crate::inflight::{Filled, RealtimeAnswer};
+use crate::request::context::AccountRead;
+use crate::request::{cached_read, sync};
+use crate::singleflight::{Join, Outcome};
+use crate::state::State;
+use crate::store::{Claim, JobRecord, JobStatus};
+use crate::upstream::Fetched;
+
+/// Realtime read: window → 429 memory → single flight → (claim → upstream | other replica).
+pub async fn serve(
+    state: &Arc<State>,
+    read: &AccountRead,
+) -> Result<(Response<Body>, CacheResult), ProxyError> {
+    let key = read.record_key();
+    // Inside the window, or held back after a 429: answer from the record, never from Mono.
+    let record = state.store.get(&key).await?;
+    let windowed = record.as_ref().is_some_and(|r| in_window(state, r));
+    if windowed || state.store.rate_limit(&key).await?.is_some() {
+        state.metrics.realtime(if windowed {
+            "collapsed"
+        } else {
+            "rate_limited"
+        });
+        let Some(rec) = record else {
+            return cached_read::serve(state, read).await;
+        };
+        let answer = from_record(state, read, &rec).await?;
+        return Ok((
+            answer.into_response(CacheResult::Collapsed),
+            CacheResult::Collapsed,
+        ));
+    }
+
+    let (waiter, led) = match state.inflight.realtime.join(&key.flat()) {
+        Join::Leader(leader, waiter) => {
+            let state = Arc::clone(state);
+            let read = read.clone();
+            // Detached: the client that started the call may hang up; its waiters may not.
+            tokio::spawn(async move {
+                leader.finish(lead(&state, &read).await);
+            });
+            (waiter, true)
+        }
+        Join::Follower(waiter) => (waiter, false),
+    };
+    // The leader bounds itself: a realtime call, or waiting on another replica and then one
+    // plain fetch. Waiters allow for all of it so they hear the leader's own outcome.
+    let upstream = &state.config.upstream;
+    let timeout = upstream.realtime_timeout + upstream.timeout + Duration::from_secs(2);
+    let mut answer = match waiter.wait(timeout).await {
+        Outcome::Done(result) => result?,
+        Outcome::LeaderLost => {
+            return Err(ProxyError::Internal(
+                "the realtime call was abandoned".into(),
+            ))
+        }
+        Outcome::TimedOut => return Err(ProxyError::UpstreamTimeout(timeout.as_millis() as u64)),
+    };
+    if answer.status.is_success() && answer.path != read.path_key() {
+        // Same job, another page: answer from the record the flight stored, with this
+        // caller's own body (held, or one collapsed plain fetch).
+        match state.store.get(&key).await? {
+            Some(rec) => answer = from_record(state, read, &rec).await?,
+            None => return cached_read::serve(state, read).await,
+        }
+    }
+    let result = if led && answer.forwarded {
+        state.metrics.realtime("forwarded");
+        CacheResult::Miss
+    } else {
+        state.metrics.realtime("collapsed");
+        CacheResult::Collapsed
+    };
+    Ok((answer.into_response(result), result))
+}
+
+fn in_window(state: &State, record: &JobRecord) -> bool {
+    let window = state.config.realtime.window.as_millis() as u64;
+    now_ms().saturating_sub(record.started_at) < window
+}
+
+/// The flight leader: claim the window (shared store), then make the one realtime call.
+async fn lead(state: &Arc<State>, read: &AccountRead) -> Result<RealtimeAnswer, ProxyError> {
+    let key = read.record_key();
+    // A flight that finished between this caller's record read and its join has stored its
+    // record already (records are stored before a flight ends): answer from it rather than
+    // calling Mono a second time inside the window.
+    if let Some(rec) = state.store.get(&key).await?.filter(|r| in_window(state, r)) {
+        return from_record(state, read, &rec).await;
+    }
+    let lease = state.config.upstream.realtime_timeout + Duration::from_secs(5);
+    if state.store.claim(&key, lease).await? == Claim::Lost {
+        let wait = state.config.upstream.realtime_timeout;
+        return match state.store.wait_record(&key, wait).await? {
+            Some(rec) => from_record(state, read, &rec).await,
+            None => Err(ProxyError::UpstreamTimeout(wait.as_millis() as u64)),
+        };
+    }
+    let result = forward(state, read).await;
+    if !matches!(&result, Ok((_, true))) {
+        if let Err(e) = state.store.release(&key).await {
+            tracing::warn!(error = %e, "could not release realtime claim");
+        }
+    }
+    result.map(|(answer, _)| answer)
+}
+
+/// Makes the realtime call; returns the answer and whether it started a job (stored a record).
+async fn forward(
+    state: &Arc<State>,
+    read: &AccountRead,
+) -> Result<(RealtimeAnswer, bool), ProxyError> {
+    let started_at = now_ms();
+    let req = state
+        .upstream
+        .get(&read.target(), &read.tenant.key, &read.request_id, true)?;
+    let fetched = state
+        .upstream
+        .fetch("realtime", req, state.config.upstream.realtime_timeout)
+        .await?;
+    if fetched.status == StatusCode::TOO_MANY_REQUESTS {
+        hold_back(state, read, &fetched.headers).await?;
+    }
+    let record = started_job(&fetched, read, started_at);
+    let body = crate::pagination::rewrite(fetched.body, &state.pagination);
+    let mut answer = RealtimeAnswer {
+        status: fetched.status,
+        headers: fetched.headers,
+        body,
+        forwarded: true,
+        path: read.path_key().to_string(),
+    };
+    let Some(record) = record else {
+        return Ok((answer, false));
+    };
+    let held = (answer.status == StatusCode::OK).then(|| {
+        let ct = answer.headers.get(header::CONTENT_TYPE).cloned();
+        (answer.body.clone(), ct)
+    });
+    sync::job_started(state, read, &record, held).await?;
+    // Mono's own headers pass through; normalise the status value's case for apps.
+    answer.headers.insert(
+        X_JOB_STATUS,
+        HeaderValue::from_static(record.status.as_str()),
+    );
+    Ok((answer, true))
+}
+
+/// A 429 from Mono: remember it for the key so calls hold back until `Retry-After`.
+async fn hold_back(
+    state: &State,
+    read: &AccountRead,
+    headers: &HeaderMap,
+) -> Result<(), ProxyError> {
+    let wait = retry_after(headers).unwrap_or(state.config.realtime.window);
+    state
+        .store
+        .set_rate_limit(&read.record_key(), now_ms() + wait.as_millis() as u64)
+        .await?;
+    tracing::warn!(account = %read.account, kind = read.kind.as_str(), wait_s = wait.as_secs(), "mono answered 429; holding realtime calls back");
+    Ok(())
+}
+
+/// The job a realtime answer started: a 2xx carrying `x-job-id`; anything else starts none.
+fn started_job(fetched: &Fetched, read: &AccountRead, started_at: u64) -> Option<JobRecord> {
+    if !fetched.status.is_success() {
+        return None;
+    }
+    let job_id = fetched
+        .headers
+        .get(X_JOB_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())?;
+    let status = fetched
+        .headers
+        .get(X_JOB_STATUS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(JobStatus::parse)
+        .unwrap_or(JobStatus::Processing);
+    Some(JobRecord {
+        job_id: job_id.to_string(),
+        account: read.account.clone(),
+        kind: read.kind,
+        status,
+        started_at,
+        updated_at: now_ms(),
+        has_new_data: header_bool(&fetched.headers, &X_HAS_NEW_DATA).then_some(true),
+        reauth_required: false,
+    })
+}
+
+/// The answer inside the window: the record's current status and the freshest body held.
+async fn from_record(
+    state: &Arc<State>,
+    read: &AccountRead,
+    record: &JobRecord,
+) -> Result<RealtimeAnswer, ProxyError> {
+    let held = state
+        .cache
+        .lookup(&read.account_key(), read.path_key())
+        .filter(|b| state.cache.freshness(b) != Freshness::Expired);
+    let body = match held {
+        Some(b) => b,
+        None => match cached_read::fill(state, read).await.0? {
+            Filled::Stored(b) => b,
+            Filled::Uncacheable(f) => {
+                return Ok(RealtimeAnswer {
+                    status: f.status,
+                    headers: f.headers.clone(),
+                    body: f.body.clone(),
+                    forwarded: false,
+                    path: read.path_key().to_string(),
+                })
+            }
+        },
+    };
+    let mut headers = HeaderMap::new();
+    if let Some(ct) = &body.content_type {
+        headers.insert(header::CONTENT_TYPE, ct.clone());
+    }
+    if let Ok(v) = HeaderValue::from_str(&record.job_id) {
+        headers.insert(X_JOB_ID, v);
+    }
+    headers.insert(
+        X_JOB_STATUS,
+        HeaderValue::from_static(record.status.as_str()),
+    );
+    let has_new = record.has_new_data.unwrap_or(body.has_new_data);
+    headers.insert(X_HAS_NEW_DATA, bool_value(has_new));
+    Ok(RealtimeAnswer {
+        status: StatusCode::OK,
+        headers,
+        body: body.body.clone(),
+        forwarded: false,
+        path: read.path_key().to_string(),
+    })
+}
+
+/// `Retry-After` in seconds (the HTTP-date form falls back to the window).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(header::RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds() {
+        let mut h = HeaderMap::new();
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("120"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(120)));
+        h.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&h), None);
+    }
+}

@@ -1,0 +1,194 @@
+//! What a sync changes, whoever reports it: job updates from webhooks, polls and job-status
+//! reads; the invalidation a finished sync triggers; a new job's bookkeeping; and the same
+//! events arriving from other replicas.
+
+use std::sync::{Arc, Weak};
+
+use bytes::Bytes;
+use http::HeaderValue;
+use tokio::sync::broadcast;
+
+use crate::headers::new_request_id;
+use crate::request::cached_read;
+use crate::request::context::{account_key, AccountRead};
+use crate::route::Kind;
+use crate::state::State;
+use crate::store::{Broadcast, JobRecord, JobStatus, JobUpdate, RecordKey, StoreResult};
+
+/// Reads Mono's job-status envelope: `data.job_status`, `data.reauth_required`.
+pub fn parse_job_status(body: &[u8]) -> Option<JobUpdate> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let data = v.get("data")?;
+    let status = JobStatus::parse(data.get("job_status")?.as_str()?)?;
+    Some(JobUpdate {
+        status,
+        has_new_data: None,
+        reauth_required: data
+            .get("reauth_required")
+            .and_then(|r| r.as_bool())
+            .unwrap_or(false),
+    })
+}
+
+/// Applies a job update from any source; a sync that just finished invalidates the account.
+/// `account` is used when the job is unknown to us but the source named the account.
+pub async fn apply(state: &Arc<State>, job_id: &str, update: &JobUpdate, account: Option<&str>) {
+    match state.store.update_job(job_id, update).await {
+        Ok(Some(t)) => {
+            if t.changed {
+                tracing::info!(job_id, status = t.record.status.as_str(), account = %t.record.account, "job updated");
+                if t.record.status == JobStatus::Finished {
+                    invalidate(state, &t.record.account, update.has_new_data).await;
+                }
+            }
+        }
+        Ok(None) => {
+            if let (Some(account), JobStatus::Finished) = (account, update.status) {
+                invalidate(state, account, update.has_new_data).await;
+            }
+        }
+        Err(e) => {
+            state.metrics.store_error("update_job");
+            tracing::warn!(error = %e, job_id, "could not apply job update");
+        }
+    }
+}
+
+/// Older events name no job: apply to the account's processing jobs of every tenant, and
+/// invalidate on success even when none was known.
+pub async fn apply_to_account(
+    state: &Arc<State>,
+    account: &str,
+    update: &JobUpdate,
+) -> StoreResult<()> {
+    let tenants = state.secrets.load().tenant_ids();
+    let mut invalidated = false;
+    for tenant in &tenants {
+        for kind in [Kind::Balance, Kind::Transactions] {
+            let key = RecordKey::new(tenant, account, kind);
+            if let Some(rec) = state.store.get(&key).await? {
+                if rec.status == JobStatus::Processing {
+                    apply(state, &rec.job_id, update, None).await;
+                    invalidated |= update.status == JobStatus::Finished;
+                }
+            }
+        }
+    }
+    if update.status == JobStatus::Finished && !invalidated {
+        invalidate(state, account, update.has_new_data).await;
+    }
+    Ok(())
+}
+
+/// A sync finished: drop the account's cached bodies here and on every replica.
+pub async fn invalidate(state: &Arc<State>, account: &str, has_new_data: Option<bool>) {
+    invalidate_local(state, account, has_new_data);
+    let msg = Broadcast::Invalidate {
+        account: account.to_string(),
+        has_new_data,
+    };
+    if let Err(e) = state.store.publish(&msg).await {
+        state.metrics.store_error("publish");
+        tracing::warn!(error = %e, "could not broadcast invalidation");
+    }
+    if state.config.cache.refresh_ahead {
+        let state = Arc::clone(state);
+        let tenant = state.secrets.load().default.clone();
+        let read = AccountRead::new(
+            tenant,
+            account.to_string(),
+            Kind::Balance,
+            None,
+            new_request_id(),
+        );
+        tokio::spawn(async move {
+            if let (Err(e), _) = cached_read::fill(&state, &read).await {
+                tracing::debug!(error = %e, "refresh-ahead fetch failed");
+            }
+        });
+    }
+}
+
+/// Drops an account's cached bodies for every tenant in this replica.
+fn invalidate_local(state: &State, account: &str, has_new_data: Option<bool>) {
+    let secrets = state.secrets.load();
+    for tenant in secrets.tenant_ids() {
+        state
+            .cache
+            .invalidate(&account_key(&tenant, account), has_new_data);
+    }
+}
+
+/// A realtime call started a job: `x-has-new-data` resets for the account here and on every
+/// replica, the call's 200 body is held, the record opens the window, and the poller follows
+/// the job. The body is cached before the record is stored, so a caller that finds the record
+/// finds the body too instead of fetching it again.
+pub async fn job_started(
+    state: &Arc<State>,
+    read: &AccountRead,
+    record: &JobRecord,
+    body: Option<(Bytes, Option<HeaderValue>)>,
+) -> StoreResult<()> {
+    let akey = read.account_key();
+    state.cache.job_started(&akey);
+    if let Some((body, content_type)) = body {
+        state
+            .cache
+            .store(&akey, read.path_key(), body, content_type);
+    }
+    state
+        .store
+        .put(&read.record_key(), record, state.config.realtime.window)
+        .await?;
+    let msg = Broadcast::JobStarted {
+        tenant: read.tenant.id.to_string(),
+        account: read.account.clone(),
+    };
+    if let Err(e) = state.store.publish(&msg).await {
+        tracing::warn!(error = %e, "could not broadcast job start");
+    }
+    state.polls.track(&read.tenant, record);
+    Ok(())
+}
+
+/// Applies other replicas' broadcasts to this replica's cache for as long as the state lives.
+pub async fn listen(weak: Weak<State>, mut rx: broadcast::Receiver<Broadcast>) {
+    loop {
+        let msg = match rx.recv().await {
+            Ok(m) => m,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "missed store broadcasts");
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(state) = weak.upgrade() else { return };
+        match msg {
+            Broadcast::Invalidate {
+                account,
+                has_new_data,
+            } => invalidate_local(&state, &account, has_new_data),
+            Broadcast::JobStarted { tenant, account } => {
+                state
+                    .cache
+                    .job_started(&account_key(&tenant.into(), &account));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_status_parses_in_any_case() {
+        let u = parse_job_status(
+            br#"{"status":"successful","data":{"id":"j","job_status":"FAILED","reauth_required":true}}"#,
+        )
+        .unwrap();
+        assert_eq!(u.status, JobStatus::Failed);
+        assert!(u.reauth_required);
+        assert!(parse_job_status(b"not json").is_none());
+    }
+}

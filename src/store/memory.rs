@@ -1,0 +1,124 @@
+//! The single-process store: job records, their job-id index and 429 deadlines in moka caches.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::clock::now_ms;
+use crate::store::record::{
+    apply_update, JobRecord, JobUpdate, OwnedRecord, RecordKey, Transition,
+};
+
+/// How long records are kept: well past the window so terminal jobs answer locally.
+pub const RECORD_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// Records kept in memory at most.
+const MAX_RECORDS: u64 = 500_000;
+/// 429 deadlines are capped well below this, so entries never need to outlive it.
+const RATE_LIMIT_RETENTION: Duration = Duration::from_secs(3600);
+
+/// Job records in process: the whole store for one replica, the fallback for Redis.
+pub struct MemoryStore {
+    records: moka::sync::Cache<RecordKey, JobRecord>,
+    jobs: moka::sync::Cache<String, RecordKey>,
+    rate_limits: moka::sync::Cache<RecordKey, u64>,
+    /// Serialises read-modify-write updates so an update is applied once.
+    updates: Mutex<()>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> MemoryStore {
+        MemoryStore {
+            records: moka::sync::Cache::builder()
+                .max_capacity(MAX_RECORDS)
+                .time_to_live(RECORD_RETENTION)
+                .build(),
+            jobs: moka::sync::Cache::builder()
+                .max_capacity(MAX_RECORDS)
+                .time_to_live(RECORD_RETENTION)
+                .build(),
+            rate_limits: moka::sync::Cache::builder()
+                .max_capacity(MAX_RECORDS)
+                .time_to_live(RATE_LIMIT_RETENTION)
+                .build(),
+            updates: Mutex::new(()),
+        }
+    }
+
+    /// The record of a key.
+    pub fn get(&self, key: &RecordKey) -> Option<JobRecord> {
+        self.records.get(key)
+    }
+
+    /// Stores a record and indexes it by job id.
+    pub fn put(&self, key: &RecordKey, record: &JobRecord) {
+        self.records.insert(key.clone(), record.clone());
+        self.jobs.insert(record.job_id.clone(), key.clone());
+    }
+
+    /// The record holding `job_id`, with its tenant.
+    pub fn job(&self, job_id: &str) -> Option<OwnedRecord> {
+        let key = self.jobs.get(job_id)?;
+        let record = self.records.get(&key)?;
+        (record.job_id == job_id).then(|| (key.tenant.clone(), record))
+    }
+
+    /// Applies an update to the record holding `job_id`; terminal states never change.
+    pub fn update_job(&self, job_id: &str, update: &JobUpdate) -> Option<Transition> {
+        let _guard = self.updates.lock().unwrap_or_else(|p| p.into_inner());
+        let key = self.jobs.get(job_id)?;
+        let mut record = self.records.get(&key)?;
+        if record.job_id != job_id {
+            return None;
+        }
+        let next = apply_update(&record, update);
+        let changed = next != record;
+        if changed {
+            record = next;
+            self.records.insert(key.clone(), record.clone());
+        }
+        Some(Transition {
+            record,
+            tenant: key.tenant.clone(),
+            changed,
+        })
+    }
+
+    /// Remembers a 429 for `key` until `until_ms` (unix ms).
+    pub fn set_rate_limit(&self, key: &RecordKey, until_ms: u64) {
+        self.rate_limits.insert(key.clone(), until_ms);
+    }
+
+    /// The 429 deadline of `key`, if one is in force.
+    pub fn rate_limit(&self, key: &RecordKey) -> Option<u64> {
+        self.rate_limits.get(key).filter(|until| *until > now_ms())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::Kind;
+    use crate::store::record::{sample, JobStatus};
+
+    #[test]
+    fn applying_an_update_twice_changes_nothing_more() {
+        let store = MemoryStore::new();
+        let key = RecordKey::new(&"t".into(), "a", Kind::Balance);
+        store.put(&key, &sample(JobStatus::Processing));
+        let update = JobUpdate {
+            status: JobStatus::Finished,
+            has_new_data: Some(true),
+            reauth_required: false,
+        };
+        assert!(store.update_job("j1", &update).unwrap().changed);
+        assert!(!store.update_job("j1", &update).unwrap().changed);
+        assert_eq!(store.get(&key).unwrap().status, JobStatus::Finished);
+        assert!(store.update_job("unknown", &update).is_none());
+    }
+}

@@ -1,0 +1,217 @@
+//! Job records and the realtime window behind one handle: in process, or shared in Redis.
+//!
+//! The request path only sees [`Store`]; which backend sits behind it is a config switch. Both
+//! answer the same operations with the same meaning; the Redis one also degrades to an embedded
+//! [`MemoryStore`] when Redis is unreachable (see [`redis`]).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::config::{Backend, StoreConfig};
+use crate::error::ProxyError;
+
+mod memory;
+pub mod record;
+pub mod redis;
+
+pub use memory::{MemoryStore, RECORD_RETENTION};
+pub use record::{
+    apply_update, JobRecord, JobStatus, JobUpdate, OwnedRecord, RecordKey, Transition,
+};
+pub use redis::{RedisStore, StoreOpenError};
+
+/// Outcome of claiming the right to make a realtime call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// This replica makes the call.
+    Won,
+    /// Another replica is making it; wait for its record.
+    Lost,
+}
+
+/// A message every replica applies to its local state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Broadcast {
+    /// A sync finished: drop the account's cached bodies.
+    Invalidate {
+        /// Account id (all tenants).
+        account: String,
+        /// Mono's `meta.has_new_data`, when it said.
+        has_new_data: Option<bool>,
+    },
+    /// A realtime job started: `x-has-new-data` resets for the account.
+    JobStarted {
+        /// Tenant id.
+        tenant: String,
+        /// Account id.
+        account: String,
+    },
+}
+
+/// Health of the store, for `/readyz` and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreStatus {
+    /// In process: always available.
+    Local,
+    /// Shared store reachable.
+    Shared,
+    /// Shared store unreachable; the reason.
+    Degraded(String),
+}
+
+/// Why a store operation failed (fail-closed mode only; fail-open falls back silently).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The shared store is unreachable and the proxy runs fail-closed.
+    #[error("shared store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<StoreError> for ProxyError {
+    fn from(_: StoreError) -> Self {
+        ProxyError::Unavailable("shared state store unavailable")
+    }
+}
+
+/// Result of a store call.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The store the request path uses: one of the two backends.
+pub enum Store {
+    /// One replica: everything in process.
+    Memory(MemoryStore),
+    /// Several replicas sharing state through Redis.
+    Redis(RedisStore),
+}
+
+impl Store {
+    /// Opens the configured backend; Redis starts degraded (and recovers) when it is down.
+    pub async fn open(cfg: &StoreConfig) -> Result<Store, StoreOpenError> {
+        Ok(match cfg.backend {
+            Backend::Memory => Store::Memory(MemoryStore::new()),
+            Backend::Redis => Store::Redis(RedisStore::open(cfg).await?),
+        })
+    }
+
+    /// The record of a key.
+    pub async fn get(&self, key: &RecordKey) -> StoreResult<Option<JobRecord>> {
+        match self {
+            Store::Memory(m) => Ok(m.get(key)),
+            Store::Redis(r) => r.get(key).await,
+        }
+    }
+
+    /// Claims the right to make the realtime call for `key`, for at most `lease`.
+    pub async fn claim(&self, key: &RecordKey, lease: Duration) -> StoreResult<Claim> {
+        match self {
+            // One process: the local single flight already makes this caller the only one.
+            Store::Memory(_) => Ok(Claim::Won),
+            Store::Redis(r) => r.claim(key, lease).await,
+        }
+    }
+
+    /// Gives a claim back (the call failed; the next caller may try).
+    pub async fn release(&self, key: &RecordKey) -> StoreResult<()> {
+        match self {
+            Store::Memory(_) => Ok(()),
+            Store::Redis(r) => r.release(key).await,
+        }
+    }
+
+    /// Stores a record for the window `ttl` and indexes it by job id.
+    pub async fn put(&self, key: &RecordKey, record: &JobRecord, ttl: Duration) -> StoreResult<()> {
+        match self {
+            Store::Memory(m) => {
+                m.put(key, record);
+                Ok(())
+            }
+            Store::Redis(r) => r.put(key, record, ttl).await,
+        }
+    }
+
+    /// Waits up to `timeout` for another replica's claimed call to store its record.
+    pub async fn wait_record(
+        &self,
+        key: &RecordKey,
+        timeout: Duration,
+    ) -> StoreResult<Option<JobRecord>> {
+        match self {
+            Store::Memory(m) => Ok(m.get(key)),
+            Store::Redis(r) => r.wait_record(key, timeout).await,
+        }
+    }
+
+    /// The record holding `job_id`, with its tenant.
+    pub async fn job(&self, job_id: &str) -> StoreResult<Option<OwnedRecord>> {
+        match self {
+            Store::Memory(m) => Ok(m.job(job_id)),
+            Store::Redis(r) => r.job(job_id).await,
+        }
+    }
+
+    /// Applies an update to the record holding `job_id`; terminal states never change.
+    pub async fn update_job(
+        &self,
+        job_id: &str,
+        update: &JobUpdate,
+    ) -> StoreResult<Option<Transition>> {
+        match self {
+            Store::Memory(m) => Ok(m.update_job(job_id, update)),
+            Store::Redis(r) => r.update_job(job_id, update).await,
+        }
+    }
+
+    /// Remembers a 429 for `key` until `until_ms` (unix ms).
+    pub async fn set_rate_limit(&self, key: &RecordKey, until_ms: u64) -> StoreResult<()> {
+        match self {
+            Store::Memory(m) => {
+                m.set_rate_limit(key, until_ms);
+                Ok(())
+            }
+            Store::Redis(r) => r.set_rate_limit(key, until_ms).await,
+        }
+    }
+
+    /// The 429 deadline of `key`, if one is in force.
+    pub async fn rate_limit(&self, key: &RecordKey) -> StoreResult<Option<u64>> {
+        match self {
+            Store::Memory(m) => Ok(m.rate_limit(key)),
+            Store::Redis(r) => r.rate_limit(key).await,
+        }
+    }
+
+    /// Sends a message to every other replica (nothing to do in process).
+    pub async fn publish(&self, msg: &Broadcast) -> StoreResult<()> {
+        match self {
+            Store::Memory(_) => Ok(()),
+            Store::Redis(r) => r.publish(msg).await,
+        }
+    }
+
+    /// Messages from other replicas; `None` for the in-process store.
+    pub fn subscribe(&self) -> Option<broadcast::Receiver<Broadcast>> {
+        match self {
+            Store::Memory(_) => None,
+            Store::Redis(r) => Some(r.subscribe()),
+        }
+    }
+
+    /// Current health.
+    pub fn status(&self) -> StoreStatus {
+        match self {
+            Store::Memory(_) => StoreStatus::Local,
+            Store::Redis(r) => r.status(),
+        }
+    }
+
+    /// Shared-store operations that failed since start (timeouts included); 0 in process.
+    pub fn errors(&self) -> u64 {
+        match self {
+            Store::Memory(_) => 0,
+            Store::Redis(r) => r.errors(),
+        }
+    }
+}

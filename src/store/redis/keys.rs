@@ -1,0 +1,223 @@
+//! The Redis key layout and the encoding of every value and message stored there.
+//!
+//! | key | value |
+//! |---|---|
+//! | `<prefix>:v1:<tenant>:lease:<account>:<kind>` | `<replica>:<claimed unix ms>`, `SET NX PX` |
+//! | `<prefix>:v1:<tenant>:rec:<account>:<kind>` | the job record as JSON, `"v":1` |
+//! | `<prefix>:v1:job:<job_id>` | `{"v":1,"tenant","account","kind"}`: where the record lives |
+//! | `<prefix>:v1:<tenant>:rl:<account>:<kind>` | 429 deadline (unix ms), `PX` until then |
+//!
+//! Channels: `<prefix>:v1:events` carries [`Broadcast`]s, `<prefix>:v1:stored` says a record was
+//! stored so replicas that lost a claim wake at once. Every key, value and message carries the
+//! layout version so a later format can live beside this one.
+
+use serde::{Deserialize, Serialize};
+
+use crate::route::Kind;
+use crate::store::{Broadcast, JobRecord, RecordKey};
+
+/// Version of the key layout and of every stored value and message.
+pub(super) const VERSION: u32 = 1;
+
+/// Key and channel names under `<prefix>:v1`.
+#[derive(Debug, Clone)]
+pub(super) struct Keys {
+    base: String,
+}
+
+impl Keys {
+    pub(super) fn new(prefix: &str) -> Keys {
+        Keys {
+            base: format!("{prefix}:v{VERSION}"),
+        }
+    }
+
+    fn scoped(&self, what: &str, key: &RecordKey) -> String {
+        format!(
+            "{}:{}:{what}:{}:{}",
+            self.base,
+            key.tenant,
+            key.account,
+            key.kind.as_str()
+        )
+    }
+
+    pub(super) fn lease(&self, key: &RecordKey) -> String {
+        self.scoped("lease", key)
+    }
+
+    pub(super) fn record(&self, key: &RecordKey) -> String {
+        self.scoped("rec", key)
+    }
+
+    pub(super) fn rate_limit(&self, key: &RecordKey) -> String {
+        self.scoped("rl", key)
+    }
+
+    pub(super) fn job(&self, job_id: &str) -> String {
+        format!("{}:job:{job_id}", self.base)
+    }
+
+    pub(super) fn events(&self) -> String {
+        format!("{}:events", self.base)
+    }
+
+    pub(super) fn stored(&self) -> String {
+        format!("{}:stored", self.base)
+    }
+}
+
+/// A record as stored in Redis.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct StoredRecord {
+    pub(super) v: u32,
+    pub(super) tenant: String,
+    #[serde(flatten)]
+    pub(super) record: JobRecord,
+}
+
+/// Where the record of a job lives.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct JobRef {
+    pub(super) v: u32,
+    pub(super) tenant: String,
+    pub(super) account: String,
+    pub(super) kind: Kind,
+}
+
+impl JobRef {
+    /// The index entry of a record stored under `key`.
+    pub(super) fn encode(key: &RecordKey) -> String {
+        serde_json::to_string(&JobRef {
+            v: VERSION,
+            tenant: key.tenant.to_string(),
+            account: key.account.clone(),
+            kind: key.kind,
+        })
+        .unwrap_or_default()
+    }
+
+    /// The record key an index entry points at; other versions and garbage read as absent.
+    pub(super) fn decode(text: &str) -> Option<RecordKey> {
+        let jref = serde_json::from_str::<JobRef>(text)
+            .ok()
+            .filter(|j| j.v == VERSION)?;
+        Some(RecordKey {
+            tenant: jref.tenant.into(),
+            account: jref.account,
+            kind: jref.kind,
+        })
+    }
+}
+
+/// A broadcast on the events channel, with the replica that sent it.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct Event {
+    pub(super) v: u32,
+    pub(super) from: String,
+    pub(super) msg: Broadcast,
+}
+
+/// "A record was stored under `key`" on the stored channel.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct StoredNote {
+    pub(super) v: u32,
+    pub(super) from: String,
+    pub(super) key: String,
+}
+
+pub(super) fn encode_record(tenant: &str, record: &JobRecord) -> String {
+    let stored = StoredRecord {
+        v: VERSION,
+        tenant: tenant.to_string(),
+        record: record.clone(),
+    };
+    serde_json::to_string(&stored).unwrap_or_default()
+}
+
+/// A stored record of this version; anything else reads as absent.
+pub(super) fn decode_record(text: &str) -> Option<StoredRecord> {
+    match serde_json::from_str::<StoredRecord>(text) {
+        Ok(r) if r.v == VERSION => Some(r),
+        Ok(r) => {
+            tracing::debug!(v = r.v, "ignoring a record of another version");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring an unreadable record in redis");
+            None
+        }
+    }
+}
+
+/// The claim time of a lease value `<replica>:<unix ms>`.
+pub(super) fn lease_claimed_at(value: &str) -> Option<u64> {
+    value.rsplit_once(':')?.1.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::JobStatus;
+
+    fn key() -> RecordKey {
+        RecordKey::new(&"0123abcd".into(), "acc1", Kind::Balance)
+    }
+
+    #[test]
+    fn keys_are_versioned_and_scoped_by_prefix_and_tenant() {
+        let k = Keys::new("mono-proxy");
+        assert_eq!(k.lease(&key()), "mono-proxy:v1:0123abcd:lease:acc1:balance");
+        assert_eq!(k.record(&key()), "mono-proxy:v1:0123abcd:rec:acc1:balance");
+        assert_eq!(
+            k.rate_limit(&key()),
+            "mono-proxy:v1:0123abcd:rl:acc1:balance"
+        );
+        assert_eq!(k.job("j1"), "mono-proxy:v1:job:j1");
+        assert_eq!(k.events(), "mono-proxy:v1:events");
+        assert_eq!(k.stored(), "mono-proxy:v1:stored");
+    }
+
+    #[test]
+    fn records_carry_their_version_and_other_versions_read_as_absent() {
+        let record = JobRecord {
+            job_id: "j1".into(),
+            account: "acc1".into(),
+            kind: Kind::Transactions,
+            status: JobStatus::Processing,
+            started_at: 5,
+            updated_at: 6,
+            has_new_data: Some(true),
+            reauth_required: false,
+        };
+        let text = encode_record("t1", &record);
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(json["v"], 1);
+        assert_eq!(json["tenant"], "t1");
+        assert_eq!(json["kind"], "transactions");
+        let back = decode_record(&text).unwrap();
+        assert_eq!(back.record, record);
+        let other = text.replacen("\"v\":1", "\"v\":2", 1);
+        assert!(decode_record(&other).is_none());
+        assert!(decode_record("not json").is_none());
+    }
+
+    #[test]
+    fn job_index_entries_round_trip() {
+        let text = JobRef::encode(&key());
+        assert_eq!(JobRef::decode(&text), Some(key()));
+        assert_eq!(
+            JobRef::decode(&text.replacen("\"v\":1", "\"v\":9", 1)),
+            None
+        );
+    }
+
+    #[test]
+    fn lease_values_name_the_claim_time() {
+        assert_eq!(
+            lease_claimed_at("abc123:1700000000000"),
+            Some(1_700_000_000_000)
+        );
+        assert_eq!(lease_claimed_at("garbage"), None);
+    }
+}

@@ -1,0 +1,272 @@
+//! Shared state in Redis: the realtime window, job records and invalidations across replicas.
+//!
+//! The key layout is in [`keys`], the atomic multi-key changes in [`scripts`], the operations in
+//! [`ops`] and the background tasks (health ping, pub/sub) in [`tasks`].
+//!
+//! Failure semantics: every operation has a short timeout. On a connection error the store turns
+//! degraded: it logs once, counts the error, and answers from an embedded [`MemoryStore`] (fail
+//! open) or with [`StoreError::Unavailable`] (fail closed) until a background ping finds Redis
+//! again. While degraded no operation waits on Redis, so an outage costs requests nothing. A
+//! timeout falls back for that one operation and asks the health task to ping at once: one slow
+//! answer under a burst must not push every replica onto local state for a while.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, RedisResult};
+use tokio::sync::{broadcast, watch, Notify};
+
+use crate::config::StoreConfig;
+use crate::store::{Broadcast, MemoryStore, StoreError, StoreResult, StoreStatus};
+
+mod keys;
+mod ops;
+mod scripts;
+mod tasks;
+
+use keys::Keys;
+
+/// `open` waits at most this long for a first answer before starting degraded.
+const CONNECT_BUDGET: Duration = Duration::from_secs(1);
+/// Connection attempts give up after this long at least.
+const MIN_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Broadcasts buffered per local subscriber.
+const BROADCAST_CAPACITY: usize = 1024;
+
+/// Why the Redis store could not even be set up (a bad URL; an unreachable Redis is not this).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreOpenError {
+    /// The URL does not parse as a Redis connection.
+    #[error("store.redis_url {url}: {source}")]
+    BadUrl {
+        /// The URL with its password redacted.
+        url: String,
+        /// What the redis client said.
+        source: redis::RedisError,
+    },
+}
+
+/// Shared by the store handle and its background tasks.
+struct Inner {
+    conn: ConnectionManager,
+    keys: Keys,
+    timeout: Duration,
+    fail_open: bool,
+    /// This replica's id: lease values and messages carry it.
+    replica: String,
+    /// Fallback in an outage, and a write-through copy of recent records.
+    local: MemoryStore,
+    /// Fast check for the request path.
+    degraded: AtomicBool,
+    /// Why the store is degraded (set once per outage).
+    reason: Mutex<Option<String>>,
+    /// Failed Redis operations since start.
+    errors: AtomicU64,
+    /// Other replicas' broadcasts.
+    events: broadcast::Sender<Broadcast>,
+    /// Redis keys of records just stored (wakes `wait_record`).
+    stored: broadcast::Sender<Arc<str>>,
+    /// Never scrubbed into logs.
+    password: Option<String>,
+    /// Dropped with the store: background tasks end.
+    _shutdown: watch::Sender<()>,
+    /// Asks the health task to ping now (an operation timed out).
+    check: Arc<Notify>,
+}
+
+impl Inner {
+    /// Runs one Redis operation under the timeout; skipped while degraded.
+    async fn run<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = RedisResult<T>>,
+    ) -> Result<T, String> {
+        if self.degraded.load(Ordering::Acquire) {
+            return Err(self.reason().unwrap_or_else(|| "redis unreachable".into()));
+        }
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.fail(op, &e.to_string())),
+            Err(_) => {
+                // Slow is not down: fall back for this call only and let the ping decide.
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                self.check.notify_one();
+                tracing::debug!(op, timeout = ?self.timeout, "redis operation timed out");
+                Err(format!("{op}: timed out after {:?}", self.timeout))
+            }
+        }
+    }
+
+    fn reason(&self) -> Option<String> {
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Counts a failure and turns degraded, logging once per outage.
+    fn fail(&self, op: &str, why: &str) -> String {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let mut reason = format!("{op}: {why}");
+        if let Some(p) = &self.password {
+            reason = reason.replace(p.as_str(), "***");
+        }
+        let mut current = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        if current.is_none() {
+            *current = Some(reason.clone());
+            self.degraded.store(true, Ordering::Release);
+            if self.fail_open {
+                tracing::warn!(reason = %reason, "redis unreachable; serving from local state until it returns");
+            } else {
+                tracing::warn!(reason = %reason, "redis unreachable; answering 503 until it returns (fail_open = false)");
+            }
+        }
+        reason
+    }
+
+    /// Clears the degraded state, logging once.
+    fn recover(&self) {
+        let mut current = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        if current.take().is_some() {
+            self.degraded.store(false, Ordering::Release);
+            tracing::info!("redis reachable again; shared state restored");
+        }
+    }
+
+    /// The local answer (fail open) or the outage (fail closed).
+    fn fallback<T>(&self, reason: String, local: impl FnOnce() -> T) -> StoreResult<T> {
+        if self.fail_open {
+            Ok(local())
+        } else {
+            Err(StoreError::Unavailable(reason))
+        }
+    }
+
+    /// `<replica>:`, the prefix of our lease values.
+    fn owner(&self) -> String {
+        format!("{}:", self.replica)
+    }
+}
+
+/// The Redis-backed store (spec §7): a cheap handle over the connection and its tasks.
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+impl RedisStore {
+    /// Connects to Redis as the shared store; never blocks startup for more than about a second
+    /// and starts degraded when Redis is down (it recovers by itself).
+    pub async fn open(cfg: &StoreConfig) -> Result<RedisStore, StoreOpenError> {
+        let shown = redact_url(&cfg.redis_url);
+        let client =
+            Client::open(cfg.redis_url.as_str()).map_err(|source| StoreOpenError::BadUrl {
+                url: shown.clone(),
+                source,
+            })?;
+        let manager = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(cfg.timeout))
+            .set_connection_timeout(Some(cfg.timeout.max(MIN_CONNECT_TIMEOUT)))
+            .set_number_of_retries(3)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1));
+        let conn =
+            ConnectionManager::new_lazy_with_config(client.clone(), manager).map_err(|source| {
+                StoreOpenError::BadUrl {
+                    url: shown.clone(),
+                    source,
+                }
+            })?;
+        let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let (stored, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let (shutdown, shutdown_rx) = watch::channel(());
+        let inner = Arc::new(Inner {
+            conn,
+            keys: Keys::new(&cfg.prefix),
+            timeout: cfg.timeout,
+            fail_open: cfg.fail_open,
+            replica: uuid::Uuid::new_v4().simple().to_string(),
+            local: MemoryStore::new(),
+            degraded: AtomicBool::new(false),
+            reason: Mutex::new(None),
+            errors: AtomicU64::new(0),
+            events,
+            stored,
+            password: url_password(&cfg.redis_url),
+            _shutdown: shutdown,
+            check: Arc::default(),
+        });
+
+        let mut conn = inner.conn.clone();
+        let ping = redis::cmd("PING");
+        match tokio::time::timeout(CONNECT_BUDGET, ping.query_async::<String>(&mut conn)).await {
+            Ok(Ok(_)) => {
+                tracing::info!(redis = %shown, prefix = %cfg.prefix, replica = %inner.replica, "shared store: redis");
+                let load = scripts::load_scripts(&mut conn);
+                if let Ok(Err(e)) = tokio::time::timeout(CONNECT_BUDGET, load).await {
+                    tracing::warn!(error = %e, "could not preload redis scripts");
+                }
+            }
+            Ok(Err(e)) => {
+                inner.fail("connect", &e.to_string());
+            }
+            Err(_) => {
+                inner.fail("connect", &format!("no answer within {CONNECT_BUDGET:?}"));
+            }
+        }
+        tasks::spawn(client, &inner, shutdown_rx);
+        Ok(RedisStore { inner })
+    }
+
+    /// Other replicas' broadcasts, as they arrive.
+    pub fn subscribe(&self) -> broadcast::Receiver<Broadcast> {
+        self.inner.events.subscribe()
+    }
+
+    /// Reachable, or degraded and why.
+    pub fn status(&self) -> StoreStatus {
+        match self.inner.reason() {
+            Some(why) => StoreStatus::Degraded(why),
+            None => StoreStatus::Shared,
+        }
+    }
+
+    /// Redis operations that failed (timeouts included) since start.
+    pub fn errors(&self) -> u64 {
+        self.inner.errors.load(Ordering::Relaxed)
+    }
+}
+
+/// The URL with its password replaced, for logs.
+fn redact_url(url: &str) -> String {
+    match url_password(url) {
+        Some(p) => url.replacen(&format!(":{p}@"), ":***@", 1),
+        None => url.to_string(),
+    }
+}
+
+/// The password in `scheme://user:password@host…`, if any.
+fn url_password(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let userinfo = rest.split('/').next()?.rsplit_once('@')?.0;
+    let password = userinfo.split_once(':')?.1;
+    (!password.is_empty()).then(|| password.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(
+            redact_url("redis://user:s3cret@host:6379/0"),
+            "redis://user:***@host:6379/0"
+        );
+        assert_eq!(redact_url("redis://:s3cret@host"), "redis://:***@host");
+        assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
+        assert_eq!(url_password("redis://host:6379/0"), None);
+    }
+}
