@@ -89,7 +89,7 @@ fn balance_of(reply: &Reply) -> i64 {
         .unwrap_or_else(|| panic!("no balance: {}", reply.text()))
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn entry_refetches_after_ttl_expiry() {
     let sb = sandbox(sandbox_config()).await;
     let proxy = ProxyBuilder::for_sandbox(&sb)
@@ -98,16 +98,13 @@ async fn entry_refetches_after_ttl_expiry() {
         .await;
     let first = proxy.get("/v2/accounts/ttl1/balance", &[]).await;
     assert_eq!(first.header("x-cache"), Some("MISS"));
+    tokio::time::advance(Duration::from_millis(900)).await;
+    let hit = proxy.get("/v2/accounts/ttl1/balance", &[]).await;
+    assert_eq!(hit.header("x-cache"), Some("HIT"), "fresh for 1 s");
     assert_eq!(sb.sandbox.count("balance"), 1);
-    let refetched = eventually(Duration::from_secs(10), || async {
-        proxy
-            .get("/v2/accounts/ttl1/balance", &[])
-            .await
-            .header("x-cache")
-            == Some("MISS")
-    })
-    .await;
-    assert!(refetched, "the entry was never refetched after its 1 s TTL");
+    tokio::time::advance(Duration::from_millis(200)).await;
+    let refetched = proxy.get("/v2/accounts/ttl1/balance", &[]).await;
+    assert_eq!(refetched.header("x-cache"), Some("MISS"), "refetched after its 1 s TTL");
     assert_eq!(sb.sandbox.count("balance"), 2);
 }
 
@@ -252,7 +249,7 @@ async fn has_new_data_is_false_after_a_sync_that_changed_nothing() {
     assert_eq!(balance_of(&after), balance_of(&before));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn stale_entry_is_served_when_upstream_fails_after_ttl() {
     let sb = sandbox(sandbox_config()).await;
     let proxy = ProxyBuilder::for_sandbox(&sb)
@@ -263,14 +260,12 @@ async fn stale_entry_is_served_when_upstream_fails_after_ttl() {
     assert_eq!(first.status, 200);
     // Hits never reach upstream, so arming the fault now only bites once the entry expires.
     sb.sandbox.set_fault(Some(Fault::Status(503)));
-    let (r, stale) = get_until(
-        &proxy,
-        "/v2/accounts/st1/balance",
-        Duration::from_secs(10),
-        |r| r.header("x-cache") != Some("HIT"),
-    )
-    .await;
-    assert!(stale, "the entry never expired");
+    assert_eq!(
+        proxy.get("/v2/accounts/st1/balance", &[]).await.header("x-cache"),
+        Some("HIT")
+    );
+    tokio::time::advance(Duration::from_millis(1100)).await;
+    let r = proxy.get("/v2/accounts/st1/balance", &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-cache"), Some("STALE"));
     assert!(
@@ -282,7 +277,7 @@ async fn stale_entry_is_served_when_upstream_fails_after_ttl() {
     assert!(sb.sandbox.count("faulted") >= 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn stale_entry_is_served_when_upstream_resets_after_ttl() {
     let sb = sandbox(sandbox_config()).await;
     let proxy = ProxyBuilder::for_sandbox(&sb)
@@ -292,20 +287,14 @@ async fn stale_entry_is_served_when_upstream_resets_after_ttl() {
     let first = proxy.get("/v2/accounts/st3/balance", &[]).await;
     assert_eq!(first.status, 200);
     sb.sandbox.set_fault(Some(Fault::Reset));
-    let (r, stale) = get_until(
-        &proxy,
-        "/v2/accounts/st3/balance",
-        Duration::from_secs(10),
-        |r| r.header("x-cache") != Some("HIT"),
-    )
-    .await;
-    assert!(stale, "the entry never expired");
+    tokio::time::advance(Duration::from_millis(1100)).await;
+    let r = proxy.get("/v2/accounts/st3/balance", &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-cache"), Some("STALE"));
     assert_eq!(r.body, first.body);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn upstream_error_passes_through_once_past_max_stale() {
     let sb = sandbox(sandbox_config()).await;
     let proxy = ProxyBuilder::for_sandbox(&sb)
@@ -315,15 +304,12 @@ async fn upstream_error_passes_through_once_past_max_stale() {
     let first = proxy.get("/v2/accounts/st2/balance", &[]).await;
     assert_eq!(first.status, 200);
     sb.sandbox.set_fault(Some(Fault::Status(503)));
-    let (r, passed) = get_until(
-        &proxy,
-        "/v2/accounts/st2/balance",
-        Duration::from_secs(15),
-        |r| r.status != 200,
-    )
-    .await;
-    assert!(passed, "a 2 s old entry was still served");
-    assert_eq!(r.status, 503, "{}", r.text());
+    tokio::time::advance(Duration::from_millis(1500)).await;
+    let stale = proxy.get("/v2/accounts/st2/balance", &[]).await;
+    assert_eq!(stale.header("x-cache"), Some("STALE"), "within max_stale");
+    tokio::time::advance(Duration::from_millis(600)).await;
+    let r = proxy.get("/v2/accounts/st2/balance", &[]).await;
+    assert_eq!(r.status, 503, "a 2.1 s old entry was still served: {}", r.text());
     assert_eq!(r.json()["status"], "failed");
     assert_ne!(r.header("x-cache"), Some("STALE"));
 }
@@ -429,34 +415,16 @@ async fn requests_without_a_valid_client_token_never_reach_upstream() {
     assert_eq!(sb.sandbox.count("total"), 1);
 }
 
-/// Counts live heap bytes so the memory measurement sees the heap, not just RSS.
-struct CountingAlloc;
-
-static LIVE_HEAP: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
-
-unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        LIVE_HEAP.fetch_add(layout.size() as i64, std::sync::atomic::Ordering::Relaxed);
-        std::alloc::System.alloc(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        LIVE_HEAP.fetch_sub(layout.size() as i64, std::sync::atomic::Ordering::Relaxed);
-        std::alloc::System.dealloc(ptr, layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
-        LIVE_HEAP.fetch_add(
-            new as i64 - layout.size() as i64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        std::alloc::System.realloc(ptr, layout, new)
-    }
-}
-
+// The binary's allocator, so the measurement sees what the proxy really costs; jemalloc's own
+// statistics count the live heap, not just RSS.
 #[global_allocator]
-static ALLOC: CountingAlloc = CountingAlloc;
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// Bytes the allocator holds for live allocations now.
 fn live_heap() -> i64 {
-    LIVE_HEAP.load(std::sync::atomic::Ordering::Relaxed)
+    // jemalloc refreshes its statistics only when the epoch advances.
+    tikv_jemalloc_ctl::epoch::advance().expect("jemalloc epoch");
+    tikv_jemalloc_ctl::stats::allocated::read().expect("jemalloc stats") as i64
 }
 
 /// This process's resident set size in bytes.

@@ -129,7 +129,7 @@ async fn job_status_passing_through_updates_the_record_without_polling() {
     assert_eq!(sb.sandbox.count("balance_realtime"), 1);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn poller_gives_up_at_its_deadline() {
     let sb = slow_jobs_sandbox().await;
     let proxy = ProxyBuilder::for_sandbox(&sb)
@@ -137,22 +137,25 @@ async fn poller_gives_up_at_its_deadline() {
         .start()
         .await;
     start_job(&proxy, BALANCE).await;
+    assert_eq!(proxy.running.state.polls.active(), 1, "the job is followed");
 
-    let gave_up = eventually(Duration::from_secs(10), || async {
-        let m = proxy.metrics().await;
-        metric(&m, "mono_proxy_job_polls_total{outcome=\"deadline\"}") >= 1.0
-    })
-    .await;
-    assert!(gave_up, "{}", proxy.metrics().await);
-    let released = eventually(Duration::from_secs(5), || async {
-        proxy.running.state.polls.active() == 0
-    })
-    .await;
-    assert!(released, "the job is still followed after the deadline");
+    // Polls at 100 ms and 250 ms; the next one falls past the 300 ms deadline.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let m = proxy.metrics().await;
+    assert_eq!(
+        metric(&m, "mono_proxy_job_polls_total{outcome=\"deadline\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        proxy.running.state.polls.active(),
+        0,
+        "the job is still followed after the deadline"
+    );
     let polls = sb.sandbox.count("job");
-    assert!(polls >= 1, "it polled before giving up");
+    assert_eq!(polls, 2, "it polled before giving up");
     // Stable afterwards: no poll is scheduled any more.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(sb.sandbox.count("job"), polls, "polls stopped");
     assert_eq!(
         proxy.realtime(BALANCE).await.header("x-job-status"),

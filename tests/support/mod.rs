@@ -258,17 +258,18 @@ pub fn metric(text: &str, prefix: &str) -> f64 {
 }
 
 /// Polls `check` every 20 ms until it is true or `timeout` passes; returns the last result.
+/// On tokio's clock, so a test on paused time waits in virtual time.
 pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = Instant::now() + timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if check().await {
             return true;
         }
-        if Instant::now() >= deadline {
+        if tokio::time::Instant::now() >= deadline {
             return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
