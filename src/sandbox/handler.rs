@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::seed::{self, Account, Transaction};
-use super::{lock, Fault, FaultSpec, JobKind, JobStatus, RecordedRequest, Sandbox, SandboxJob};
+use super::{lock, Fault, FaultSpec, JobKind, JobState, RecordedRequest, Sandbox, SandboxJob};
 use super::{MAX_RECORDED_BODY, MAX_REQUEST_BODY};
 
 type Resp = Response<Full<Bytes>>;
@@ -30,7 +30,7 @@ const MONO_BASE: &str = "https://api.withmono.com";
 /// Control route bodies are tiny JSON documents.
 const MAX_CONTROL_BODY: usize = 64 * 1024;
 /// Longest account or job id accepted.
-const MAX_ID_LEN: usize = 64;
+const MAX_SANDBOX_ID_LEN: usize = 64;
 
 /// Returned from the service so hyper drops the connection without answering.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +39,7 @@ pub(super) struct ResetFault;
 
 /// What an API request asks for, decided from method and path alone.
 #[derive(Debug, Clone, Copy)]
-enum Route<'a> {
+enum Endpoint<'a> {
     Details(&'a str),
     Balance(&'a str),
     Transactions(&'a str),
@@ -50,60 +50,60 @@ enum Route<'a> {
     NotFound,
 }
 
-impl Route<'_> {
+impl Endpoint<'_> {
     /// The name faults match on and the counter plain calls bump.
     fn name(&self) -> &'static str {
         match self {
-            Route::Details(_) => "details",
-            Route::Balance(_) => "balance",
-            Route::Transactions(_) => "transactions",
-            Route::Job(..) => "job",
-            Route::Echo => "echo",
-            Route::Other(_) => "other",
-            Route::NotFound => "not_found",
+            Endpoint::Details(_) => "details",
+            Endpoint::Balance(_) => "balance",
+            Endpoint::Transactions(_) => "transactions",
+            Endpoint::Job(..) => "job",
+            Endpoint::Echo => "echo",
+            Endpoint::Other(_) => "other",
+            Endpoint::NotFound => "not_found",
         }
     }
 }
 
-/// Maps a path to a route; ids outside `[A-Za-z0-9._-]{1,64}` never match an account.
-fn parse_route<'a>(method: &Method, path: &'a str) -> Route<'a> {
+/// Maps a path to an endpoint; ids outside `[A-Za-z0-9._-]{1,64}` never match an account.
+fn parse_endpoint<'a>(method: &Method, path: &'a str) -> Endpoint<'a> {
     let segs: Vec<&'a str> = path.trim_start_matches('/').split('/').collect();
     let get = method == Method::GET;
     match segs.as_slice() {
-        ["v2", "echo", ..] => Route::Echo,
-        ["v2", "accounts", "auth" | "initiate"] if method == Method::POST => Route::Other(None),
-        ["v2", "accounts", id] if get && valid_id(id) => Route::Details(id),
+        ["v2", "echo", ..] => Endpoint::Echo,
+        ["v2", "accounts", "auth" | "initiate"] if method == Method::POST => Endpoint::Other(None),
+        ["v2", "accounts", id] if get && valid_id(id) => Endpoint::Details(id),
         ["v2", "accounts", id, "balance"] if valid_id(id) => {
             if get {
-                Route::Balance(id)
+                Endpoint::Balance(id)
             } else {
-                Route::NotFound
+                Endpoint::NotFound
             }
         }
         ["v2", "accounts", id, "transactions"] if valid_id(id) => {
             if get {
-                Route::Transactions(id)
+                Endpoint::Transactions(id)
             } else {
-                Route::NotFound
+                Endpoint::NotFound
             }
         }
         ["v2", "accounts", id, "jobs", job] if valid_id(id) => {
             if get && valid_id(job) {
-                Route::Job(id, job)
+                Endpoint::Job(id, job)
             } else {
-                Route::NotFound
+                Endpoint::NotFound
             }
         }
-        ["v2", "accounts", id, _, ..] if valid_id(id) => Route::Other(Some(id)),
-        ["v1" | "v3", _, ..] => Route::Other(None),
-        ["accounts", id, ..] if valid_id(id) => Route::Other(Some(id)),
-        ["account", _, ..] => Route::Other(None),
-        _ => Route::NotFound,
+        ["v2", "accounts", id, _, ..] if valid_id(id) => Endpoint::Other(Some(id)),
+        ["v1" | "v3", _, ..] => Endpoint::Other(None),
+        ["accounts", id, ..] if valid_id(id) => Endpoint::Other(Some(id)),
+        ["account", _, ..] => Endpoint::Other(None),
+        _ => Endpoint::NotFound,
     }
 }
 
 fn valid_id(id: &str) -> bool {
-    (1..=MAX_ID_LEN).contains(&id.len())
+    (1..=MAX_SANDBOX_ID_LEN).contains(&id.len())
         && id != "."
         && id != ".."
         && id
@@ -117,7 +117,7 @@ fn is_missing(id: &str) -> bool {
 
 /// Mono's envelope; `meta` only on transactions.
 #[derive(Serialize)]
-struct Envelope<'a, T: Serialize> {
+struct MonoEnvelope<'a, T: Serialize> {
     status: &'a str,
     message: &'a str,
     timestamp: &'a str,
@@ -215,10 +215,10 @@ impl Sandbox {
             body: body.slice(..body.len().min(MAX_RECORDED_BODY)),
         });
         self.bump("total");
-        let route = parse_route(&parts.method, parts.uri.path());
-        tracing::debug!(method = %parts.method, path = parts.uri.path(), route = route.name(), "sandbox request");
+        let endpoint = parse_endpoint(&parts.method, parts.uri.path());
+        tracing::debug!(method = %parts.method, path = parts.uri.path(), route = endpoint.name(), "sandbox request");
 
-        if let Some(fault) = self.take_fault(route.name(), parts.uri.path()) {
+        if let Some(fault) = self.take_fault(endpoint.name(), parts.uri.path()) {
             self.bump("faulted");
             match fault {
                 Fault::Latency(d) => tokio::time::sleep(d).await,
@@ -250,40 +250,40 @@ impl Sandbox {
                 "Invalid or missing mono-sec-key",
             ));
         }
-        Ok(self.route(route, &parts, &body))
+        Ok(self.answer(endpoint, &parts, &body))
     }
 
     /// Answers an authorised API request.
-    fn route(&self, route: Route<'_>, parts: &Parts, body: &Bytes) -> Resp {
-        match route {
-            Route::Details(id) => {
+    fn answer(&self, endpoint: Endpoint<'_>, parts: &Parts, body: &Bytes) -> Resp {
+        match endpoint {
+            Endpoint::Details(id) => {
                 self.bump("details");
                 if is_missing(id) {
                     return account_not_found();
                 }
                 self.details(id)
             }
-            Route::Balance(id) => self.account_read(id, JobKind::Balance, parts),
-            Route::Transactions(id) => self.account_read(id, JobKind::Transactions, parts),
-            Route::Job(id, job_id) => {
+            Endpoint::Balance(id) => self.account_read(id, JobKind::Balance, parts),
+            Endpoint::Transactions(id) => self.account_read(id, JobKind::Transactions, parts),
+            Endpoint::Job(id, job_id) => {
                 self.bump("job");
                 if is_missing(id) {
                     return account_not_found();
                 }
                 self.job_status(id, job_id)
             }
-            Route::Echo => {
+            Endpoint::Echo => {
                 self.bump("echo");
                 echo(parts, body)
             }
-            Route::Other(account) => {
+            Endpoint::Other(account) => {
                 self.bump("other");
                 if account.is_some_and(is_missing) {
                     return account_not_found();
                 }
                 self.other(account, parts)
             }
-            Route::NotFound => {
+            Endpoint::NotFound => {
                 self.bump("not_found");
                 failed(
                     StatusCode::NOT_FOUND,
@@ -315,8 +315,8 @@ impl Sandbox {
             None
         };
         let mut resp = {
-            let mut state = lock(&self.shared.state);
-            let account = state.account(id);
+            let mut world = lock(&self.shared.world);
+            let account = world.account(id);
             match kind {
                 JobKind::Balance => balance_body(account),
                 JobKind::Transactions => transactions_body(account, parts.uri.query()),
@@ -329,8 +329,8 @@ impl Sandbox {
     }
 
     fn details(&self, id: &str) -> Resp {
-        let mut state = lock(&self.shared.state);
-        let a = state.account(id);
+        let mut world = lock(&self.shared.world);
+        let a = world.account(id);
         let data = json!({
             "account": {
                 "id": a.id,
@@ -349,7 +349,7 @@ impl Sandbox {
             "customer": { "id": format!("cus_{}", a.id) },
             "meta": { "data_status": "AVAILABLE", "auth_method": "mobile_banking" },
         });
-        envelope(StatusCode::OK, OK_MESSAGE, &a.timestamp, data, None)
+        mono_envelope(StatusCode::OK, OK_MESSAGE, &a.timestamp, data, None)
     }
 
     fn job_status(&self, account: &str, job_id: &str) -> Resp {
@@ -362,10 +362,10 @@ impl Sandbox {
             name: job.kind.job_name(),
             account: &job.account,
             kind: job.kind.job_type(),
-            synced: job.status == JobStatus::Finished,
+            synced: job.status == JobState::Finished,
             reauth_required: job.reauth_required,
         };
-        envelope(
+        mono_envelope(
             StatusCode::OK,
             "Job execution completed",
             &seed::now_rfc3339(),
@@ -387,8 +387,8 @@ impl Sandbox {
                 "customer": seed::random_hex16(),
             }),
             (Some(id), Some("identity")) => {
-                let mut state = lock(&self.shared.state);
-                let a = state.account(id);
+                let mut world = lock(&self.shared.world);
+                let a = world.account(id);
                 json!({
                     "full_name": a.name,
                     "bvn": a.bvn,
@@ -398,7 +398,7 @@ impl Sandbox {
             }
             _ => json!({ "method": parts.method.as_str(), "path": path }),
         };
-        envelope(StatusCode::OK, OK_MESSAGE, &now, data, None)
+        mono_envelope(StatusCode::OK, OK_MESSAGE, &now, data, None)
     }
 
     /// `/__sandbox/…`: inspection and control for out-of-process tests; no key, not counted.
@@ -538,7 +538,7 @@ fn balance_body(a: &Account) -> Resp {
         balance: a.balance,
         currency: "NGN",
     };
-    envelope(StatusCode::OK, OK_MESSAGE, &a.timestamp, data, None)
+    mono_envelope(StatusCode::OK, OK_MESSAGE, &a.timestamp, data, None)
 }
 
 /// One page of transactions with Mono's `meta` and absolute pagination links.
@@ -563,7 +563,7 @@ fn transactions_body(a: &Account, query: Option<&str>) -> Resp {
             next: None,
         };
         let data: &[Transaction] = &a.transactions;
-        return envelope(StatusCode::OK, OK_MESSAGE, &a.timestamp, data, Some(meta));
+        return mono_envelope(StatusCode::OK, OK_MESSAGE, &a.timestamp, data, Some(meta));
     }
     let start = (page - 1).saturating_mul(per_page).min(total);
     let end = start.saturating_add(per_page).min(total);
@@ -582,7 +582,7 @@ fn transactions_body(a: &Account, query: Option<&str>) -> Resp {
         previous: (page > 1).then(|| link(page - 1)),
         next: (page < pages).then(|| link(page + 1)),
     };
-    envelope(
+    mono_envelope(
         StatusCode::OK,
         OK_MESSAGE,
         &a.timestamp,
@@ -645,10 +645,10 @@ fn account_not_found() -> Resp {
 
 /// Mono's failed envelope with `data: null`.
 fn failed(status: StatusCode, message: &str) -> Resp {
-    envelope(status, message, &seed::now_rfc3339(), (), None)
+    mono_envelope(status, message, &seed::now_rfc3339(), (), None)
 }
 
-fn envelope<T: Serialize>(
+fn mono_envelope<T: Serialize>(
     status: StatusCode,
     message: &str,
     timestamp: &str,
@@ -660,21 +660,21 @@ fn envelope<T: Serialize>(
     } else {
         "failed"
     };
-    let env = Envelope {
+    let env = MonoEnvelope {
         status: kind,
         message,
         timestamp,
         data,
         meta,
     };
-    json_response(status, &env)
+    json_reply(status, &env)
 }
 
 fn json_ok<T: Serialize + ?Sized>(value: &T) -> Resp {
-    json_response(StatusCode::OK, value)
+    json_reply(StatusCode::OK, value)
 }
 
-fn json_response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Resp {
+fn json_reply<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Resp {
     let (status, body) = match serde_json::to_vec(value) {
         Ok(body) => (status, body),
         Err(err) => {
@@ -697,33 +697,36 @@ mod tests {
     fn routes_are_parsed_from_method_and_path() {
         let get = Method::GET;
         assert!(matches!(
-            parse_route(&get, "/v2/accounts/abc"),
-            Route::Details("abc")
+            parse_endpoint(&get, "/v2/accounts/abc"),
+            Endpoint::Details("abc")
         ));
         assert!(matches!(
-            parse_route(&get, "/v2/accounts/abc/balance"),
-            Route::Balance("abc")
+            parse_endpoint(&get, "/v2/accounts/abc/balance"),
+            Endpoint::Balance("abc")
         ));
         assert!(matches!(
-            parse_route(&get, "/v2/accounts/abc/jobs/jobs.accounts_1"),
-            Route::Job("abc", "jobs.accounts_1")
+            parse_endpoint(&get, "/v2/accounts/abc/jobs/jobs.accounts_1"),
+            Endpoint::Job("abc", "jobs.accounts_1")
         ));
         assert!(matches!(
-            parse_route(&Method::PUT, "/v2/echo/x"),
-            Route::Echo
+            parse_endpoint(&Method::PUT, "/v2/echo/x"),
+            Endpoint::Echo
         ));
         assert!(matches!(
-            parse_route(&get, "/v2/accounts/abc/identity"),
-            Route::Other(Some("abc"))
+            parse_endpoint(&get, "/v2/accounts/abc/identity"),
+            Endpoint::Other(Some("abc"))
         ));
         assert!(matches!(
-            parse_route(&Method::POST, "/v2/accounts/auth"),
-            Route::Other(None)
+            parse_endpoint(&Method::POST, "/v2/accounts/auth"),
+            Endpoint::Other(None)
         ));
-        assert!(matches!(parse_route(&get, "/v2/nothing"), Route::NotFound));
         assert!(matches!(
-            parse_route(&get, "/v2/accounts/../balance"),
-            Route::NotFound
+            parse_endpoint(&get, "/v2/nothing"),
+            Endpoint::NotFound
+        ));
+        assert!(matches!(
+            parse_endpoint(&get, "/v2/accounts/../balance"),
+            Endpoint::NotFound
         ));
     }
 

@@ -58,7 +58,7 @@ pub const DEFAULT_SECRET_KEY: &str = "test_sk_sandbox";
 /// Default time a realtime job takes before it finishes.
 pub const DEFAULT_JOB_DELAY: Duration = Duration::from_secs(2);
 /// Mono's realtime window: one realtime job per account and kind per 5 minutes.
-pub const DEFAULT_WINDOW: Duration = Duration::from_secs(300);
+pub const DEFAULT_SANDBOX_WINDOW: Duration = Duration::from_secs(300);
 /// How many API requests [`Sandbox::requests`] keeps.
 pub const MAX_RECORDED_REQUESTS: usize = 1000;
 /// Recorded request bodies are cut to this many bytes so the log stays bounded.
@@ -114,7 +114,7 @@ impl Default for SandboxConfig {
         SandboxConfig {
             secret_key: DEFAULT_SECRET_KEY.to_owned(),
             job_delay: DEFAULT_JOB_DELAY,
-            window: DEFAULT_WINDOW,
+            window: DEFAULT_SANDBOX_WINDOW,
             latency: Duration::ZERO,
             webhook_url: None,
             webhook_secret: None,
@@ -247,7 +247,7 @@ impl JobKind {
 
 /// A job's state as Mono reports it in `x-job-status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobStatus {
+pub enum JobState {
     /// Still syncing.
     Processing,
     /// Synced successfully.
@@ -256,13 +256,13 @@ pub enum JobStatus {
     Failed,
 }
 
-impl JobStatus {
+impl JobState {
     /// Lowercase wire value: `processing`, `finished` or `failed`.
     pub fn as_str(self) -> &'static str {
         match self {
-            JobStatus::Processing => "processing",
-            JobStatus::Finished => "finished",
-            JobStatus::Failed => "failed",
+            JobState::Processing => "processing",
+            JobState::Finished => "finished",
+            JobState::Failed => "failed",
         }
     }
 }
@@ -277,7 +277,7 @@ pub struct SandboxJob {
     /// Balance or transactions.
     pub kind: JobKind,
     /// Current status.
-    pub status: JobStatus,
+    pub status: JobState,
     /// True once a finished sync changed the account's data.
     pub has_new_data: bool,
     /// True when the job failed because the user must re-authorise.
@@ -296,7 +296,7 @@ pub struct Sandbox {
 
 struct Shared {
     cfg: SandboxConfig,
-    state: Mutex<State>,
+    world: Mutex<World>,
     counts: Mutex<BTreeMap<String, u64>>,
     requests: Mutex<VecDeque<RecordedRequest>>,
     fault: Mutex<Option<FaultSpec>>,
@@ -304,14 +304,14 @@ struct Shared {
 }
 
 #[derive(Default)]
-struct State {
+struct World {
     accounts: HashMap<String, Account>,
     jobs: HashMap<String, SandboxJob>,
     /// Last job per (account, kind), for the realtime window.
     last_job: HashMap<(String, JobKind), String>,
 }
 
-impl State {
+impl World {
     fn account(&mut self, id: &str) -> &mut Account {
         self.accounts
             .entry(id.to_owned())
@@ -326,7 +326,7 @@ impl Sandbox {
         Sandbox {
             shared: Arc::new(Shared {
                 cfg,
-                state: Mutex::new(State::default()),
+                world: Mutex::new(World::default()),
                 counts: Mutex::new(COUNTERS.iter().map(|c| (c.to_string(), 0)).collect()),
                 requests: Mutex::new(VecDeque::with_capacity(MAX_RECORDED_REQUESTS)),
                 fault: Mutex::new(None),
@@ -515,38 +515,38 @@ impl Sandbox {
 
     /// Stages a balance that the next successful sync of `account` applies (so it has new data).
     pub fn stage_balance(&self, account: &str, balance: i64) {
-        lock(&self.shared.state).account(account).staged_balance = Some(balance);
+        lock(&self.shared.world).account(account).staged_balance = Some(balance);
     }
 
     /// Changes the balance right away, without a sync.
     pub fn set_balance(&self, account: &str, balance: i64) {
-        lock(&self.shared.state)
+        lock(&self.shared.world)
             .account(account)
             .apply_balance(balance);
     }
 
     /// The account's current balance (seeding the account if needed).
     pub fn balance(&self, account: &str) -> i64 {
-        lock(&self.shared.state).account(account).balance
+        lock(&self.shared.world).account(account).balance
     }
 
     /// A job by id.
     pub fn job(&self, job_id: &str) -> Option<SandboxJob> {
-        lock(&self.shared.state).jobs.get(job_id).cloned()
+        lock(&self.shared.world).jobs.get(job_id).cloned()
     }
 
     /// All jobs started so far.
     pub fn jobs(&self) -> Vec<SandboxJob> {
-        lock(&self.shared.state).jobs.values().cloned().collect()
+        lock(&self.shared.world).jobs.values().cloned().collect()
     }
 
     /// Ends every processing job now, as if its delay had elapsed (webhooks are sent when a
     /// tokio runtime is available).
     pub fn finish_jobs_now(&self) {
-        let ids: Vec<String> = lock(&self.shared.state)
+        let ids: Vec<String> = lock(&self.shared.world)
             .jobs
             .values()
-            .filter(|j| j.status == JobStatus::Processing)
+            .filter(|j| j.status == JobState::Processing)
             .map(|j| j.id.clone())
             .collect();
         for id in ids {
@@ -556,7 +556,7 @@ impl Sandbox {
 
     /// Forgets all realtime windows, so the next realtime call starts a new job.
     pub fn clear_windows(&self) {
-        lock(&self.shared.state).last_job.clear();
+        lock(&self.shared.world).last_job.clear();
     }
 
     fn bump(&self, counter: &str) {
@@ -600,10 +600,10 @@ impl Sandbox {
     /// Starts a realtime job or reports the one inside the window; returns the job and
     /// whether it is new.
     fn realtime(&self, account: &str, kind: JobKind) -> (SandboxJob, bool) {
-        let mut state = lock(&self.shared.state);
-        state.account(account);
+        let mut world = lock(&self.shared.world);
+        world.account(account);
         let key = (account.to_owned(), kind);
-        if let Some(job) = state.last_job.get(&key).and_then(|id| state.jobs.get(id)) {
+        if let Some(job) = world.last_job.get(&key).and_then(|id| world.jobs.get(id)) {
             if job.started_at.elapsed() < self.shared.cfg.window {
                 return (job.clone(), false);
             }
@@ -612,15 +612,15 @@ impl Sandbox {
             id: format!("jobs.accounts_{}", seed::random_hex16()),
             account: account.to_owned(),
             kind,
-            status: JobStatus::Processing,
+            status: JobState::Processing,
             has_new_data: false,
             reauth_required: false,
             started_at: Instant::now(),
             ended_at: None,
         };
-        state.last_job.insert(key, job.id.clone());
-        state.jobs.insert(job.id.clone(), job.clone());
-        drop(state);
+        world.last_job.insert(key, job.id.clone());
+        world.jobs.insert(job.id.clone(), job.clone());
+        drop(world);
         tracing::debug!(job.id = %job.id, account = %account, kind = kind.route(), "sandbox job started");
         let sandbox = self.clone();
         let id = job.id.clone();
@@ -634,29 +634,29 @@ impl Sandbox {
 
     /// Finishes or fails a processing job by its account's kind and sends the webhooks.
     fn end_job(&self, job_id: &str) {
-        let mut state = lock(&self.shared.state);
-        let Some(job) = state.jobs.get(job_id).cloned() else {
+        let mut world = lock(&self.shared.world);
+        let Some(job) = world.jobs.get(job_id).cloned() else {
             return;
         };
-        if job.status != JobStatus::Processing {
+        if job.status != JobState::Processing {
             return;
         }
         let (status, reauth, has_new_data) = if job.account.starts_with("reauth") {
-            (JobStatus::Failed, true, false)
+            (JobState::Failed, true, false)
         } else if job.account.starts_with("fail") {
-            (JobStatus::Failed, false, false)
+            (JobState::Failed, false, false)
         } else {
             let bump = self.shared.cfg.sync_changes_data;
-            let account = state.account(&job.account);
+            let account = world.account(&job.account);
             let target = account
                 .staged_balance
                 .take()
                 .or(bump.then_some(account.balance + 100));
             let changed = target.is_some_and(|b| account.apply_balance(b));
-            (JobStatus::Finished, false, changed)
+            (JobState::Finished, false, changed)
         };
-        let account = state.account(&job.account).clone();
-        let Some(job) = state.jobs.get_mut(job_id) else {
+        let account = world.account(&job.account).clone();
+        let Some(job) = world.jobs.get_mut(job_id) else {
             return;
         };
         job.status = status;
@@ -664,7 +664,7 @@ impl Sandbox {
         job.has_new_data = has_new_data;
         job.ended_at = Some(Instant::now());
         let job = job.clone();
-        drop(state);
+        drop(world);
         tracing::debug!(job.id = %job.id, status = status.as_str(), has_new_data, "sandbox job ended");
         if self.shared.cfg.webhook_url.is_none() {
             return;
