@@ -2,7 +2,15 @@
 
 use std::time::Duration;
 
+use hyper::StatusCode;
+
+use super::reply::{failed, Resp};
 use super::{lock, Sandbox};
+
+/// Returned from the service so hyper drops the connection without answering.
+#[derive(Debug, thiserror::Error)]
+#[error("sandbox fault: connection reset")]
+pub(super) struct ResetFault;
 
 /// A failure the sandbox injects in front of API routes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,7 +94,7 @@ impl Sandbox {
     }
 
     /// Takes one use of the armed fault if it matches this request.
-    pub(super) fn take_fault(&self, route: &str, path: &str) -> Option<Fault> {
+    fn take_fault(&self, route: &str, path: &str) -> Option<Fault> {
         let mut armed = lock(&self.shared.fault);
         let spec = armed.as_mut()?;
         if let Some(want) = &spec.route {
@@ -107,6 +115,34 @@ impl Sandbox {
             }
         }
         Some(fault)
+    }
+
+    /// Applies the armed fault if it matches: `Ok(None)` lets the request go on (after any
+    /// injected latency), `Ok(Some)` is the injected answer, `Err` drops the connection.
+    pub(super) async fn inject_fault(
+        &self,
+        route: &str,
+        path: &str,
+    ) -> Result<Option<Resp>, ResetFault> {
+        let Some(fault) = self.take_fault(route, path) else {
+            return Ok(None);
+        };
+        self.bump("faulted");
+        match fault {
+            Fault::Latency(d) => tokio::time::sleep(d).await,
+            Fault::Status(code) => {
+                let status =
+                    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let message = status
+                    .canonical_reason()
+                    .unwrap_or("sandbox injected fault");
+                return Ok(Some(failed(status, message)));
+            }
+            Fault::Reset => return Err(ResetFault),
+            // The connection task is dropped when the sandbox shuts down.
+            Fault::Hang => std::future::pending::<()>().await,
+        }
+        Ok(None)
     }
 }
 

@@ -1,23 +1,23 @@
-//! Request handling: control routes, then faults, key check and the simulated Mono routes.
+//! The simulated Mono API routes, behind the service entry and the `mono-sec-key` check.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderMap, HeaderValue};
 use hyper::http::request::Parts;
-use hyper::{Method, Request, Response, StatusCode};
-use serde::{Deserialize, Serialize};
+use hyper::{Method, Request, StatusCode};
+use serde::Serialize;
 use serde_json::json;
 
+use super::fault::ResetFault;
+use super::model::{is_missing, valid_id};
+use super::reply::{failed, json_ok, mono_envelope, query_param, read_body, PageMeta, Resp};
 use super::seed::{self, Account, Transaction};
-use super::{lock, Fault, FaultSpec, JobKind, JobState, RecordedRequest, Sandbox, SandboxJob};
+use super::{lock, JobKind, JobState, RecordedRequest, Sandbox, SandboxJob};
 use super::{MAX_RECORDED_BODY, MAX_REQUEST_BODY};
-
-type Resp = Response<Full<Bytes>>;
 
 /// Mono's success message, typo included, so bodies match the real API byte for byte.
 const OK_MESSAGE: &str = "Request was succesfully completed";
@@ -27,15 +27,6 @@ pub const DEFAULT_PAGE_SIZE: usize = 20;
 const MAX_PAGE_SIZE: usize = 500;
 /// Pagination links are absolute Mono URLs; the proxy rewrites them.
 const MONO_BASE: &str = "https://api.withmono.com";
-/// Control route bodies are tiny JSON documents.
-const MAX_CONTROL_BODY: usize = 64 * 1024;
-/// Longest account or job id accepted.
-const MAX_SANDBOX_ID_LEN: usize = 64;
-
-/// Returned from the service so hyper drops the connection without answering.
-#[derive(Debug, thiserror::Error)]
-#[error("sandbox fault: connection reset")]
-pub(super) struct ResetFault;
 
 /// What an API request asks for, decided from method and path alone.
 #[derive(Debug, Clone, Copy)]
@@ -102,38 +93,6 @@ fn parse_endpoint<'a>(method: &Method, path: &'a str) -> Endpoint<'a> {
     }
 }
 
-fn valid_id(id: &str) -> bool {
-    (1..=MAX_SANDBOX_ID_LEN).contains(&id.len())
-        && id != "."
-        && id != ".."
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-fn is_missing(id: &str) -> bool {
-    id.starts_with("missing")
-}
-
-/// Mono's envelope; `meta` only on transactions.
-#[derive(Serialize)]
-struct MonoEnvelope<'a, T: Serialize> {
-    status: &'a str,
-    message: &'a str,
-    timestamp: &'a str,
-    data: T,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    meta: Option<PageMeta>,
-}
-
-#[derive(Serialize)]
-struct PageMeta {
-    total: usize,
-    page: usize,
-    previous: Option<String>,
-    next: Option<String>,
-}
-
 #[derive(Serialize)]
 struct BalanceData<'a> {
     id: &'a str,
@@ -162,27 +121,6 @@ struct EchoData<'a> {
     query: Option<&'a str>,
     headers: BTreeMap<String, String>,
     body: Cow<'a, str>,
-}
-
-/// Body of `POST /__sandbox/fault`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FaultRequest {
-    kind: String,
-    ms: Option<u64>,
-    status: Option<u16>,
-    times: Option<u32>,
-    route: Option<String>,
-}
-
-/// Body of `POST /__sandbox/balance`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BalanceRequest {
-    account: String,
-    balance: i64,
-    #[serde(default)]
-    staged: bool,
 }
 
 impl Sandbox {
@@ -218,22 +156,8 @@ impl Sandbox {
         let endpoint = parse_endpoint(&parts.method, parts.uri.path());
         tracing::debug!(method = %parts.method, path = parts.uri.path(), route = endpoint.name(), "sandbox request");
 
-        if let Some(fault) = self.take_fault(endpoint.name(), parts.uri.path()) {
-            self.bump("faulted");
-            match fault {
-                Fault::Latency(d) => tokio::time::sleep(d).await,
-                Fault::Status(code) => {
-                    let status =
-                        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                    let message = status
-                        .canonical_reason()
-                        .unwrap_or("sandbox injected fault");
-                    return Ok(failed(status, message));
-                }
-                Fault::Reset => return Err(ResetFault),
-                // The connection task is dropped when the sandbox shuts down.
-                Fault::Hang => std::future::pending::<()>().await,
-            }
+        if let Some(resp) = self.inject_fault(endpoint.name(), parts.uri.path()).await? {
+            return Ok(resp);
         }
         let latency = self.shared.cfg.latency;
         if latency > Duration::ZERO {
@@ -400,112 +324,6 @@ impl Sandbox {
         };
         mono_envelope(StatusCode::OK, OK_MESSAGE, &now, data, None)
     }
-
-    /// `/__sandbox/…`: inspection and control for out-of-process tests; no key, not counted.
-    async fn control(&self, req: Request<Incoming>) -> Resp {
-        let method = req.method().clone();
-        let path = req.uri().path().to_owned();
-        let query = req.uri().query().unwrap_or("").to_owned();
-        let body = match read_body(req.into_body(), MAX_CONTROL_BODY).await {
-            Ok(body) => body,
-            Err(resp) => return resp,
-        };
-        match (method, path.as_str()) {
-            (Method::GET, "/__sandbox/counts") => json_ok(&self.counts()),
-            (Method::POST, "/__sandbox/reset") => {
-                self.reset_counts();
-                self.clear_requests();
-                self.set_fault(None);
-                if query_param(&query, "windows") == Some("true") {
-                    self.clear_windows();
-                }
-                json_ok(&json!({ "status": "ok" }))
-            }
-            (Method::POST, "/__sandbox/fault") => match parse_fault(&body) {
-                Ok(spec) => {
-                    self.set_fault_spec(spec);
-                    json_ok(&json!({ "status": "ok" }))
-                }
-                Err(message) => failed(StatusCode::BAD_REQUEST, &message),
-            },
-            (Method::GET, "/__sandbox/requests") => {
-                let list: Vec<_> = self
-                    .requests()
-                    .iter()
-                    .map(|r| {
-                        let headers: Vec<(&str, &str)> = r
-                            .headers
-                            .iter()
-                            .map(|(n, v)| match n.as_str() {
-                                // The control routes are unauthenticated: keep keys out.
-                                "mono-sec-key" => (n.as_str(), "[redacted]"),
-                                _ => (n.as_str(), v.as_str()),
-                            })
-                            .collect();
-                        json!({
-                            "method": r.method,
-                            "path": r.path,
-                            "query": r.query,
-                            "headers": headers,
-                            "body": String::from_utf8_lossy(&r.body),
-                        })
-                    })
-                    .collect();
-                json_ok(&list)
-            }
-            (Method::POST, "/__sandbox/balance") => {
-                match serde_json::from_slice::<BalanceRequest>(&body) {
-                    Ok(req) if valid_id(&req.account) => {
-                        if req.staged {
-                            self.stage_balance(&req.account, req.balance);
-                        } else {
-                            self.set_balance(&req.account, req.balance);
-                        }
-                        json_ok(&json!({ "status": "ok" }))
-                    }
-                    Ok(_) => failed(StatusCode::BAD_REQUEST, "invalid account id"),
-                    Err(err) => failed(StatusCode::BAD_REQUEST, &err.to_string()),
-                }
-            }
-            (Method::POST, "/__sandbox/finish-jobs") => {
-                self.finish_jobs_now();
-                json_ok(&json!({ "status": "ok" }))
-            }
-            (method, path) => failed(
-                StatusCode::NOT_FOUND,
-                &format!("Cannot {method} {path} (sandbox control route)"),
-            ),
-        }
-    }
-}
-
-/// Parses `{"kind": "latency|status|reset|hang|none", "ms", "status", "times", "route"}`.
-fn parse_fault(body: &[u8]) -> Result<Option<FaultSpec>, String> {
-    let req: FaultRequest = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    let fault = match req.kind.as_str() {
-        "none" => return Ok(None),
-        "latency" => Fault::Latency(Duration::from_millis(
-            req.ms.ok_or("latency fault needs \"ms\"")?,
-        )),
-        "status" => {
-            let status = req.status.ok_or("status fault needs \"status\"")?;
-            if !(100..=999).contains(&status) {
-                return Err(format!("status {status} is not an HTTP status"));
-            }
-            Fault::Status(status)
-        }
-        "reset" => Fault::Reset,
-        "hang" => Fault::Hang,
-        other => return Err(format!("unknown fault kind {other:?}")),
-    };
-    if req.times == Some(0) {
-        return Err("\"times\" must be at least 1".to_owned());
-    }
-    Ok(Some(FaultSpec {
-        fault,
-        times: req.times,
-        route: req.route,
-    }))
 }
 
 /// `x-realtime: true`, name and value in any case.
@@ -612,81 +430,8 @@ fn echo(parts: &Parts, body: &Bytes) -> Resp {
     })
 }
 
-/// First value of `name` in a raw query string (no percent-decoding; values here are plain).
-fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
-    query
-        .split('&')
-        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
-/// Reads a body up to `limit` bytes; too large → 413, broken → 400.
-async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Resp> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(failed(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "Request body too large",
-        )),
-        Err(err) => {
-            tracing::debug!(error = %err, "sandbox could not read request body");
-            Err(failed(
-                StatusCode::BAD_REQUEST,
-                "Could not read request body",
-            ))
-        }
-    }
-}
-
 fn account_not_found() -> Resp {
     failed(StatusCode::NOT_FOUND, "Account not found")
-}
-
-/// Mono's failed envelope with `data: null`.
-fn failed(status: StatusCode, message: &str) -> Resp {
-    mono_envelope(status, message, &seed::now_rfc3339(), (), None)
-}
-
-fn mono_envelope<T: Serialize>(
-    status: StatusCode,
-    message: &str,
-    timestamp: &str,
-    data: T,
-    meta: Option<PageMeta>,
-) -> Resp {
-    let kind = if status.is_success() {
-        "successful"
-    } else {
-        "failed"
-    };
-    let env = MonoEnvelope {
-        status: kind,
-        message,
-        timestamp,
-        data,
-        meta,
-    };
-    json_reply(status, &env)
-}
-
-fn json_ok<T: Serialize + ?Sized>(value: &T) -> Resp {
-    json_reply(StatusCode::OK, value)
-}
-
-fn json_reply<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Resp {
-    let (status, body) = match serde_json::to_vec(value) {
-        Ok(body) => (status, body),
-        Err(err) => {
-            tracing::error!(error = %err, "sandbox could not serialize a response");
-            (StatusCode::INTERNAL_SERVER_ERROR, Vec::new())
-        }
-    };
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
 }
 
 #[cfg(test)]
@@ -728,24 +473,5 @@ mod tests {
             parse_endpoint(&get, "/v2/accounts/../balance"),
             Endpoint::NotFound
         ));
-    }
-
-    #[test]
-    fn fault_bodies_parse() {
-        let spec = parse_fault(br#"{"kind":"status","status":503,"times":2}"#)
-            .unwrap()
-            .unwrap();
-        assert_eq!(spec.fault, Fault::Status(503));
-        assert_eq!(spec.times, Some(2));
-        assert_eq!(parse_fault(br#"{"kind":"none"}"#).unwrap(), None);
-        assert!(parse_fault(br#"{"kind":"latency"}"#).is_err());
-        assert!(parse_fault(br#"{"kind":"boom"}"#).is_err());
-    }
-
-    #[test]
-    fn query_params_are_found() {
-        assert_eq!(query_param("page=2&limit=5", "limit"), Some("5"));
-        assert_eq!(query_param("paginate", "paginate"), Some(""));
-        assert_eq!(query_param("", "page"), None);
     }
 }

@@ -29,12 +29,14 @@
 //! This file holds the handle ([`Sandbox`], a cheap clone over shared state), its config,
 //! counters and recorded requests. The rest, one job a file: `model` (accounts, jobs, the
 //! realtime window), `fault` (injected failures), `server` (plain and TLS listeners),
-//! `handler` (the Mono API and `/__sandbox/*` routes), `seed` (deterministic account data),
-//! `webhook` (job webhooks).
+//! `handler` (the Mono API routes), `control` (the `/__sandbox/*` routes), `reply` (Mono's
+//! envelope and JSON replies), `seed` (deterministic account data), `webhook` (job webhooks).
 
+mod control;
 mod fault;
 mod handler;
 mod model;
+mod reply;
 mod seed;
 mod server;
 mod webhook;

@@ -7,6 +7,24 @@ use tokio::time::Instant;
 use super::seed::{self, Account};
 use super::{lock, webhook, Sandbox};
 
+/// Longest account or job id accepted.
+const MAX_SANDBOX_ID_LEN: usize = 64;
+
+/// Whether an account or job id can exist: `[A-Za-z0-9._-]{1,64}`, never `.` or `..`.
+pub(super) fn valid_id(id: &str) -> bool {
+    (1..=MAX_SANDBOX_ID_LEN).contains(&id.len())
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// `missing…` accounts do not exist: every route answers 404 for them.
+pub(super) fn is_missing(id: &str) -> bool {
+    id.starts_with("missing")
+}
+
 /// Which data a realtime job syncs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JobKind {
