@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use mono_proxy::sandbox::{JobStatus, RunningSandbox, SandboxConfig};
+use mono_proxy::sandbox::{JobState, RunningSandbox, SandboxConfig};
 use support::*;
 
 const BALANCE: &str = "/v2/accounts/acc1/balance";
@@ -32,7 +32,7 @@ async fn sandbox_job_ends(sb: &RunningSandbox, job_id: &str) {
     let ended = eventually(Duration::from_secs(10), || async {
         sb.sandbox
             .job(job_id)
-            .is_some_and(|j| j.status != JobStatus::Processing)
+            .is_some_and(|j| j.status != JobState::Processing)
     })
     .await;
     assert!(ended, "sandbox job {job_id} never ended");

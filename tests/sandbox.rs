@@ -14,7 +14,7 @@ use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mono_proxy::sandbox::{
-    self_signed_cert, Fault, JobStatus, RunningSandbox, Sandbox, SandboxConfig,
+    self_signed_cert, Fault, JobState, RunningSandbox, Sandbox, SandboxConfig,
 };
 use serde_json::Value;
 use support::{client, eventually, Reply};
@@ -220,7 +220,7 @@ async fn second_realtime_call_in_window_keeps_the_job_and_reports_it_finished() 
     );
     assert_eq!(sb.sandbox.count("balance_realtime"), 1);
     let job = sb.sandbox.job(&job_id).unwrap();
-    assert_eq!(job.status, JobStatus::Finished);
+    assert_eq!(job.status, JobState::Finished);
     assert!(job.has_new_data);
 }
 

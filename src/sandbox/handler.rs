@@ -1,23 +1,23 @@
-//! Request handling: control routes, then faults, key check and the simulated Mono routes.
+//! The simulated Mono API routes, behind the service entry and the `mono-sec-key` check.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderMap, HeaderValue};
 use hyper::http::request::Parts;
-use hyper::{Method, Request, Response, StatusCode};
-use serde::{Deserialize, Serialize};
+use hyper::{Method, Request, StatusCode};
+use serde::Serialize;
 use serde_json::json;
 
+use super::fault::ResetFault;
+use super::model::{is_missing, valid_id};
+use super::reply::{failed, json_ok, mono_envelope, query_param, read_body, PageMeta, Resp};
 use super::seed::{self, Account, Transaction};
-use super::{lock, Fault, FaultSpec, JobKind, JobStatus, RecordedRequest, Sandbox, SandboxJob};
+use super::{lock, JobKind, JobState, RecordedRequest, Sandbox, SandboxJob};
 use super::{MAX_RECORDED_BODY, MAX_REQUEST_BODY};
-
-type Resp = Response<Full<Bytes>>;
 
 /// Mono's success message, typo included, so bodies match the real API byte for byte.
 const OK_MESSAGE: &str = "Request was succesfully completed";
@@ -27,19 +27,10 @@ pub const DEFAULT_PAGE_SIZE: usize = 20;
 const MAX_PAGE_SIZE: usize = 500;
 /// Pagination links are absolute Mono URLs; the proxy rewrites them.
 const MONO_BASE: &str = "https://api.withmono.com";
-/// Control route bodies are tiny JSON documents.
-const MAX_CONTROL_BODY: usize = 64 * 1024;
-/// Longest account or job id accepted.
-const MAX_ID_LEN: usize = 64;
-
-/// Returned from the service so hyper drops the connection without answering.
-#[derive(Debug, thiserror::Error)]
-#[error("sandbox fault: connection reset")]
-pub(super) struct ResetFault;
 
 /// What an API request asks for, decided from method and path alone.
 #[derive(Debug, Clone, Copy)]
-enum Route<'a> {
+enum Endpoint<'a> {
     Details(&'a str),
     Balance(&'a str),
     Transactions(&'a str),
@@ -50,88 +41,56 @@ enum Route<'a> {
     NotFound,
 }
 
-impl Route<'_> {
+impl Endpoint<'_> {
     /// The name faults match on and the counter plain calls bump.
     fn name(&self) -> &'static str {
         match self {
-            Route::Details(_) => "details",
-            Route::Balance(_) => "balance",
-            Route::Transactions(_) => "transactions",
-            Route::Job(..) => "job",
-            Route::Echo => "echo",
-            Route::Other(_) => "other",
-            Route::NotFound => "not_found",
+            Endpoint::Details(_) => "details",
+            Endpoint::Balance(_) => "balance",
+            Endpoint::Transactions(_) => "transactions",
+            Endpoint::Job(..) => "job",
+            Endpoint::Echo => "echo",
+            Endpoint::Other(_) => "other",
+            Endpoint::NotFound => "not_found",
         }
     }
 }
 
-/// Maps a path to a route; ids outside `[A-Za-z0-9._-]{1,64}` never match an account.
-fn parse_route<'a>(method: &Method, path: &'a str) -> Route<'a> {
+/// Maps a path to an endpoint; ids outside `[A-Za-z0-9._-]{1,64}` never match an account.
+fn parse_endpoint<'a>(method: &Method, path: &'a str) -> Endpoint<'a> {
     let segs: Vec<&'a str> = path.trim_start_matches('/').split('/').collect();
     let get = method == Method::GET;
     match segs.as_slice() {
-        ["v2", "echo", ..] => Route::Echo,
-        ["v2", "accounts", "auth" | "initiate"] if method == Method::POST => Route::Other(None),
-        ["v2", "accounts", id] if get && valid_id(id) => Route::Details(id),
+        ["v2", "echo", ..] => Endpoint::Echo,
+        ["v2", "accounts", "auth" | "initiate"] if method == Method::POST => Endpoint::Other(None),
+        ["v2", "accounts", id] if get && valid_id(id) => Endpoint::Details(id),
         ["v2", "accounts", id, "balance"] if valid_id(id) => {
             if get {
-                Route::Balance(id)
+                Endpoint::Balance(id)
             } else {
-                Route::NotFound
+                Endpoint::NotFound
             }
         }
         ["v2", "accounts", id, "transactions"] if valid_id(id) => {
             if get {
-                Route::Transactions(id)
+                Endpoint::Transactions(id)
             } else {
-                Route::NotFound
+                Endpoint::NotFound
             }
         }
         ["v2", "accounts", id, "jobs", job] if valid_id(id) => {
             if get && valid_id(job) {
-                Route::Job(id, job)
+                Endpoint::Job(id, job)
             } else {
-                Route::NotFound
+                Endpoint::NotFound
             }
         }
-        ["v2", "accounts", id, _, ..] if valid_id(id) => Route::Other(Some(id)),
-        ["v1" | "v3", _, ..] => Route::Other(None),
-        ["accounts", id, ..] if valid_id(id) => Route::Other(Some(id)),
-        ["account", _, ..] => Route::Other(None),
-        _ => Route::NotFound,
+        ["v2", "accounts", id, _, ..] if valid_id(id) => Endpoint::Other(Some(id)),
+        ["v1" | "v3", _, ..] => Endpoint::Other(None),
+        ["accounts", id, ..] if valid_id(id) => Endpoint::Other(Some(id)),
+        ["account", _, ..] => Endpoint::Other(None),
+        _ => Endpoint::NotFound,
     }
-}
-
-fn valid_id(id: &str) -> bool {
-    (1..=MAX_ID_LEN).contains(&id.len())
-        && id != "."
-        && id != ".."
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-fn is_missing(id: &str) -> bool {
-    id.starts_with("missing")
-}
-
-/// Mono's envelope; `meta` only on transactions.
-#[derive(Serialize)]
-struct Envelope<'a, T: Serialize> {
-    status: &'a str,
-    message: &'a str,
-    timestamp: &'a str,
-    data: T,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    meta: Option<PageMeta>,
-}
-
-#[derive(Serialize)]
-struct PageMeta {
-    total: usize,
-    page: usize,
-    previous: Option<String>,
-    next: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -164,27 +123,6 @@ struct EchoData<'a> {
     body: Cow<'a, str>,
 }
 
-/// Body of `POST /__sandbox/fault`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FaultRequest {
-    kind: String,
-    ms: Option<u64>,
-    status: Option<u16>,
-    times: Option<u32>,
-    route: Option<String>,
-}
-
-/// Body of `POST /__sandbox/balance`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BalanceRequest {
-    account: String,
-    balance: i64,
-    #[serde(default)]
-    staged: bool,
-}
-
 impl Sandbox {
     /// The service: every failure becomes a response, except an injected reset.
     pub(super) async fn handle(self, req: Request<Incoming>) -> Result<Resp, ResetFault> {
@@ -215,25 +153,11 @@ impl Sandbox {
             body: body.slice(..body.len().min(MAX_RECORDED_BODY)),
         });
         self.bump("total");
-        let route = parse_route(&parts.method, parts.uri.path());
-        tracing::debug!(method = %parts.method, path = parts.uri.path(), route = route.name(), "sandbox request");
+        let endpoint = parse_endpoint(&parts.method, parts.uri.path());
+        tracing::debug!(method = %parts.method, path = parts.uri.path(), route = endpoint.name(), "sandbox request");
 
-        if let Some(fault) = self.take_fault(route.name(), parts.uri.path()) {
-            self.bump("faulted");
-            match fault {
-                Fault::Latency(d) => tokio::time::sleep(d).await,
-                Fault::Status(code) => {
-                    let status =
-                        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                    let message = status
-                        .canonical_reason()
-                        .unwrap_or("sandbox injected fault");
-                    return Ok(failed(status, message));
-                }
-                Fault::Reset => return Err(ResetFault),
-                // The connection task is dropped when the sandbox shuts down.
-                Fault::Hang => std::future::pending::<()>().await,
-            }
+        if let Some(resp) = self.inject_fault(endpoint.name(), parts.uri.path()).await? {
+            return Ok(resp);
         }
         let latency = self.shared.cfg.latency;
         if latency > Duration::ZERO {
@@ -250,40 +174,40 @@ impl Sandbox {
                 "Invalid or missing mono-sec-key",
             ));
         }
-        Ok(self.route(route, &parts, &body))
+        Ok(self.answer(endpoint, &parts, &body))
     }
 
     /// Answers an authorised API request.
-    fn route(&self, route: Route<'_>, parts: &Parts, body: &Bytes) -> Resp {
-        match route {
-            Route::Details(id) => {
+    fn answer(&self, endpoint: Endpoint<'_>, parts: &Parts, body: &Bytes) -> Resp {
+        match endpoint {
+            Endpoint::Details(id) => {
                 self.bump("details");
                 if is_missing(id) {
                     return account_not_found();
                 }
                 self.details(id)
             }
-            Route::Balance(id) => self.account_read(id, JobKind::Balance, parts),
-            Route::Transactions(id) => self.account_read(id, JobKind::Transactions, parts),
-            Route::Job(id, job_id) => {
+            Endpoint::Balance(id) => self.account_read(id, JobKind::Balance, parts),
+            Endpoint::Transactions(id) => self.account_read(id, JobKind::Transactions, parts),
+            Endpoint::Job(id, job_id) => {
                 self.bump("job");
                 if is_missing(id) {
                     return account_not_found();
                 }
                 self.job_status(id, job_id)
             }
-            Route::Echo => {
+            Endpoint::Echo => {
                 self.bump("echo");
                 echo(parts, body)
             }
-            Route::Other(account) => {
+            Endpoint::Other(account) => {
                 self.bump("other");
                 if account.is_some_and(is_missing) {
                     return account_not_found();
                 }
                 self.other(account, parts)
             }
-            Route::NotFound => {
+            Endpoint::NotFound => {
                 self.bump("not_found");
                 failed(
                     StatusCode::NOT_FOUND,
@@ -315,8 +239,8 @@ impl Sandbox {
             None
         };
         let mut resp = {
-            let mut state = lock(&self.shared.state);
-            let account = state.account(id);
+            let mut world = lock(&self.shared.world);
+            let account = world.account(id);
             match kind {
                 JobKind::Balance => balance_body(account),
                 JobKind::Transactions => transactions_body(account, parts.uri.query()),
@@ -329,8 +253,8 @@ impl Sandbox {
     }
 
     fn details(&self, id: &str) -> Resp {
-        let mut state = lock(&self.shared.state);
-        let a = state.account(id);
+        let mut world = lock(&self.shared.world);
+        let a = world.account(id);
         let data = json!({
             "account": {
                 "id": a.id,
@@ -349,7 +273,7 @@ impl Sandbox {
             "customer": { "id": format!("cus_{}", a.id) },
             "meta": { "data_status": "AVAILABLE", "auth_method": "mobile_banking" },
         });
-        envelope(StatusCode::OK, OK_MESSAGE, &a.timestamp, data, None)
+        mono_envelope(StatusCode::OK, OK_MESSAGE, &a.timestamp, data, None)
     }
 
     fn job_status(&self, account: &str, job_id: &str) -> Resp {
@@ -362,10 +286,10 @@ impl Sandbox {
             name: job.kind.job_name(),
             account: &job.account,
             kind: job.kind.job_type(),
-            synced: job.status == JobStatus::Finished,
+            synced: job.status == JobState::Finished,
             reauth_required: job.reauth_required,
         };
-        envelope(
+        mono_envelope(
             StatusCode::OK,
             "Job execution completed",
             &seed::now_rfc3339(),
@@ -387,8 +311,8 @@ impl Sandbox {
                 "customer": seed::random_hex16(),
             }),
             (Some(id), Some("identity")) => {
-                let mut state = lock(&self.shared.state);
-                let a = state.account(id);
+                let mut world = lock(&self.shared.world);
+                let a = world.account(id);
                 json!({
                     "full_name": a.name,
                     "bvn": a.bvn,
@@ -398,114 +322,8 @@ impl Sandbox {
             }
             _ => json!({ "method": parts.method.as_str(), "path": path }),
         };
-        envelope(StatusCode::OK, OK_MESSAGE, &now, data, None)
+        mono_envelope(StatusCode::OK, OK_MESSAGE, &now, data, None)
     }
-
-    /// `/__sandbox/…`: inspection and control for out-of-process tests; no key, not counted.
-    async fn control(&self, req: Request<Incoming>) -> Resp {
-        let method = req.method().clone();
-        let path = req.uri().path().to_owned();
-        let query = req.uri().query().unwrap_or("").to_owned();
-        let body = match read_body(req.into_body(), MAX_CONTROL_BODY).await {
-            Ok(body) => body,
-            Err(resp) => return resp,
-        };
-        match (method, path.as_str()) {
-            (Method::GET, "/__sandbox/counts") => json_ok(&self.counts()),
-            (Method::POST, "/__sandbox/reset") => {
-                self.reset_counts();
-                self.clear_requests();
-                self.set_fault(None);
-                if query_param(&query, "windows") == Some("true") {
-                    self.clear_windows();
-                }
-                json_ok(&json!({ "status": "ok" }))
-            }
-            (Method::POST, "/__sandbox/fault") => match parse_fault(&body) {
-                Ok(spec) => {
-                    self.set_fault_spec(spec);
-                    json_ok(&json!({ "status": "ok" }))
-                }
-                Err(message) => failed(StatusCode::BAD_REQUEST, &message),
-            },
-            (Method::GET, "/__sandbox/requests") => {
-                let list: Vec<_> = self
-                    .requests()
-                    .iter()
-                    .map(|r| {
-                        let headers: Vec<(&str, &str)> = r
-                            .headers
-                            .iter()
-                            .map(|(n, v)| match n.as_str() {
-                                // The control routes are unauthenticated: keep keys out.
-                                "mono-sec-key" => (n.as_str(), "[redacted]"),
-                                _ => (n.as_str(), v.as_str()),
-                            })
-                            .collect();
-                        json!({
-                            "method": r.method,
-                            "path": r.path,
-                            "query": r.query,
-                            "headers": headers,
-                            "body": String::from_utf8_lossy(&r.body),
-                        })
-                    })
-                    .collect();
-                json_ok(&list)
-            }
-            (Method::POST, "/__sandbox/balance") => {
-                match serde_json::from_slice::<BalanceRequest>(&body) {
-                    Ok(req) if valid_id(&req.account) => {
-                        if req.staged {
-                            self.stage_balance(&req.account, req.balance);
-                        } else {
-                            self.set_balance(&req.account, req.balance);
-                        }
-                        json_ok(&json!({ "status": "ok" }))
-                    }
-                    Ok(_) => failed(StatusCode::BAD_REQUEST, "invalid account id"),
-                    Err(err) => failed(StatusCode::BAD_REQUEST, &err.to_string()),
-                }
-            }
-            (Method::POST, "/__sandbox/finish-jobs") => {
-                self.finish_jobs_now();
-                json_ok(&json!({ "status": "ok" }))
-            }
-            (method, path) => failed(
-                StatusCode::NOT_FOUND,
-                &format!("Cannot {method} {path} (sandbox control route)"),
-            ),
-        }
-    }
-}
-
-/// Parses `{"kind": "latency|status|reset|hang|none", "ms", "status", "times", "route"}`.
-fn parse_fault(body: &[u8]) -> Result<Option<FaultSpec>, String> {
-    let req: FaultRequest = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    let fault = match req.kind.as_str() {
-        "none" => return Ok(None),
-        "latency" => Fault::Latency(Duration::from_millis(
-            req.ms.ok_or("latency fault needs \"ms\"")?,
-        )),
-        "status" => {
-            let status = req.status.ok_or("status fault needs \"status\"")?;
-            if !(100..=999).contains(&status) {
-                return Err(format!("status {status} is not an HTTP status"));
-            }
-            Fault::Status(status)
-        }
-        "reset" => Fault::Reset,
-        "hang" => Fault::Hang,
-        other => return Err(format!("unknown fault kind {other:?}")),
-    };
-    if req.times == Some(0) {
-        return Err("\"times\" must be at least 1".to_owned());
-    }
-    Ok(Some(FaultSpec {
-        fault,
-        times: req.times,
-        route: req.route,
-    }))
 }
 
 /// `x-realtime: true`, name and value in any case.
@@ -538,7 +356,7 @@ fn balance_body(a: &Account) -> Resp {
         balance: a.balance,
         currency: "NGN",
     };
-    envelope(StatusCode::OK, OK_MESSAGE, &a.timestamp, data, None)
+    mono_envelope(StatusCode::OK, OK_MESSAGE, &a.timestamp, data, None)
 }
 
 /// One page of transactions with Mono's `meta` and absolute pagination links.
@@ -563,7 +381,7 @@ fn transactions_body(a: &Account, query: Option<&str>) -> Resp {
             next: None,
         };
         let data: &[Transaction] = &a.transactions;
-        return envelope(StatusCode::OK, OK_MESSAGE, &a.timestamp, data, Some(meta));
+        return mono_envelope(StatusCode::OK, OK_MESSAGE, &a.timestamp, data, Some(meta));
     }
     let start = (page - 1).saturating_mul(per_page).min(total);
     let end = start.saturating_add(per_page).min(total);
@@ -582,7 +400,7 @@ fn transactions_body(a: &Account, query: Option<&str>) -> Resp {
         previous: (page > 1).then(|| link(page - 1)),
         next: (page < pages).then(|| link(page + 1)),
     };
-    envelope(
+    mono_envelope(
         StatusCode::OK,
         OK_MESSAGE,
         &a.timestamp,
@@ -612,81 +430,8 @@ fn echo(parts: &Parts, body: &Bytes) -> Resp {
     })
 }
 
-/// First value of `name` in a raw query string (no percent-decoding; values here are plain).
-fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
-    query
-        .split('&')
-        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
-/// Reads a body up to `limit` bytes; too large → 413, broken → 400.
-async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Resp> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(failed(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "Request body too large",
-        )),
-        Err(err) => {
-            tracing::debug!(error = %err, "sandbox could not read request body");
-            Err(failed(
-                StatusCode::BAD_REQUEST,
-                "Could not read request body",
-            ))
-        }
-    }
-}
-
 fn account_not_found() -> Resp {
     failed(StatusCode::NOT_FOUND, "Account not found")
-}
-
-/// Mono's failed envelope with `data: null`.
-fn failed(status: StatusCode, message: &str) -> Resp {
-    envelope(status, message, &seed::now_rfc3339(), (), None)
-}
-
-fn envelope<T: Serialize>(
-    status: StatusCode,
-    message: &str,
-    timestamp: &str,
-    data: T,
-    meta: Option<PageMeta>,
-) -> Resp {
-    let kind = if status.is_success() {
-        "successful"
-    } else {
-        "failed"
-    };
-    let env = Envelope {
-        status: kind,
-        message,
-        timestamp,
-        data,
-        meta,
-    };
-    json_response(status, &env)
-}
-
-fn json_ok<T: Serialize + ?Sized>(value: &T) -> Resp {
-    json_response(StatusCode::OK, value)
-}
-
-fn json_response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Resp {
-    let (status, body) = match serde_json::to_vec(value) {
-        Ok(body) => (status, body),
-        Err(err) => {
-            tracing::error!(error = %err, "sandbox could not serialize a response");
-            (StatusCode::INTERNAL_SERVER_ERROR, Vec::new())
-        }
-    };
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
 }
 
 #[cfg(test)]
@@ -697,52 +442,36 @@ mod tests {
     fn routes_are_parsed_from_method_and_path() {
         let get = Method::GET;
         assert!(matches!(
-            parse_route(&get, "/v2/accounts/abc"),
-            Route::Details("abc")
+            parse_endpoint(&get, "/v2/accounts/abc"),
+            Endpoint::Details("abc")
         ));
         assert!(matches!(
-            parse_route(&get, "/v2/accounts/abc/balance"),
-            Route::Balance("abc")
+            parse_endpoint(&get, "/v2/accounts/abc/balance"),
+            Endpoint::Balance("abc")
         ));
         assert!(matches!(
-            parse_route(&get, "/v2/accounts/abc/jobs/jobs.accounts_1"),
-            Route::Job("abc", "jobs.accounts_1")
+            parse_endpoint(&get, "/v2/accounts/abc/jobs/jobs.accounts_1"),
+            Endpoint::Job("abc", "jobs.accounts_1")
         ));
         assert!(matches!(
-            parse_route(&Method::PUT, "/v2/echo/x"),
-            Route::Echo
+            parse_endpoint(&Method::PUT, "/v2/echo/x"),
+            Endpoint::Echo
         ));
         assert!(matches!(
-            parse_route(&get, "/v2/accounts/abc/identity"),
-            Route::Other(Some("abc"))
+            parse_endpoint(&get, "/v2/accounts/abc/identity"),
+            Endpoint::Other(Some("abc"))
         ));
         assert!(matches!(
-            parse_route(&Method::POST, "/v2/accounts/auth"),
-            Route::Other(None)
+            parse_endpoint(&Method::POST, "/v2/accounts/auth"),
+            Endpoint::Other(None)
         ));
-        assert!(matches!(parse_route(&get, "/v2/nothing"), Route::NotFound));
         assert!(matches!(
-            parse_route(&get, "/v2/accounts/../balance"),
-            Route::NotFound
+            parse_endpoint(&get, "/v2/nothing"),
+            Endpoint::NotFound
         ));
-    }
-
-    #[test]
-    fn fault_bodies_parse() {
-        let spec = parse_fault(br#"{"kind":"status","status":503,"times":2}"#)
-            .unwrap()
-            .unwrap();
-        assert_eq!(spec.fault, Fault::Status(503));
-        assert_eq!(spec.times, Some(2));
-        assert_eq!(parse_fault(br#"{"kind":"none"}"#).unwrap(), None);
-        assert!(parse_fault(br#"{"kind":"latency"}"#).is_err());
-        assert!(parse_fault(br#"{"kind":"boom"}"#).is_err());
-    }
-
-    #[test]
-    fn query_params_are_found() {
-        assert_eq!(query_param("page=2&limit=5", "limit"), Some("5"));
-        assert_eq!(query_param("paginate", "paginate"), Some(""));
-        assert_eq!(query_param("", "page"), None);
+        assert!(matches!(
+            parse_endpoint(&get, "/v2/accounts/../balance"),
+            Endpoint::NotFound
+        ));
     }
 }

@@ -9,7 +9,7 @@ use hyper::{Method, Request};
 use serde_json::{json, Value};
 
 use super::seed::Account;
-use super::{JobStatus, Sandbox, SandboxJob};
+use super::{JobState, Sandbox, SandboxJob};
 
 /// Each webhook delivery gives up after this long.
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -17,10 +17,10 @@ const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 /// `mono.accounts.jobs.update` then `mono.events.account_updated` for an ended job.
 pub(super) fn job_events(job: &SandboxJob, account: &Account) -> Vec<Value> {
     let (data_status, sync_status) = match (job.status, job.reauth_required) {
-        (JobStatus::Failed, true) => ("FAILED", "REAUTHORISATION_REQUIRED"),
-        (JobStatus::Failed, false) => ("FAILED", "FAILED"),
-        (JobStatus::Finished, _) => ("AVAILABLE", "SUCCESSFUL"),
-        (JobStatus::Processing, _) => ("PROCESSING", "PROCESSING"),
+        (JobState::Failed, true) => ("FAILED", "REAUTHORISATION_REQUIRED"),
+        (JobState::Failed, false) => ("FAILED", "FAILED"),
+        (JobState::Finished, _) => ("AVAILABLE", "SUCCESSFUL"),
+        (JobState::Processing, _) => ("PROCESSING", "PROCESSING"),
     };
     vec![
         json!({
