@@ -2,6 +2,8 @@
 //!
 //! `cargo bench --bench hot_paths` (add `-- --quick` for a short run). The cache-hit bench builds
 //! a real [`State`] whose upstream is an unused loopback port: a hit never touches it.
+// criterion_main! generates an undocumented public `main`.
+#![allow(missing_docs)]
 
 use std::hint::black_box;
 use std::net::TcpListener;
@@ -83,7 +85,7 @@ fn classify(c: &mut Criterion) {
                     "/webhooks/mono",
                     &hosts,
                 )
-            })
+            });
         });
     }
     g.finish();
@@ -92,13 +94,13 @@ fn classify(c: &mut Criterion) {
 fn cache_keys(c: &mut Criterion) {
     let mut g = c.benchmark_group("cache_key");
     g.bench_function("normalize_query_none", |b| {
-        b.iter(|| context::normalize_query(black_box(None)))
+        b.iter(|| context::normalize_query(black_box(None)));
     });
     g.bench_function("normalize_query_3_pairs", |b| {
-        b.iter(|| context::normalize_query(black_box(Some("page=2&limit=50&paginate=true&"))))
+        b.iter(|| context::normalize_query(black_box(Some("page=2&limit=50&paginate=true&"))));
     });
     g.bench_function("path_key_balance", |b| {
-        b.iter(|| context::path_key(black_box(Kind::Balance), black_box(None)))
+        b.iter(|| context::path_key(black_box(Kind::Balance), black_box(None)));
     });
     g.bench_function("path_key_transactions_query", |b| {
         b.iter(|| {
@@ -106,7 +108,7 @@ fn cache_keys(c: &mut Criterion) {
                 black_box(Kind::Transactions),
                 black_box(Some("start=01-01-2024&end=31-01-2024&page=2")),
             )
-        })
+        });
     });
     g.finish();
 }
@@ -159,7 +161,7 @@ fn cache_hit(c: &mut Criterion) {
             cached_read::serve(&state, &read)
                 .await
                 .map(|(resp, _)| resp)
-        })
+        });
     });
     g.bench_function("read_context", |b| {
         b.iter(|| {
@@ -170,13 +172,13 @@ fn cache_hit(c: &mut Criterion) {
                 black_box(None),
                 request_id.clone(),
             )
-        })
+        });
     });
     g.bench_function("lookup", |b| {
-        b.iter(|| state.cache.lookup(black_box(&akey), black_box("balance")))
+        b.iter(|| state.cache.lookup(black_box(&akey), black_box("balance")));
     });
     g.bench_function("account_key", |b| {
-        b.iter(|| context::account_key(black_box(&tenant.id), black_box("666b166ce06b042")))
+        b.iter(|| context::account_key(black_box(&tenant.id), black_box("666b166ce06b042")));
     });
     g.bench_function("new_request_id", |b| b.iter(headers::new_request_id));
     g.finish();
@@ -196,17 +198,17 @@ fn header_synthesis(c: &mut Criterion) {
             HeaderMap::new,
             |h| headers::set_cache_status(h, black_box(CacheResult::Hit), black_box(Some(299))),
             BatchSize::SmallInput,
-        )
+        );
     });
     g.bench_function("set_cache_status_collapsed_no_ttl", |b| {
         b.iter_batched_ref(
             HeaderMap::new,
             |h| headers::set_cache_status(h, black_box(CacheResult::Collapsed), None),
             BatchSize::SmallInput,
-        )
+        );
     });
     g.bench_function("respond_hit", |b| {
-        b.iter(|| cached_read::respond(black_box(&body), CacheResult::Hit, Some(299)))
+        b.iter(|| cached_read::respond(black_box(&body), CacheResult::Hit, Some(299)));
     });
     g.finish();
 }
@@ -214,7 +216,7 @@ fn header_synthesis(c: &mut Criterion) {
 fn webhook_parsing(c: &mut Criterion) {
     let mut g = c.benchmark_group("webhook");
     g.bench_function("parse_job_status", |b| {
-        b.iter(|| sync::parse_job_status(black_box(JOB_STATUS)))
+        b.iter(|| sync::parse_job_status(black_box(JOB_STATUS)));
     });
     // What the webhook class does with a delivery: a Value, then the fields it reads.
     g.bench_function("parse_account_updated", |b| {
@@ -228,7 +230,7 @@ fn webhook_parsing(c: &mut Criterion) {
                 meta["job_id"].as_str().map(str::len),
                 meta["has_new_data"].as_bool(),
             )
-        })
+        });
     });
     g.finish();
 }
@@ -241,16 +243,16 @@ fn body_work(c: &mut Criterion) {
     );
     let mut g = c.benchmark_group("body");
     g.bench_function("data_hash_balance", |b| {
-        b.iter(|| cache::data_hash(black_box(BALANCE)))
+        b.iter(|| cache::data_hash(black_box(BALANCE)));
     });
     g.bench_function("data_hash_transactions_page", |b| {
-        b.iter(|| cache::data_hash(black_box(&page)))
+        b.iter(|| cache::data_hash(black_box(&page)));
     });
     g.bench_function("rewrite_transactions_page", |b| {
-        b.iter(|| pagination::rewrite(black_box(page.clone()), &rw))
+        b.iter(|| pagination::rewrite(black_box(page.clone()), &rw));
     });
     g.bench_function("rewrite_balance_untouched", |b| {
-        b.iter(|| pagination::rewrite(black_box(Bytes::from_static(BALANCE)), &rw))
+        b.iter(|| pagination::rewrite(black_box(Bytes::from_static(BALANCE)), &rw));
     });
     g.finish();
 }

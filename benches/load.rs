@@ -209,12 +209,9 @@ async fn drive(
                 lat_us: Vec::with_capacity(4096),
                 ..Sample::default()
             };
-            let mut sender = match connect(target.addr).await {
-                Ok(sd) => sd,
-                Err(_) => {
-                    s.errors += 1;
-                    return s;
-                }
+            let Ok(mut sender) = connect(target.addr).await else {
+                s.errors += 1;
+                return s;
             };
             let mut i = c;
             while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < max_reqs {
@@ -480,7 +477,7 @@ fn draw_chart(path: &Path, rows: &[Row], caption: &str) -> Result<(), Box<dyn Er
             other => other,
         })
         .collect();
-    let panels: [(&DrawingArea<SVGBackend, _>, &str, Vec<f64>, RGBColor); 2] = [
+    let panels: [(&DrawingArea<SVGBackend<'_>, _>, &str, Vec<f64>, RGBColor); 2] = [
         (
             &left,
             "throughput (req/s)",
@@ -495,7 +492,7 @@ fn draw_chart(path: &Path, rows: &[Row], caption: &str) -> Result<(), Box<dyn Er
         ),
     ];
     for (area, title, values, color) in panels {
-        let top = values.iter().cloned().fold(0.0, f64::max).max(1.0) * 1.15;
+        let top = values.iter().copied().fold(0.0, f64::max).max(1.0) * 1.15;
         let mut chart = ChartBuilder::on(area)
             .caption(title, ("sans-serif", 16))
             .margin(12)
@@ -558,7 +555,7 @@ fn machine() -> String {
                 .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     format!("{cores} cores ({cpu}); load generator, proxy and sandbox share them")
 }
 
@@ -718,7 +715,7 @@ fn run() -> Result<(), BoxError> {
     }
     let caption = format!(
         "mono-proxy load bench ({conns} conns, sandbox latency {latency_ms} ms, {} cores)",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
     );
     draw_chart(&svg, &rows, &caption).map_err(|e| format!("drawing {}: {e}", svg.display()))?;
     println!("chart: {}", svg.display());

@@ -60,7 +60,10 @@ struct AccountInner {
 
 impl AccountEntry {
     fn weight(&self) -> usize {
-        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let inner = self
+            .inner
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let paths: usize = inner
             .paths
             .iter()
@@ -130,7 +133,10 @@ impl ResponseCache {
     /// The body cached for a path of an account, whatever its age.
     pub fn lookup(&self, account_key: &str, path: &str) -> Option<Arc<CachedBody>> {
         let entry = self.entries.get(account_key)?;
-        let inner = entry.inner.read().unwrap_or_else(|p| p.into_inner());
+        let inner = entry
+            .inner
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         inner
             .paths
             .iter()
@@ -173,7 +179,10 @@ impl ResponseCache {
         let key: Arc<str> = account_key.into();
         let entry = self.entries.get_with(Arc::clone(&key), Default::default);
         let cached = {
-            let mut inner = entry.inner.write().unwrap_or_else(|p| p.into_inner());
+            let mut inner = entry
+                .inner
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let has_new_data = if let Some(i) = inner.presync.iter().position(|(p, _)| &**p == path)
             {
                 let (_, before) = inner.presync.swap_remove(i);
@@ -221,14 +230,17 @@ impl ResponseCache {
                 entry
                     .inner
                     .write()
-                    .unwrap_or_else(|p| p.into_inner())
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .forced = Some(forced);
                 self.entries.insert(account_key.into(), entry);
             }
             return;
         };
         {
-            let mut inner = entry.inner.write().unwrap_or_else(|p| p.into_inner());
+            let mut inner = entry
+                .inner
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let dropped: Vec<_> = inner.paths.drain(..).collect();
             for (path, body) in dropped {
                 upsert(&mut inner.presync, &path, body.hash);
@@ -245,12 +257,15 @@ impl ResponseCache {
         let Some(entry) = self.entries.get(account_key) else {
             return;
         };
-        let mut inner = entry.inner.write().unwrap_or_else(|p| p.into_inner());
+        let mut inner = entry
+            .inner
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // The comparison a finished sync left pending belongs to the old job; a new job starts clean.
         inner.presync.clear();
         inner.new_data.clear();
         inner.forced = None;
-        for (_, body) in inner.paths.iter_mut() {
+        for (_, body) in &mut inner.paths {
             if body.has_new_data {
                 *body = Arc::new(CachedBody {
                     body: body.body.clone(),
@@ -284,7 +299,7 @@ pub fn data_hash(body: &[u8]) -> u64 {
         data: Option<&'a serde_json::value::RawValue>,
     }
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    match serde_json::from_slice::<Envelope>(body) {
+    match serde_json::from_slice::<Envelope<'_>>(body) {
         Ok(Envelope { data: Some(raw) }) => raw.get().hash(&mut h),
         _ => body.hash(&mut h),
     }

@@ -58,7 +58,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(REQUEST_ID) {
         let b = v.as_bytes();
-        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(u8::is_ascii_graphic) {
             return v.clone();
         }
     }
@@ -126,7 +126,7 @@ pub fn set_cache_status(headers: &mut HeaderMap, result: CacheResult, ttl: Optio
 }
 
 /// `<base>; ttl=<t>` built on the stack: this runs on every cache hit.
-fn with_ttl(base: &str, ttl: i64) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+fn with_ttl(base: &str, ttl: i64) -> Result<HeaderValue, header::InvalidHeaderValue> {
     let mut buf = [0u8; 64];
     let mut n = 0;
     for part in [base.as_bytes(), b"; ttl="] {

@@ -56,7 +56,7 @@ pub fn watch_secrets(state: &Arc<State>) {
                 });
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; secret files are still watched")
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; secret files are still watched");
             }
         }
     }
@@ -108,7 +108,7 @@ fn reload(state: &State, why: &str) {
     match state.reload_secrets() {
         Ok(()) => tracing::info!(reason = why, "secrets reloaded"),
         Err(e) => {
-            tracing::error!(reason = why, error = %e, "secret reload failed; keeping the previous secrets")
+            tracing::error!(reason = why, error = %e, "secret reload failed; keeping the previous secrets");
         }
     }
 }

@@ -51,7 +51,7 @@ pub struct Metrics {
     upstream: Family<UpstreamLabels, Counter>,
     upstream_seconds: Family<ClassLabel, Histogram>,
     realtime: Family<OutcomeLabel, Counter>,
-    saved: Counter<f64, std::sync::atomic::AtomicU64>,
+    saved: Counter<f64, AtomicU64>,
     webhooks: Family<WebhookLabels, Counter>,
     store_errors: Family<OpLabel, Counter>,
     store_degraded: Gauge,

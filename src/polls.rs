@@ -51,7 +51,10 @@ impl PollQueue {
             return;
         }
         {
-            let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+            let mut active = self
+                .active
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if active.len() >= MAX_FOLLOWED {
                 tracing::debug!(job_id = %record.job_id, "poll queue full; leaving the job to webhooks");
                 return;
@@ -74,7 +77,7 @@ impl PollQueue {
     pub fn done(&self, job_id: &str) {
         self.active
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(job_id);
     }
 

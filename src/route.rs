@@ -146,7 +146,7 @@ fn check_authority(uri: &Uri, accept_hosts: &[String]) -> Result<(), ProxyError>
         return Ok(());
     };
     match uri.scheme_str() {
-        Some("http") | Some("https") => {}
+        Some("http" | "https") => {}
         _ => {
             return Err(ProxyError::BadRequest(
                 "absolute-form targets must use http or https".into(),

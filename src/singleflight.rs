@@ -51,7 +51,10 @@ impl<K: Eq + Hash + Clone, V: Clone> Default for Flights<K, V> {
 impl<K: Eq + Hash + Clone, V: Clone> Flights<K, V> {
     /// Joins the flight for `key`, becoming its leader when none is in progress.
     pub fn join(self: &Arc<Self>, key: &K) -> Join<K, V> {
-        let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self
+            .inflight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some((_, rx)) = map.get(key) {
             return Join::Follower(Waiter { rx: rx.clone() });
         }
@@ -82,7 +85,10 @@ impl<K: Eq + Hash + Clone, V: Clone> Flights<K, V> {
     }
 
     fn remove(&self, key: &K, id: u64) {
-        let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self
+            .inflight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if map.get(key).is_some_and(|(i, _)| *i == id) {
             map.remove(key);
         }

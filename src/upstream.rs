@@ -174,7 +174,7 @@ impl Upstream {
         let pq = parts
             .uri
             .path_and_query()
-            .map(|p| p.as_str())
+            .map(PathAndQuery::as_str)
             .unwrap_or("/");
         parts.uri = self.uri(pq)?;
         // The upstream speaks whatever version ALPN picks; the client's version does not carry over.
@@ -220,7 +220,7 @@ impl Upstream {
     ) -> Result<Response<Incoming>, ProxyError> {
         let started = Instant::now();
         let result = self.relay(req, timeout).await;
-        self.record(class, result.as_ref().map(|r| r.status()), started);
+        self.record(class, result.as_ref().map(Response::status), started);
         result
     }
 

@@ -104,7 +104,11 @@ async fn entry_refetches_after_ttl_expiry() {
     assert_eq!(sb.sandbox.count("balance"), 1);
     tokio::time::advance(Duration::from_millis(200)).await;
     let refetched = proxy.get("/v2/accounts/ttl1/balance", &[]).await;
-    assert_eq!(refetched.header("x-cache"), Some("MISS"), "refetched after its 1 s TTL");
+    assert_eq!(
+        refetched.header("x-cache"),
+        Some("MISS"),
+        "refetched after its 1 s TTL"
+    );
     assert_eq!(sb.sandbox.count("balance"), 2);
 }
 
@@ -261,7 +265,10 @@ async fn stale_entry_is_served_when_upstream_fails_after_ttl() {
     // Hits never reach upstream, so arming the fault now only bites once the entry expires.
     sb.sandbox.set_fault(Some(Fault::Status(503)));
     assert_eq!(
-        proxy.get("/v2/accounts/st1/balance", &[]).await.header("x-cache"),
+        proxy
+            .get("/v2/accounts/st1/balance", &[])
+            .await
+            .header("x-cache"),
         Some("HIT")
     );
     tokio::time::advance(Duration::from_millis(1100)).await;
@@ -309,7 +316,12 @@ async fn upstream_error_passes_through_once_past_max_stale() {
     assert_eq!(stale.header("x-cache"), Some("STALE"), "within max_stale");
     tokio::time::advance(Duration::from_millis(600)).await;
     let r = proxy.get("/v2/accounts/st2/balance", &[]).await;
-    assert_eq!(r.status, 503, "a 2.1 s old entry was still served: {}", r.text());
+    assert_eq!(
+        r.status,
+        503,
+        "a 2.1 s old entry was still served: {}",
+        r.text()
+    );
     assert_eq!(r.json()["status"], "failed");
     assert_ne!(r.header("x-cache"), Some("STALE"));
 }

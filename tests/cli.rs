@@ -248,7 +248,7 @@ async fn the_secret_key_never_appears_in_the_output() {
     listening(listen, &proc).await;
 
     let base = format!("http://{listen}");
-    let calls: [(&str, Headers, u16); 6] = [
+    let calls: [(&str, Headers<'_>, u16); 6] = [
         ("/v2/accounts/acc1/balance", &[], 502),
         ("/v2/accounts/acc1/balance", &[("x-realtime", "true")], 502),
         ("/v2/accounts/acc1/jobs/job_1", &[], 502),

@@ -553,7 +553,7 @@ async fn measure_waiter_latency() {
             }
         })
         .collect();
-    lags.sort_by(|a, b| a.total_cmp(b));
+    lags.sort_by(f64::total_cmp);
     let p50 = lags[lags.len() / 2];
     let max = lags[lags.len() - 1];
     let min = lags[0];

@@ -30,15 +30,15 @@ struct Receiver {
 impl Receiver {
     /// A receiver on 127.0.0.1:0 answering 200.
     async fn start() -> Receiver {
-        Receiver::on(TcpListener::bind("127.0.0.1:0").await.expect("bind")).await
+        Receiver::on(TcpListener::bind("127.0.0.1:0").await.expect("bind"))
     }
 
     /// A receiver on an address (for a target that comes back on the port it had).
     async fn start_at(addr: SocketAddr) -> Receiver {
-        Receiver::on(TcpListener::bind(addr).await.expect("bind receiver")).await
+        Receiver::on(TcpListener::bind(addr).await.expect("bind receiver"))
     }
 
-    async fn on(listener: TcpListener) -> Receiver {
+    fn on(listener: TcpListener) -> Receiver {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(AtomicU16::new(200));
@@ -54,7 +54,10 @@ impl Receiver {
                         let (seen, status) = (Arc::clone(&seen), Arc::clone(&status));
                         async move {
                             let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|c| c.to_bytes());
+                            let body = body
+                                .collect()
+                                .await
+                                .map(http_body_util::Collected::to_bytes);
                             seen.lock()
                                 .unwrap()
                                 .push((parts.headers, body.unwrap_or_default()));

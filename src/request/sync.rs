@@ -25,7 +25,7 @@ pub fn parse_job_status(body: &[u8]) -> Option<JobUpdate> {
         has_new_data: None,
         reauth_required: data
             .get("reauth_required")
-            .and_then(|r| r.as_bool())
+            .and_then(serde_json::Value::as_bool)
             .unwrap_or(false),
     })
 }

@@ -266,5 +266,5 @@ impl Drop for RunningSandbox {
 
 /// Locks a mutex, carrying on after a panic elsewhere: counters and logs stay usable.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -246,7 +246,7 @@ impl Sandbox {
                 rt.spawn(async move { sandbox.send_webhooks(events).await });
             }
             Err(_) => {
-                tracing::warn!(job.id = %job.id, "no tokio runtime, sandbox webhooks skipped")
+                tracing::warn!(job.id = %job.id, "no tokio runtime, sandbox webhooks skipped");
             }
         }
     }

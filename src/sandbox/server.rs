@@ -212,7 +212,7 @@ fn tls_acceptor(cert_pem: &str, key_pem: &str) -> io::Result<TlsAcceptor> {
 /// # Panics
 /// If a host is not a valid DNS name or IP address (e.g. contains non-ASCII characters).
 pub fn self_signed_cert(hosts: &[&str]) -> (String, String) {
-    let names: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+    let names: Vec<String> = hosts.iter().map(ToString::to_string).collect();
     let certified = rcgen::generate_simple_self_signed(names)
         .expect("self-signed certificate hosts must be DNS names or IP addresses");
     (certified.cert.pem(), certified.signing_key.serialize_pem())

@@ -70,7 +70,10 @@ impl MemoryStore {
 
     /// Applies an update to the record holding `job_id`; terminal states never change.
     pub fn update_job(&self, job_id: &str, update: &JobUpdate) -> Option<Transition> {
-        let _guard = self.updates.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self
+            .updates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let key = self.jobs.get(job_id)?;
         let mut record = self.records.get(&key)?;
         if record.job_id != job_id {

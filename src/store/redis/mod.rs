@@ -103,7 +103,7 @@ impl Inner {
     fn reason(&self) -> Option<String> {
         self.reason
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
@@ -114,7 +114,10 @@ impl Inner {
         if let Some(p) = &self.password {
             reason = reason.replace(p.as_str(), "***");
         }
-        let mut current = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        let mut current = self
+            .reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if current.is_none() {
             *current = Some(reason.clone());
             self.degraded.store(true, Ordering::Release);
@@ -129,7 +132,10 @@ impl Inner {
 
     /// Clears the degraded state, logging once.
     fn recover(&self) {
-        let mut current = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        let mut current = self
+            .reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if current.take().is_some() {
             self.degraded.store(false, Ordering::Release);
             tracing::info!("redis reachable again; shared state restored");

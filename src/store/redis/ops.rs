@@ -201,10 +201,10 @@ impl RedisStore {
                 loop {
                     match wake.recv().await {
                         Ok(k) if k == rk => return,
-                        Ok(_) => continue,
+                        Ok(_) => {}
                         Err(broadcast::error::RecvError::Lagged(_)) => return,
                         Err(broadcast::error::RecvError::Closed) => {
-                            std::future::pending::<()>().await
+                            std::future::pending::<()>().await;
                         }
                     }
                 }
@@ -306,7 +306,8 @@ impl RedisStore {
                         changed: true,
                     }));
                 }
-                Ok(_) => continue,
+                // Another replica wrote in between: read again.
+                Ok(_) => {}
                 Err(reason) => return s.fallback(reason, || s.local.update_job(job_id, update)),
             }
         }
