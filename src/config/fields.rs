@@ -182,6 +182,26 @@ impl<'t, 'e> Fields<'t, 'e> {
         env.or(file)
     }
 
+    /// One of a fixed set of words (environment first); the first option is the default.
+    pub(super) fn choice<T: Clone>(
+        &mut self,
+        key: &'static str,
+        env: Option<String>,
+        options: &[(&str, T)],
+    ) -> T {
+        let default = options[0].1.clone();
+        let Some(text) = self.env_or_string(key, env) else {
+            return default;
+        };
+        if let Some((_, value)) = options.iter().find(|(word, _)| *word == text) {
+            return value.clone();
+        }
+        let words: Vec<String> = options.iter().map(|(w, _)| format!("{w:?}")).collect();
+        let expected = words.join(" or ");
+        self.problem(key, format!("expected {expected}, found {text:?}"));
+        default
+    }
+
     /// A socket address (environment first).
     pub(super) fn addr(
         &mut self,
@@ -230,11 +250,7 @@ impl<'t, 'e> Fields<'t, 'e> {
         if let Some(table) = self.table {
             for key in table.keys() {
                 if !self.known.contains(&key.as_str()) {
-                    let name = if self.prefix.is_empty() {
-                        key.clone()
-                    } else {
-                        format!("{}.{key}", self.prefix)
-                    };
+                    let name = self.name(key);
                     self.errors.push(format!("{name}: unknown key"));
                 }
             }
@@ -278,5 +294,22 @@ mod tests {
         assert_eq!(c.cache.max_bytes, 1024 * 1024);
         assert_eq!(c.cache.ttl, Duration::from_secs(300));
         assert_eq!(c.realtime.window, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_word_outside_the_choices_names_them_all() {
+        let errs = Config::parse(
+            "[store]\nbackend = \"disk\"\n[upstream]\nclient_key = \"keep\"",
+            &[("MONO_PROXY_LOG_FORMAT", "xml")],
+        )
+        .unwrap_err()
+        .0;
+        for expected in [
+            "upstream.client_key: expected \"strip\" or \"reject\", found \"keep\"",
+            "store.backend: expected \"memory\" or \"redis\", found \"disk\"",
+            "log.format: expected \"text\" or \"json\", found \"xml\"",
+        ] {
+            assert!(errs.iter().any(|e| e == expected), "{expected} in {errs:?}");
+        }
     }
 }

@@ -119,17 +119,14 @@ fn upstream(table: Option<&Table>, env: &dyn Env, errors: &mut Vec<String>) -> U
             }
         }
     }
-    let client_key = match f.string("client_key").as_deref() {
-        None | Some("strip") => ClientKeyPolicy::Strip,
-        Some("reject") => ClientKeyPolicy::Reject,
-        Some(other) => {
-            f.problem(
-                "client_key",
-                format!("expected \"strip\" or \"reject\", found {other:?}"),
-            );
-            ClientKeyPolicy::Strip
-        }
-    };
+    let client_key = f.choice(
+        "client_key",
+        None,
+        &[
+            ("strip", ClientKeyPolicy::Strip),
+            ("reject", ClientKeyPolicy::Reject),
+        ],
+    );
     let u = UpstreamConfig {
         base_url,
         secret_key,
@@ -219,24 +216,17 @@ fn webhook(table: Option<&Table>, env: &dyn Env, errors: &mut Vec<String>) -> We
 
 fn store(table: Option<&Table>, env: &dyn Env, errors: &mut Vec<String>) -> StoreConfig {
     let mut f = Fields::new("store", table, errors);
-    let backend = match f.string("backend").as_deref() {
-        None | Some("memory") => Backend::Memory,
-        Some("redis") => Backend::Redis,
-        Some(other) => {
-            f.problem(
-                "backend",
-                format!("expected \"memory\" or \"redis\", found {other:?}"),
-            );
-            Backend::Memory
-        }
-    };
+    let backend = f.choice(
+        "backend",
+        None,
+        &[("memory", Backend::Memory), ("redis", Backend::Redis)],
+    );
     let redis_url = f
         .env_or_string("redis_url", env.var("MONO_PROXY_REDIS_URL"))
         .unwrap_or_else(|| DEFAULT_REDIS_URL.to_string());
-    if !(redis_url.starts_with("redis://")
-        || redis_url.starts_with("rediss://")
-        || redis_url.starts_with("redis+unix://")
-        || redis_url.starts_with("unix://"))
+    if !["redis://", "rediss://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|scheme| redis_url.starts_with(scheme))
     {
         f.problem(
             "redis_url",
@@ -262,20 +252,11 @@ fn store(table: Option<&Table>, env: &dyn Env, errors: &mut Vec<String>) -> Stor
 
 fn log(table: Option<&Table>, env: &dyn Env, errors: &mut Vec<String>) -> LogConfig {
     let mut f = Fields::new("log", table, errors);
-    let format = match f
-        .env_or_string("format", env.var("MONO_PROXY_LOG_FORMAT"))
-        .as_deref()
-    {
-        None | Some("text") => LogFormat::Text,
-        Some("json") => LogFormat::Json,
-        Some(other) => {
-            f.problem(
-                "format",
-                format!("expected \"text\" or \"json\", found {other:?}"),
-            );
-            LogFormat::Text
-        }
-    };
+    let format = f.choice(
+        "format",
+        env.var("MONO_PROXY_LOG_FORMAT"),
+        &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+    );
     let filter = f
         .env_or_string("filter", env.var("RUST_LOG"))
         .unwrap_or_else(|| "info".to_string());
@@ -308,16 +289,7 @@ fn clients(value: Option<&Value>, env: &dyn Env, errors: &mut Vec<String>) -> Ve
         let mut f = Fields::new(&format!("clients[{i}]"), Some(t), errors);
         let name = f.string("name").unwrap_or_else(|| format!("client{i}"));
         let token = match (f.string("token_env"), f.string("token_file")) {
-            (Some(var), None) => match env.var(&var) {
-                Some(v) => SecretSource::Value(Secret::new(v)),
-                None => {
-                    f.problem(
-                        "token_env",
-                        format!("environment variable {var} is not set"),
-                    );
-                    SecretSource::None
-                }
-            },
+            (Some(var), None) => named_env_secret(&mut f, "token_env", &var, env),
             (None, Some(file)) => SecretSource::File(PathBuf::from(file)),
             _ => {
                 f.problem("token_env", "set exactly one of token_env or token_file");
@@ -325,16 +297,7 @@ fn clients(value: Option<&Value>, env: &dyn Env, errors: &mut Vec<String>) -> Ve
             }
         };
         let secret_key = match f.string("secret_key_env") {
-            Some(var) => match env.var(&var) {
-                Some(v) => SecretSource::Value(Secret::new(v)),
-                None => {
-                    f.problem(
-                        "secret_key_env",
-                        format!("environment variable {var} is not set"),
-                    );
-                    SecretSource::None
-                }
-            },
+            Some(var) => named_env_secret(&mut f, "secret_key_env", &var, env),
             None => SecretSource::None,
         };
         f.finish();
@@ -348,6 +311,18 @@ fn clients(value: Option<&Value>, env: &dyn Env, errors: &mut Vec<String>) -> Ve
         });
     }
     out
+}
+
+/// The secret held by the environment variable that `key` names; unset is a problem, since the
+/// file asked for it by name.
+fn named_env_secret(f: &mut Fields, key: &str, var: &str, env: &dyn Env) -> SecretSource {
+    match env.var(var) {
+        Some(v) => SecretSource::Value(Secret::new(v)),
+        None => {
+            f.problem(key, format!("environment variable {var} is not set"));
+            SecretSource::None
+        }
+    }
 }
 
 /// Parses an `http(s)://host[:port]` origin with no path, query or credentials.
