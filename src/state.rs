@@ -67,7 +67,8 @@ impl Secrets {
         let key = config
             .upstream
             .secret_key
-            .read()?
+            .read()
+            .map_err(|e| e.to_string())?
             .ok_or("no Mono secret key: set MONO_SEC_KEY or upstream.secret_key_file")?;
         let default = Tenant::new(key);
         let mut clients = Vec::new();
@@ -77,7 +78,7 @@ impl Secrets {
                 .read()
                 .map_err(|e| format!("client {}: {e}", c.name))?
                 .ok_or_else(|| format!("client {}: no token", c.name))?;
-            let tenant = match c.secret_key.read()? {
+            let tenant = match c.secret_key.read().map_err(|e| e.to_string())? {
                 Some(k) => Tenant::new(k),
                 None => default.clone(),
             };
@@ -87,7 +88,7 @@ impl Secrets {
                 tenant,
             });
         }
-        let webhook = config.webhook.secret.read()?;
+        let webhook = config.webhook.secret.read().map_err(|e| e.to_string())?;
         Ok(Secrets {
             default,
             clients,

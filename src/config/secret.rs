@@ -32,6 +32,25 @@ impl fmt::Display for Secret {
     }
 }
 
+/// Why a configured secret file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The secret file.
+        path: PathBuf,
+        /// What reading it returned.
+        source: std::io::Error,
+    },
+    /// The file holds only whitespace.
+    #[error("{} is empty", path.display())]
+    Empty {
+        /// The secret file.
+        path: PathBuf,
+    },
+}
+
 /// Where a secret comes from: a value given by the environment, or a file re-read on reload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretSource {
@@ -45,16 +64,18 @@ pub enum SecretSource {
 
 impl SecretSource {
     /// Reads the secret now; `Ok(None)` when none is configured.
-    pub fn read(&self) -> Result<Option<Secret>, String> {
+    pub fn read(&self) -> Result<Option<Secret>, SecretError> {
         match self {
             SecretSource::None => Ok(None),
             SecretSource::Value(s) => Ok(Some(s.clone())),
             SecretSource::File(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let text = std::fs::read_to_string(path).map_err(|source| SecretError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
                 let value = text.trim();
                 if value.is_empty() {
-                    return Err(format!("{} is empty", path.display()));
+                    return Err(SecretError::Empty { path: path.clone() });
                 }
                 Ok(Some(Secret::new(value)))
             }
@@ -67,5 +88,33 @@ impl SecretSource {
             SecretSource::File(p) => Some(p),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreadable_and_empty_secret_files_say_which_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let err = SecretSource::File(missing.clone()).read().unwrap_err();
+        assert!(matches!(err, SecretError::Read { .. }), "{err:?}");
+        let shown = err.to_string();
+        assert!(
+            shown.starts_with(&format!("cannot read {}: ", missing.display())),
+            "{shown}"
+        );
+
+        let blank = dir.path().join("blank");
+        std::fs::write(&blank, " \n").unwrap();
+        let err = SecretSource::File(blank.clone()).read().unwrap_err();
+        assert_eq!(err.to_string(), format!("{} is empty", blank.display()));
+
+        let good = dir.path().join("good");
+        std::fs::write(&good, "k\n").unwrap();
+        let read = SecretSource::File(good).read().unwrap().unwrap();
+        assert_eq!(read.expose(), "k");
     }
 }
