@@ -4,6 +4,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
 /// A secret value whose `Debug` and `Display` never print it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(Arc<str>);
@@ -17,6 +20,15 @@ impl Secret {
     /// The secret itself; call only where it is sent or compared.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// True when `presented` equals the secret, in time that does not depend on where they differ.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        // Hashing first makes both sides the same length, so the comparison's time does not
+        // reveal the secret's length either.
+        let a = Sha256::digest(presented);
+        let b = Sha256::digest(self.0.as_bytes());
+        a.ct_eq(&b).into()
     }
 }
 
@@ -94,6 +106,15 @@ impl SecretSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_matches_only_the_same_bytes() {
+        let s = Secret::new("s3cret");
+        assert!(s.matches(b"s3cret"));
+        assert!(!s.matches(b"s3cre"));
+        assert!(!s.matches(b"s3cret "));
+        assert!(!s.matches(b""));
+    }
 
     #[test]
     fn unreadable_and_empty_secret_files_say_which_file() {
