@@ -18,7 +18,7 @@ use std::time::Duration;
 use http::Uri;
 use toml::Table;
 
-pub use secret::{Secret, SecretError, SecretSource};
+pub use secret::{redact_url, Secret, SecretError, SecretSource};
 
 /// Default proxy listen address: loopback only, as a sidecar.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";

@@ -1,4 +1,4 @@
-//! Secrets in the config: values that never print, and where they come from.
+//! Secrets in the config: values that never print, where they come from, URLs without passwords.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -103,6 +103,40 @@ impl SecretSource {
     }
 }
 
+/// The URL with any password in its userinfo replaced by `***`, safe to echo in messages and logs.
+///
+/// Works on any text, not only valid URLs: the URLs worth redacting are often the malformed
+/// ones an operator is being told about. When the text is ambiguous it hides more, never less.
+pub fn redact_url(url: &str) -> String {
+    // The last `@` ends the userinfo: a password pasted unencoded may itself hold `@`, `/` or `#`.
+    let Some(at) = url.rfind('@') else {
+        return url.to_string();
+    };
+    let start = userinfo_start(&url[..at]);
+    match url[start..at].find(':') {
+        Some(colon) => format!("{}:***{}", &url[..start + colon], &url[at..]),
+        None => url.to_string(),
+    }
+}
+
+/// Where the userinfo begins: after `scheme://`, or at the very start when there is no such
+/// prefix (so in `redis:/user:pass@h` the "scheme" counts as the user and `/user:pass` is hidden).
+fn userinfo_start(before_at: &str) -> usize {
+    let Some(i) = before_at.find("://") else {
+        return 0;
+    };
+    let scheme = &before_at[..i];
+    let is_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if is_scheme {
+        i + 3
+    } else {
+        0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +171,50 @@ mod tests {
         std::fs::write(&good, "k\n").unwrap();
         let read = SecretSource::File(good).read().unwrap().unwrap();
         assert_eq!(read.expose(), "k");
+    }
+
+    #[test]
+    fn redact_url_hides_the_password_of_well_formed_urls() {
+        assert_eq!(
+            redact_url("redis://user:pass@h:6379/0"),
+            "redis://user:***@h:6379/0"
+        );
+        assert_eq!(redact_url("redis://:pass@h"), "redis://:***@h");
+        assert_eq!(redact_url("http://user:pass@h"), "http://user:***@h");
+    }
+
+    #[test]
+    fn redact_url_hides_the_password_of_malformed_urls() {
+        // (input, pieces of its password that must not show)
+        for (url, hidden) in [
+            ("redis:/user:pass@h", &["pass"][..]),
+            ("user:pass@h", &["pass"]),
+            ("user:/pass@h", &["pass"]),
+            ("u:x://pass@h", &["x:", "pass"]),
+            ("redis://user:pa@ss@h", &["pa@", "ss"]),
+            ("redis://user:pa/ss@h/0", &["pa/", "ss"]),
+            ("redis://user:pa#ss@h", &["pa#", "ss"]),
+        ] {
+            let shown = redact_url(url);
+            for piece in hidden {
+                assert!(!shown.contains(piece), "{url} shown as {shown}");
+            }
+            assert!(shown.contains(":***@"), "{url} shown as {shown}");
+        }
+        assert_eq!(redact_url("user:pass@h"), "user:***@h");
+        assert_eq!(redact_url("redis:/user:pass@h"), "redis:***@h");
+    }
+
+    #[test]
+    fn redact_url_leaves_urls_without_a_password_alone() {
+        for url in [
+            "redis://h:6379/0",
+            "https://api.withmono.com",
+            "redis://user@h",
+            "not a url",
+            "",
+        ] {
+            assert_eq!(redact_url(url), url);
+        }
     }
 }

@@ -228,9 +228,10 @@ fn store(table: Option<&Table>, env: &dyn Env, errors: &mut Vec<String>) -> Stor
         .iter()
         .any(|scheme| redis_url.starts_with(scheme))
     {
+        let shown = redact_url(&redis_url);
         f.problem(
             "redis_url",
-            format!("{redis_url:?} is not a redis:// or rediss:// URL"),
+            format!("{shown:?} is not a redis:// or rediss:// URL"),
         );
     }
     let prefix = f
@@ -329,28 +330,30 @@ fn named_env_secret(f: &mut Fields, key: &str, var: &str, env: &dyn Env) -> Secr
 fn parse_origin(text: &str) -> Result<Uri, String> {
     let uri = parse_url(text)?;
     if uri.path() != "/" && !uri.path().is_empty() {
-        return Err(format!("{text:?} must not have a path"));
+        return Err(format!("{:?} must not have a path", redact_url(text)));
     }
     Ok(uri)
 }
 
-/// Parses an absolute `http(s)://` URL with a host and no credentials.
+/// Parses an absolute `http(s)://` URL with a host and no credentials. Problems show the text
+/// with its password redacted: a URL refused for carrying credentials must not print them.
 fn parse_url(text: &str) -> Result<Uri, String> {
+    let shown = redact_url(text);
     let uri: Uri = text
         .parse()
-        .map_err(|e| format!("invalid URL {text:?}: {e}"))?;
+        .map_err(|e| format!("invalid URL {shown:?}: {e}"))?;
     match uri.scheme_str() {
         Some("http") | Some("https") => {}
-        _ => return Err(format!("{text:?} must start with http:// or https://")),
+        _ => return Err(format!("{shown:?} must start with http:// or https://")),
     }
     let Some(authority) = uri.authority() else {
-        return Err(format!("{text:?} has no host"));
+        return Err(format!("{shown:?} has no host"));
     };
     if authority.as_str().contains('@') {
-        return Err(format!("{text:?} must not carry credentials"));
+        return Err(format!("{shown:?} must not carry credentials"));
     }
     if uri.query().is_some() {
-        return Err(format!("{text:?} must not have a query"));
+        return Err(format!("{shown:?} must not have a query"));
     }
     Ok(uri)
 }
@@ -428,5 +431,49 @@ mod tests {
         )
         .unwrap_err();
         assert!(errs.to_string().contains("choose one"));
+    }
+
+    /// The one problem naming `key`, which must not show `password`.
+    fn problem_hiding(text: &str, key: &str, password: &str) -> String {
+        let errs = Config::parse(text, &NO_ENV).unwrap_err().0;
+        let named: Vec<&String> = errs.iter().filter(|e| e.contains(key)).collect();
+        assert_eq!(named.len(), 1, "one {key} problem in {errs:?}");
+        assert!(!named[0].contains(password), "{}", named[0]);
+        named[0].clone()
+    }
+
+    #[test]
+    fn a_bad_redis_url_is_shown_without_its_password() {
+        let shown = problem_hiding(
+            "[store]\nredis_url = \"http://user:hunter2@h:1\"",
+            "store.redis_url",
+            "hunter2",
+        );
+        assert!(shown.contains("http://user:***@h:1"), "{shown}");
+    }
+
+    #[test]
+    fn urls_with_credentials_are_refused_without_showing_them() {
+        let shown = problem_hiding(
+            "[webhook]\nforward_to = [\"https://user:hunter2@hooks.example/in\"]",
+            "webhook.forward_to",
+            "hunter2",
+        );
+        assert!(shown.contains("must not carry credentials"), "{shown}");
+        problem_hiding(
+            "[webhook]\nforward_to = [\"ftp://user:hunter2@hooks.example\"]",
+            "webhook.forward_to",
+            "hunter2",
+        );
+        problem_hiding(
+            "[upstream]\nbase_url = \"https://user:hunter2@api.example/v1\"",
+            "upstream.base_url",
+            "hunter2",
+        );
+        problem_hiding(
+            "public_base_url = \"http://user:hunter2@proxy.example\"",
+            "public_base_url",
+            "hunter2",
+        );
     }
 }
