@@ -1,4 +1,4 @@
-//! Typed reads out of one TOML table: each bad value becomes a problem and a default, never an early return.
+//! Typed reads out of one TOML table: a bad value becomes a problem and a default, never a return.
 
 use std::fmt;
 use std::net::SocketAddr;
