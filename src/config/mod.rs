@@ -382,15 +382,6 @@ impl Config {
             Err(ConfigErrors(errors))
         }
     }
-
-    /// The `host[:port]` of the upstream, as sent in `Host`.
-    pub fn upstream_authority(&self) -> &str {
-        self.upstream
-            .base_url
-            .authority()
-            .map(|a| a.as_str())
-            .unwrap_or("")
-    }
 }
 
 #[cfg(test)]

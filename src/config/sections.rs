@@ -371,7 +371,10 @@ mod tests {
         assert_eq!(c.realtime.window, DEFAULT_WINDOW);
         assert_eq!(c.cache.ttl, DEFAULT_WINDOW);
         assert_eq!(c.cache.max_bytes, 256 * 1024 * 1024);
-        assert_eq!(c.upstream_authority(), "api.withmono.com");
+        assert_eq!(
+            c.upstream.base_url.authority().unwrap().as_str(),
+            "api.withmono.com"
+        );
         assert!(c.upstream.accept_hosts.contains(&"api.withmono.com".into()));
     }
 
@@ -419,7 +422,10 @@ mod tests {
         ];
         let c = Config::parse(text, &env).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:2222");
-        assert_eq!(c.upstream_authority(), "127.0.0.1:3333");
+        assert_eq!(
+            c.upstream.base_url.authority().unwrap().as_str(),
+            "127.0.0.1:3333"
+        );
         assert_eq!(c.log.filter, "debug");
     }
 
