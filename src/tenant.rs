@@ -6,9 +6,8 @@
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
-use crate::config::{Config, Secret};
+use crate::config::{Config, Secret, SecretError};
 
 /// Why the secrets could not be read (at start, or on a rotation that is then refused).
 #[derive(Debug, thiserror::Error)]
@@ -20,12 +19,12 @@ pub enum SecretsError {
     #[error("client {0}: no token")]
     NoToken(String),
     /// A configured secret could not be read.
-    #[error("{what}: {reason}")]
+    #[error("{what}: {source}")]
     Unreadable {
         /// Which secret (`upstream.secret_key_file`, `client NAME: token`, …).
         what: String,
         /// Why, without the secret's value.
-        reason: String,
+        source: SecretError,
     },
 }
 
@@ -74,7 +73,7 @@ impl Secrets {
     pub fn load(config: &Config) -> Result<Secrets, SecretsError> {
         let unreadable = |what: &str| {
             let what = what.to_string();
-            move |e: String| SecretsError::Unreadable { what, reason: e }
+            move |source| SecretsError::Unreadable { what, source }
         };
         let key = config
             .upstream
@@ -129,36 +128,18 @@ impl Secrets {
 
     /// The client whose token was presented, compared in constant time.
     pub fn client(&self, presented: &[u8]) -> Option<&ClientAuth> {
-        self.clients
-            .iter()
-            .find(|c| secret_matches(presented, c.token.expose()))
+        self.clients.iter().find(|c| c.token.matches(presented))
     }
 
     /// Whether a presented webhook secret is the configured one (false when none is).
     pub fn webhook_matches(&self, presented: &[u8]) -> bool {
-        self.webhook
-            .as_ref()
-            .is_some_and(|s| secret_matches(presented, s.expose()))
+        self.webhook.as_ref().is_some_and(|s| s.matches(presented))
     }
-}
-
-/// Compares secrets in constant time (digests first, so the length does not leak either).
-fn secret_matches(presented: &[u8], expected: &str) -> bool {
-    let a = Sha256::digest(presented);
-    let b = Sha256::digest(expected.as_bytes());
-    a.ct_eq(&b).into()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn secret_compare_is_exact() {
-        assert!(secret_matches(b"s3cret", "s3cret"));
-        assert!(!secret_matches(b"s3cre", "s3cret"));
-        assert!(!secret_matches(b"", "s3cret"));
-    }
 
     #[test]
     fn tenants_are_named_by_a_hash_never_the_key() {

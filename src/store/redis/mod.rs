@@ -19,7 +19,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisResult};
 use tokio::sync::{broadcast, watch, Notify};
 
-use crate::config::StoreConfig;
+use crate::config::{redact_url, url_password, StoreConfig};
 use crate::store::{Broadcast, MemoryStore, StoreError, StoreResult, StoreStatus};
 
 mod keys;
@@ -200,7 +200,7 @@ impl RedisStore {
             errors: AtomicU64::new(0),
             events,
             stored,
-            password: url_password(&cfg.redis_url),
+            password: url_password(&cfg.redis_url).map(str::to_string),
             _shutdown: shutdown,
             check: Arc::default(),
         });
@@ -242,37 +242,5 @@ impl RedisStore {
     /// Redis operations that failed (timeouts included) since start.
     pub fn errors(&self) -> u64 {
         self.inner.errors.load(Ordering::Relaxed)
-    }
-}
-
-/// The URL with its password replaced, for logs.
-fn redact_url(url: &str) -> String {
-    match url_password(url) {
-        Some(p) => url.replacen(&format!(":{p}@"), ":***@", 1),
-        None => url.to_string(),
-    }
-}
-
-/// The password in `scheme://user:password@host…`, if any.
-fn url_password(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let userinfo = rest.split('/').next()?.rsplit_once('@')?.0;
-    let password = userinfo.split_once(':')?.1;
-    (!password.is_empty()).then(|| password.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_never_reach_logs() {
-        assert_eq!(
-            redact_url("redis://user:s3cret@host:6379/0"),
-            "redis://user:***@host:6379/0"
-        );
-        assert_eq!(redact_url("redis://:s3cret@host"), "redis://:***@host");
-        assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
-        assert_eq!(url_password("redis://host:6379/0"), None);
     }
 }

@@ -1,0 +1,406 @@
+//! Configuration: `proxy.toml` plus environment overrides, loaded, parsed and validated once.
+//!
+//! Every problem is collected and reported together, unknown keys included, so an operator fixes
+//! a config in one pass instead of one restart per typo.
+//!
+//! This file holds the shape of the config and its entry points; `sections` builds each section
+//! from its table, `fields` reads typed values out of a table, `secret` keeps secrets unprinted.
+
+mod fields;
+mod secret;
+mod sections;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+use toml::Table;
+
+pub use secret::{redact_url, url_password, Secret, SecretError, SecretSource};
+
+/// Default proxy listen address: loopback only, as a sidecar.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default admin listen address (`/healthz`, `/readyz`, `/metrics`).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+/// Default public base URL, used to rewrite pagination links.
+pub const DEFAULT_PUBLIC_BASE_URL: &str = "http://127.0.0.1:8080";
+/// Mono's API origin.
+pub const DEFAULT_BASE_URL: &str = "https://api.withmono.com";
+/// Default upstream response timeout for ordinary calls.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default upstream connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Mono may take ~30 s on a realtime call, so its timeout sits above that.
+pub const DEFAULT_REALTIME_TIMEOUT: Duration = Duration::from_secs(45);
+/// Mono's realtime rule: one realtime session per account per 5 minutes.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(300);
+/// How long an expired cache entry may still be served when the upstream fails.
+pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(3600);
+/// Memory bound of the response cache.
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// Largest single upstream body the proxy buffers for the cache.
+pub const DEFAULT_MAX_ENTRY_BYTES: u64 = 8 * 1024 * 1024;
+/// Time allowed for a client to send its request headers.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Keep-alive connections idle this long are closed (clients' pools reconnect).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// Cap on concurrent client connections.
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 4096;
+/// Time in-flight requests get to finish after SIGTERM.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest request header block accepted (HTTP/1 read buffer).
+pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
+/// Largest client request body forwarded.
+pub const DEFAULT_MAX_REQUEST_BODY: u64 = 10 * 1024 * 1024;
+/// Idle keep-alive time of pooled upstream connections.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle pooled upstream connections kept per host.
+pub const DEFAULT_POOL_MAX_IDLE: u64 = 64;
+/// First delay between job polls (then backs off).
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
+/// A processing job is polled for at most this long.
+pub const DEFAULT_POLL_DEADLINE: Duration = Duration::from_secs(600);
+/// Jobs polled at once.
+pub const DEFAULT_POLL_CONCURRENCY: u64 = 32;
+/// Default webhook path.
+pub const DEFAULT_WEBHOOK_PATH: &str = "/webhooks/mono";
+/// Per-target relay timeout.
+pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Webhook body limit.
+pub const DEFAULT_WEBHOOK_MAX_BODY: u64 = 1024 * 1024;
+/// Redis URL used when the backend is redis and none is given.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// Key prefix in the shared store.
+pub const DEFAULT_STORE_PREFIX: &str = "mono-proxy";
+/// Redis operations give up after this long: Redis is a local hop, not worth waiting on.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// What to do with a `mono-sec-key` an app sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientKeyPolicy {
+    /// Remove it and inject the configured key (default).
+    Strip,
+    /// Refuse the request with 400.
+    Reject,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Which store holds the realtime window and job records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// In process (one replica).
+    Memory,
+    /// Shared between replicas through Redis.
+    Redis,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Proxy listen address.
+    pub listen: SocketAddr,
+    /// Admin listen address.
+    pub admin_listen: SocketAddr,
+    /// The proxy's URL as apps reach it, without a trailing slash.
+    pub public_base_url: String,
+    /// Client-facing server limits.
+    pub server: ServerConfig,
+    /// The Mono origin and how to reach it.
+    pub upstream: UpstreamConfig,
+    /// Realtime window settings.
+    pub realtime: RealtimeConfig,
+    /// Response cache settings.
+    pub cache: CacheConfig,
+    /// Job poller settings.
+    pub jobs: JobsConfig,
+    /// Webhook receiver and relay settings.
+    pub webhook: WebhookConfig,
+    /// Shared-state settings.
+    pub store: StoreConfig,
+    /// Logging settings.
+    pub log: LogConfig,
+    /// Client tokens; empty means any local client is trusted.
+    pub clients: Vec<ClientConfig>,
+}
+
+/// Client-facing server limits.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Time allowed to send request headers.
+    pub header_read_timeout: Duration,
+    /// A connection with no request for this long (none in flight) is closed.
+    pub idle_timeout: Duration,
+    /// Concurrent connections accepted; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Time in-flight requests get after SIGTERM.
+    pub drain_timeout: Duration,
+    /// Largest request header block.
+    pub max_header_bytes: usize,
+    /// Largest request body forwarded.
+    pub max_request_body: usize,
+}
+
+/// The Mono origin and how to reach it.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Scheme + authority of the upstream, e.g. `https://api.withmono.com`.
+    pub base_url: Uri,
+    /// Where the secret key comes from.
+    pub secret_key: SecretSource,
+    /// Response timeout of ordinary calls.
+    pub timeout: Duration,
+    /// Connect timeout (TCP + TLS).
+    pub connect_timeout: Duration,
+    /// Response timeout of realtime calls.
+    pub realtime_timeout: Duration,
+    /// Extra trust roots (PEM).
+    pub ca_file: Option<PathBuf>,
+    /// Authorities accepted in absolute-form targets (lowercase `host` or `host:port`).
+    pub accept_hosts: Vec<String>,
+    /// Idle time of pooled connections.
+    pub pool_idle_timeout: Duration,
+    /// Idle pooled connections per host.
+    pub pool_max_idle_per_host: usize,
+    /// What to do with an app's own `mono-sec-key`.
+    pub client_key: ClientKeyPolicy,
+    /// Largest upstream body buffered for the cache.
+    pub max_response_bytes: usize,
+}
+
+/// Realtime window settings.
+#[derive(Debug, Clone)]
+pub struct RealtimeConfig {
+    /// Mono's realtime window per account and endpoint.
+    pub window: Duration,
+    /// Estimated cost of one realtime call, to report savings.
+    pub cost_per_call: Option<f64>,
+}
+
+/// Response cache settings.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Freshness lifetime of a cached response.
+    pub ttl: Duration,
+    /// How long past `ttl` an entry may be served when the upstream fails.
+    pub max_stale: Duration,
+    /// Memory bound in bytes.
+    pub max_bytes: u64,
+    /// Fetch the balance once when a sync finishes so the next read is a hit.
+    pub refresh_ahead: bool,
+}
+
+/// Job poller settings.
+#[derive(Debug, Clone)]
+pub struct JobsConfig {
+    /// Poll processing jobs when no webhook tells us first.
+    pub poll: bool,
+    /// First delay between polls.
+    pub poll_interval: Duration,
+    /// Give up polling a job after this long.
+    pub poll_deadline: Duration,
+    /// Jobs polled at once.
+    pub poll_concurrency: usize,
+}
+
+/// Webhook receiver and relay settings.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Path Mono delivers to.
+    pub path: String,
+    /// Where the webhook secret comes from.
+    pub secret: SecretSource,
+    /// Targets the webhook is relayed to.
+    pub forward_to: Vec<Uri>,
+    /// Per-target relay timeout.
+    pub timeout: Duration,
+    /// Body limit.
+    pub max_body: usize,
+}
+
+/// Shared-state settings.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Memory or Redis.
+    pub backend: Backend,
+    /// Redis URL.
+    pub redis_url: String,
+    /// Key prefix.
+    pub prefix: String,
+    /// Timeout of one Redis operation.
+    pub timeout: Duration,
+    /// Serve from local state when Redis is down (true) or answer 503 (false).
+    pub fail_open: bool,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Text or JSON.
+    pub format: LogFormat,
+    /// `RUST_LOG`-style filter.
+    pub filter: String,
+}
+
+/// One app allowed to use the proxy when it listens beyond loopback.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Name used in logs and metrics.
+    pub name: String,
+    /// The token the app presents.
+    pub token: SecretSource,
+    /// A Mono secret key of its own (a separate tenant); the default key when absent.
+    pub secret_key: SecretSource,
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} configuration problem(s):", self.0.len())?;
+        for p in &self.0 {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Where environment values come from: the process, or a map in tests.
+pub trait Env {
+    /// The value of `name`, if set and not empty.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl<const N: usize> Env for [(&str, &str); N] {
+    fn var(&self, name: &str) -> Option<String> {
+        self.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    }
+}
+
+impl Env for Vec<(String, String)> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .filter(|v| !v.is_empty())
+    }
+}
+
+/// The config file to use: `--config`, else `MONO_PROXY_CONFIG`, else `proxy.toml` if present.
+pub fn config_path(flag: Option<&Path>, env: &dyn Env) -> Option<(PathBuf, bool)> {
+    if let Some(p) = flag {
+        return Some((p.to_path_buf(), true));
+    }
+    if let Some(p) = env.var("MONO_PROXY_CONFIG") {
+        return Some((PathBuf::from(p), true));
+    }
+    let default = PathBuf::from("proxy.toml");
+    default.exists().then_some((default, false))
+}
+
+impl Config {
+    /// Loads, parses and validates the config named by `flag` / the environment.
+    pub fn load(flag: Option<&Path>, env: &dyn Env) -> Result<Config, ConfigErrors> {
+        let text = match config_path(flag, env) {
+            Some((path, _)) => std::fs::read_to_string(&path)
+                .map_err(|e| ConfigErrors(vec![format!("cannot read {}: {e}", path.display())]))?,
+            None => String::new(),
+        };
+        Config::parse(&text, env)
+    }
+
+    /// Parses and validates config text, applying environment overrides.
+    pub fn parse(text: &str, env: &dyn Env) -> Result<Config, ConfigErrors> {
+        let root: Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigErrors(vec![format!("invalid TOML: {e}")]))?;
+        let mut errors = Vec::new();
+        let config = sections::config(&root, env, &mut errors);
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Like [`Config::parse`], and also requires the secret key to be readable (to run).
+    pub fn parse_runnable(text: &str, env: &dyn Env) -> Result<Config, ConfigErrors> {
+        let config = Config::parse(text, env)?;
+        config.require_secret()?;
+        Ok(config)
+    }
+
+    /// Fails with a clear message when no secret key can be read.
+    pub fn require_secret(&self) -> Result<(), ConfigErrors> {
+        let mut errors = Vec::new();
+        match self.upstream.secret_key.read() {
+            Ok(Some(_)) => {}
+            Ok(None) => errors.push(
+                "no Mono secret key: set MONO_SEC_KEY or upstream.secret_key_file".to_string(),
+            ),
+            Err(e) => errors.push(format!("upstream.secret_key_file: {e}")),
+        }
+        if let Err(e) = self.webhook.secret.read() {
+            errors.push(format!("webhook.secret_file: {e}"));
+        }
+        for c in &self.clients {
+            if let Err(e) = c.token.read() {
+                errors.push(format!("clients.{}: token: {e}", c.name));
+            }
+            if let Err(e) = c.secret_key.read() {
+                errors.push(format!("clients.{}: secret key: {e}", c.name));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NO_ENV: [(&str, &str); 0] = [];
+
+    #[test]
+    fn missing_secret_refuses_to_run() {
+        let err = Config::parse_runnable("", &NO_ENV).unwrap_err();
+        assert!(err.to_string().contains("MONO_SEC_KEY"));
+        assert!(Config::parse_runnable("", &[("MONO_SEC_KEY", "k")]).is_ok());
+    }
+
+    #[test]
+    fn secret_never_prints() {
+        let c = Config::parse("", &[("MONO_SEC_KEY", "live_sk_topsecret")]).unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("topsecret"), "{dbg}");
+    }
+}

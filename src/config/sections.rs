@@ -1,0 +1,485 @@
+//! Builds each section of [`Config`] from its TOML table and the environment, pushing its problems.
+
+use std::path::PathBuf;
+
+use http::Uri;
+use toml::{Table, Value};
+
+use super::fields::{section, Fields};
+use super::*;
+
+/// The top-level keys that hold sections, read by their own builders.
+const SECTIONS: [&str; 9] = [
+    "server", "upstream", "realtime", "cache", "jobs", "webhook", "store", "log", "clients",
+];
+
+/// The whole config: top-level keys first, then each section in file order of the docs.
+pub(super) fn config(root: &Table, env: &dyn Env, errors: &mut Vec<String>) -> Config {
+    let mut top = Fields::new("", Some(root), errors);
+    let listen = top.addr("listen", env.var("MONO_PROXY_LISTEN"), DEFAULT_LISTEN);
+    let admin_listen = top.addr(
+        "admin_listen",
+        env.var("MONO_PROXY_ADMIN_LISTEN"),
+        DEFAULT_ADMIN_LISTEN,
+    );
+    let public_base_url = top
+        .env_or_string("public_base_url", env.var("MONO_PROXY_PUBLIC_BASE_URL"))
+        .unwrap_or_else(|| format!("http://{listen}"));
+    top.allow(&SECTIONS);
+    top.finish();
+    let public_base_url = match parse_origin(&public_base_url) {
+        Ok(u) => u.to_string().trim_end_matches('/').to_string(),
+        Err(e) => {
+            errors.push(format!("public_base_url: {e}"));
+            DEFAULT_PUBLIC_BASE_URL.to_string()
+        }
+    };
+
+    let server = server(section(root, "server", errors), errors);
+    let upstream = upstream(section(root, "upstream", errors), env, errors);
+    let realtime = realtime(section(root, "realtime", errors), errors);
+    let cache = cache(section(root, "cache", errors), &realtime, errors);
+    let jobs = jobs(section(root, "jobs", errors), errors);
+    let webhook = webhook(section(root, "webhook", errors), env, errors);
+    let store = store(section(root, "store", errors), env, errors);
+    let log = log(section(root, "log", errors), env, errors);
+    let clients = clients(root.get("clients"), env, errors);
+    Config {
+        listen,
+        admin_listen,
+        public_base_url,
+        server,
+        upstream,
+        realtime,
+        cache,
+        jobs,
+        webhook,
+        store,
+        log,
+        clients,
+    }
+}
+
+fn server(table: Option<&Table>, errors: &mut Vec<String>) -> ServerConfig {
+    let mut f = Fields::new("server", table, errors);
+    let s = ServerConfig {
+        header_read_timeout: f.duration("header_read_timeout", DEFAULT_HEADER_READ_TIMEOUT),
+        idle_timeout: f.duration("idle_timeout", DEFAULT_IDLE_TIMEOUT),
+        max_connections: f.count("max_connections", DEFAULT_MAX_CONNECTIONS) as usize,
+        drain_timeout: f.duration("drain_timeout", DEFAULT_DRAIN_TIMEOUT),
+        max_header_bytes: f.size("max_header_bytes", DEFAULT_MAX_HEADER_BYTES) as usize,
+        max_request_body: f.size("max_request_body", DEFAULT_MAX_REQUEST_BODY) as usize,
+    };
+    f.finish();
+    if s.max_header_bytes < 8192 {
+        errors.push("server.max_header_bytes: must be at least 8KiB".into());
+    }
+    s
+}
+
+fn upstream(table: Option<&Table>, env: &dyn Env, errors: &mut Vec<String>) -> UpstreamConfig {
+    let mut f = Fields::new("upstream", table, errors);
+    let base_text = f
+        .env_or_string("base_url", env.var("MONO_PROXY_UPSTREAM_URL"))
+        .unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
+    let base_url = match parse_origin(&base_text) {
+        Ok(u) => u,
+        Err(e) => {
+            f.problem("base_url", e);
+            Uri::from_static(DEFAULT_BASE_URL)
+        }
+    };
+    let secret_key = f.secret("secret_key_file", env.var("MONO_SEC_KEY"));
+    let timeout = f.duration("timeout", DEFAULT_TIMEOUT);
+    let connect_timeout = f.duration("connect_timeout", DEFAULT_CONNECT_TIMEOUT);
+    let realtime_timeout = f.duration("realtime_timeout", DEFAULT_REALTIME_TIMEOUT);
+    let ca_file = f.string("ca_file").map(PathBuf::from);
+    if let Some(ca) = &ca_file {
+        if !ca.is_file() {
+            f.problem(
+                "ca_file",
+                format!("{} is not a readable file", ca.display()),
+            );
+        }
+    }
+    let mut accept_hosts: Vec<String> = f
+        .strings("accept_hosts")
+        .unwrap_or_else(|| vec!["api.withmono.com".to_string()])
+        .into_iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    // Absolute-form targets naming the configured origin itself are always ours.
+    if let Some(a) = base_url.authority() {
+        for h in [
+            a.as_str().to_ascii_lowercase(),
+            a.host().to_ascii_lowercase(),
+        ] {
+            if !accept_hosts.contains(&h) {
+                accept_hosts.push(h);
+            }
+        }
+    }
+    let client_key = f.choice(
+        "client_key",
+        None,
+        &[
+            ("strip", ClientKeyPolicy::Strip),
+            ("reject", ClientKeyPolicy::Reject),
+        ],
+    );
+    let u = UpstreamConfig {
+        base_url,
+        secret_key,
+        timeout,
+        connect_timeout,
+        realtime_timeout,
+        ca_file,
+        accept_hosts,
+        pool_idle_timeout: f.duration("pool_idle_timeout", DEFAULT_POOL_IDLE_TIMEOUT),
+        pool_max_idle_per_host: f.count("pool_max_idle_per_host", DEFAULT_POOL_MAX_IDLE) as usize,
+        client_key,
+        max_response_bytes: f.size("max_response_bytes", DEFAULT_MAX_ENTRY_BYTES) as usize,
+    };
+    f.finish();
+    u
+}
+
+fn realtime(table: Option<&Table>, errors: &mut Vec<String>) -> RealtimeConfig {
+    let mut f = Fields::new("realtime", table, errors);
+    let r = RealtimeConfig {
+        window: f.duration("window", DEFAULT_WINDOW),
+        cost_per_call: f.float("cost_per_call"),
+    };
+    f.finish();
+    r
+}
+
+/// The cache's `ttl` defaults to the realtime window: a cached answer is fresh as long as Mono
+/// would refuse a new realtime fetch anyway.
+fn cache(
+    table: Option<&Table>,
+    realtime: &RealtimeConfig,
+    errors: &mut Vec<String>,
+) -> CacheConfig {
+    let mut f = Fields::new("cache", table, errors);
+    let c = CacheConfig {
+        ttl: f.duration("ttl", realtime.window),
+        max_stale: f.duration("max_stale", DEFAULT_MAX_STALE),
+        max_bytes: f.size("max_bytes", DEFAULT_CACHE_MAX_BYTES),
+        refresh_ahead: f.bool("refresh_ahead", false),
+    };
+    f.finish();
+    c
+}
+
+fn jobs(table: Option<&Table>, errors: &mut Vec<String>) -> JobsConfig {
+    let mut f = Fields::new("jobs", table, errors);
+    let j = JobsConfig {
+        poll: f.bool("poll", true),
+        poll_interval: f.duration("poll_interval", DEFAULT_POLL_INTERVAL),
+        poll_deadline: f.duration("poll_deadline", DEFAULT_POLL_DEADLINE),
+        poll_concurrency: f.count("poll_concurrency", DEFAULT_POLL_CONCURRENCY) as usize,
+    };
+    f.finish();
+    j
+}
+
+fn webhook(table: Option<&Table>, env: &dyn Env, errors: &mut Vec<String>) -> WebhookConfig {
+    let mut f = Fields::new("webhook", table, errors);
+    let path = f
+        .string("path")
+        .unwrap_or_else(|| DEFAULT_WEBHOOK_PATH.to_string());
+    if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
+        f.problem(
+            "path",
+            format!("{path:?} must be a plain path starting with /"),
+        );
+    }
+    let secret = f.secret("secret_file", env.var("MONO_WEBHOOK_SECRET"));
+    let mut forward_to = Vec::new();
+    for target in f.strings("forward_to").unwrap_or_default() {
+        match parse_url(&target) {
+            Ok(u) => forward_to.push(u),
+            Err(e) => f.problem("forward_to", e),
+        }
+    }
+    let w = WebhookConfig {
+        path,
+        secret,
+        forward_to,
+        timeout: f.duration("timeout", DEFAULT_WEBHOOK_TIMEOUT),
+        max_body: f.size("max_body", DEFAULT_WEBHOOK_MAX_BODY) as usize,
+    };
+    f.finish();
+    w
+}
+
+fn store(table: Option<&Table>, env: &dyn Env, errors: &mut Vec<String>) -> StoreConfig {
+    let mut f = Fields::new("store", table, errors);
+    let backend = f.choice(
+        "backend",
+        None,
+        &[("memory", Backend::Memory), ("redis", Backend::Redis)],
+    );
+    let redis_url = f
+        .env_or_string("redis_url", env.var("MONO_PROXY_REDIS_URL"))
+        .unwrap_or_else(|| DEFAULT_REDIS_URL.to_string());
+    if !["redis://", "rediss://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|scheme| redis_url.starts_with(scheme))
+    {
+        let shown = redact_url(&redis_url);
+        f.problem(
+            "redis_url",
+            format!("{shown:?} is not a redis:// or rediss:// URL"),
+        );
+    }
+    let prefix = f
+        .string("prefix")
+        .unwrap_or_else(|| DEFAULT_STORE_PREFIX.to_string());
+    if prefix.is_empty() || prefix.contains(char::is_whitespace) {
+        f.problem("prefix", "must be non-empty without spaces");
+    }
+    let s = StoreConfig {
+        backend,
+        redis_url,
+        prefix,
+        timeout: f.duration("timeout", DEFAULT_STORE_TIMEOUT),
+        fail_open: f.bool("fail_open", true),
+    };
+    f.finish();
+    s
+}
+
+fn log(table: Option<&Table>, env: &dyn Env, errors: &mut Vec<String>) -> LogConfig {
+    let mut f = Fields::new("log", table, errors);
+    let format = f.choice(
+        "format",
+        env.var("MONO_PROXY_LOG_FORMAT"),
+        &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+    );
+    let filter = f
+        .env_or_string("filter", env.var("RUST_LOG"))
+        .unwrap_or_else(|| "info".to_string());
+    if tracing_subscriber::EnvFilter::try_new(&filter).is_err() {
+        f.problem("filter", format!("invalid log filter {filter:?}"));
+    }
+    f.finish();
+    LogConfig { format, filter }
+}
+
+/// `[[clients]]`: an array of tables, each a named app with its token and optional own key.
+fn clients(value: Option<&Value>, env: &dyn Env, errors: &mut Vec<String>) -> Vec<ClientConfig> {
+    let items = match value {
+        None => return Vec::new(),
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            errors.push(format!(
+                "[[clients]]: expected an array of tables, found {}",
+                other.type_str()
+            ));
+            return Vec::new();
+        }
+    };
+    let mut out: Vec<ClientConfig> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let Value::Table(t) = item else {
+            errors.push(format!("clients[{i}]: expected a table"));
+            continue;
+        };
+        let mut f = Fields::new(&format!("clients[{i}]"), Some(t), errors);
+        let name = f.string("name").unwrap_or_else(|| format!("client{i}"));
+        let token = match (f.string("token_env"), f.string("token_file")) {
+            (Some(var), None) => named_env_secret(&mut f, "token_env", &var, env),
+            (None, Some(file)) => SecretSource::File(PathBuf::from(file)),
+            _ => {
+                f.problem("token_env", "set exactly one of token_env or token_file");
+                SecretSource::None
+            }
+        };
+        let secret_key = match f.string("secret_key_env") {
+            Some(var) => named_env_secret(&mut f, "secret_key_env", &var, env),
+            None => SecretSource::None,
+        };
+        f.finish();
+        if out.iter().any(|c| c.name == name) {
+            errors.push(format!("clients[{i}]: duplicate name {name:?}"));
+        }
+        out.push(ClientConfig {
+            name,
+            token,
+            secret_key,
+        });
+    }
+    out
+}
+
+/// The secret held by the environment variable that `key` names; unset is a problem, since the
+/// file asked for it by name.
+fn named_env_secret(f: &mut Fields<'_, '_>, key: &str, var: &str, env: &dyn Env) -> SecretSource {
+    match env.var(var) {
+        Some(v) => SecretSource::Value(Secret::new(v)),
+        None => {
+            f.problem(key, format!("environment variable {var} is not set"));
+            SecretSource::None
+        }
+    }
+}
+
+/// Parses an `http(s)://host[:port]` origin with no path, query or credentials.
+fn parse_origin(text: &str) -> Result<Uri, String> {
+    let uri = parse_url(text)?;
+    if uri.path() != "/" && !uri.path().is_empty() {
+        return Err(format!("{:?} must not have a path", redact_url(text)));
+    }
+    Ok(uri)
+}
+
+/// Parses an absolute `http(s)://` URL with a host and no credentials. Problems show the text
+/// with its password redacted: a URL refused for carrying credentials must not print them.
+fn parse_url(text: &str) -> Result<Uri, String> {
+    let shown = redact_url(text);
+    let uri: Uri = text
+        .parse()
+        .map_err(|e| format!("invalid URL {shown:?}: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(format!("{shown:?} must start with http:// or https://")),
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(format!("{shown:?} has no host"));
+    };
+    if authority.as_str().contains('@') {
+        return Err(format!("{shown:?} must not carry credentials"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("{shown:?} must not have a query"));
+    }
+    Ok(uri)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NO_ENV: [(&str, &str); 0] = [];
+
+    #[test]
+    fn defaults_apply_to_an_empty_file() {
+        let c = Config::parse("", &NO_ENV).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.realtime.window, DEFAULT_WINDOW);
+        assert_eq!(c.cache.ttl, DEFAULT_WINDOW);
+        assert_eq!(c.cache.max_bytes, 256 * 1024 * 1024);
+        assert_eq!(
+            c.upstream.base_url.authority().unwrap().as_str(),
+            "api.withmono.com"
+        );
+        assert!(c.upstream.accept_hosts.contains(&"api.withmono.com".into()));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = r#"
+            listen = "nope"
+            bogus = 1
+            [upstream]
+            timeout = "soon"
+            base_url = "ftp://x"
+            [cache]
+            max_bytes = "lots"
+            colour = "red"
+        "#;
+        let errs = Config::parse(text, &NO_ENV).unwrap_err().0;
+        for needle in [
+            "listen:",
+            "bogus: unknown key",
+            "upstream.timeout",
+            "upstream.base_url",
+            "cache.max_bytes",
+            "cache.colour: unknown key",
+        ] {
+            assert!(
+                errs.iter().any(|e| e.contains(needle)),
+                "{needle} in {errs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn environment_overrides_a_key_the_file_also_sets() {
+        let text = r#"
+            listen = "127.0.0.1:1111"
+            [upstream]
+            base_url = "https://api.withmono.com"
+            [log]
+            filter = "info"
+        "#;
+        let env = [
+            ("MONO_PROXY_LISTEN", "127.0.0.1:2222"),
+            ("MONO_PROXY_UPSTREAM_URL", "http://127.0.0.1:3333"),
+            ("RUST_LOG", "debug"),
+        ];
+        let c = Config::parse(text, &env).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:2222");
+        assert_eq!(
+            c.upstream.base_url.authority().unwrap().as_str(),
+            "127.0.0.1:3333"
+        );
+        assert_eq!(c.log.filter, "debug");
+    }
+
+    #[test]
+    fn env_and_file_secret_together_is_a_problem() {
+        let errs = Config::parse(
+            "[upstream]\nsecret_key_file = \"/tmp/k\"",
+            &[("MONO_SEC_KEY", "k")],
+        )
+        .unwrap_err();
+        assert!(errs.to_string().contains("choose one"));
+    }
+
+    /// The one problem naming `key`, which must not show `password`.
+    fn problem_hiding(text: &str, key: &str, password: &str) -> String {
+        let errs = Config::parse(text, &NO_ENV).unwrap_err().0;
+        let named: Vec<&String> = errs.iter().filter(|e| e.contains(key)).collect();
+        assert_eq!(named.len(), 1, "one {key} problem in {errs:?}");
+        assert!(!named[0].contains(password), "{}", named[0]);
+        named[0].clone()
+    }
+
+    #[test]
+    fn a_bad_redis_url_is_shown_without_its_password() {
+        let shown = problem_hiding(
+            "[store]\nredis_url = \"http://user:hunter2@h:1\"",
+            "store.redis_url",
+            "hunter2",
+        );
+        assert!(shown.contains("http://user:***@h:1"), "{shown}");
+    }
+
+    #[test]
+    fn urls_with_credentials_are_refused_without_showing_them() {
+        let shown = problem_hiding(
+            "[webhook]\nforward_to = [\"https://user:hunter2@hooks.example/in\"]",
+            "webhook.forward_to",
+            "hunter2",
+        );
+        assert!(shown.contains("must not carry credentials"), "{shown}");
+        problem_hiding(
+            "[webhook]\nforward_to = [\"ftp://user:hunter2@hooks.example\"]",
+            "webhook.forward_to",
+            "hunter2",
+        );
+        problem_hiding(
+            "[upstream]\nbase_url = \"https://user:hunter2@api.example/v1\"",
+            "upstream.base_url",
+            "hunter2",
+        );
+        problem_hiding(
+            "public_base_url = \"http://user:hunter2@proxy.example\"",
+            "public_base_url",
+            "hunter2",
+        );
+    }
+}
