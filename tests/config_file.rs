@@ -11,7 +11,10 @@ fn shipped_proxy_toml_is_valid_and_says_the_defaults() {
     let defaults = Config::parse_runnable("", &env).unwrap();
     assert_eq!(format!("{file:?}"), format!("{defaults:?}"));
     assert_eq!(
-        file.upstream.base_url.authority().map(http::uri::Authority::as_str),
+        file.upstream
+            .base_url
+            .authority()
+            .map(http::uri::Authority::as_str),
         Some("api.withmono.com")
     );
     assert_eq!(file.realtime.window, config::DEFAULT_WINDOW);

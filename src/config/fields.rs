@@ -282,7 +282,7 @@ mod tests {
 
     use crate::config::Config;
 
-    const NO_ENV: [(&str, &str); 0] = [];
+    use crate::config::tests::NO_ENV;
 
     #[test]
     fn sizes_and_durations_parse() {

@@ -340,7 +340,7 @@ impl Config {
             .parse()
             .map_err(|e: toml::de::Error| ConfigErrors(vec![format!("invalid TOML: {e}")]))?;
         let mut errors = Vec::new();
-        let config = sections::config(&root, env, &mut errors);
+        let config = sections::build_config(&root, env, &mut errors);
         if errors.is_empty() {
             Ok(config)
         } else {
@@ -385,10 +385,11 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const NO_ENV: [(&str, &str); 0] = [];
+    /// An empty environment for config tests.
+    pub(crate) const NO_ENV: [(&str, &str); 0] = [];
 
     #[test]
     fn missing_secret_refuses_to_run() {

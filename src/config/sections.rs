@@ -14,7 +14,7 @@ const SECTIONS: [&str; 9] = [
 ];
 
 /// The whole config: top-level keys first, then each section in file order of the docs.
-pub(super) fn config(root: &Table, env: &dyn Env, errors: &mut Vec<String>) -> Config {
+pub(super) fn build_config(root: &Table, env: &dyn Env, errors: &mut Vec<String>) -> Config {
     let mut top = Fields::new("", Some(root), errors);
     let listen = top.addr("listen", env.var("MONO_PROXY_LISTEN"), DEFAULT_LISTEN);
     let admin_listen = top.addr(
@@ -362,7 +362,7 @@ fn parse_url(text: &str) -> Result<Uri, String> {
 mod tests {
     use super::*;
 
-    const NO_ENV: [(&str, &str); 0] = [];
+    use crate::config::tests::NO_ENV;
 
     #[test]
     fn defaults_apply_to_an_empty_file() {

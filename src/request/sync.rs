@@ -182,7 +182,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn job_status_parses_in_any_case() {
+    fn job_status_envelope_parses_in_any_case() {
         let u = parse_job_status(
             br#"{"status":"successful","data":{"id":"j","job_status":"FAILED","reauth_required":true}}"#,
         )

@@ -169,7 +169,7 @@ mod tests {
     }
 
     #[test]
-    fn job_status_parses_in_any_case() {
+    fn job_status_values_parse_in_any_case() {
         assert_eq!(JobStatus::parse(" FINISHED "), Some(JobStatus::Finished));
         assert_eq!(JobStatus::parse("nope"), None);
     }
