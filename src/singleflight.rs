@@ -5,6 +5,7 @@
 //! panics or is cancelled releases its waiters with [`Outcome::LeaderLost`] instead of stranding them.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -72,6 +73,31 @@ impl<K: Eq + Hash + Clone, V: Clone> Flights<K, V> {
             },
             Waiter { rx },
         )
+    }
+
+    /// Joins the flight for `key`, or starts `work` as its leader when none is in progress, and
+    /// waits up to `timeout` for the result; also says whether this caller led. The leader's
+    /// work runs detached, so a caller that hangs up cannot cancel what others wait on.
+    pub async fn lead_or_follow<F, Fut>(
+        self: &Arc<Self>,
+        key: &K,
+        timeout: Duration,
+        work: F,
+    ) -> (Outcome<V>, bool)
+    where
+        K: Send + Sync + 'static,
+        V: Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = V> + Send + 'static,
+    {
+        match self.join(key) {
+            Join::Leader(leader, waiter) => {
+                let work = work();
+                tokio::spawn(async move { leader.finish(work.await) });
+                (waiter.wait(timeout).await, true)
+            }
+            Join::Follower(waiter) => (waiter.wait(timeout).await, false),
+        }
     }
 
     /// Flights in progress (for metrics and tests).

@@ -12,7 +12,7 @@ use crate::error::ProxyError;
 use crate::headers::{bool_value, set_cache_status, CacheResult, X_HAS_NEW_DATA};
 use crate::inflight::Filled;
 use crate::request::context::AccountRead;
-use crate::singleflight::{Join, Outcome};
+use crate::singleflight::Outcome;
 use crate::state::State;
 
 /// Answers a cached read: hit → answer; miss → fill (collapsed); failure → stale if allowed.
@@ -67,20 +67,17 @@ pub async fn serve(
 /// One upstream fetch per (tenant, account, path) however many callers miss at once.
 /// Returns the fill's result and whether this caller led it.
 pub async fn fill(state: &Arc<State>, read: &AccountRead) -> (Result<Filled, ProxyError>, bool) {
-    let (waiter, led) = match state.inflight.fills.join(&read.fill_key()) {
-        Join::Leader(leader, waiter) => {
-            let state = Arc::clone(state);
-            let read = read.clone();
-            // Detached: a client hanging up must not cancel a fetch others wait on.
-            tokio::spawn(async move {
-                leader.finish(fetch_and_store(&state, &read).await);
-            });
-            (waiter, true)
-        }
-        Join::Follower(waiter) => (waiter, false),
-    };
     let timeout = state.config.upstream.timeout + Duration::from_secs(1);
-    let result = match waiter.wait(timeout).await {
+    let fill = || {
+        let (state, read) = (Arc::clone(state), read.clone());
+        async move { fetch_and_store(&state, &read).await }
+    };
+    let (outcome, led) = state
+        .inflight
+        .fills
+        .lead_or_follow(&read.fill_key(), timeout, fill)
+        .await;
+    let result = match outcome {
         Outcome::Done(r) => r,
         Outcome::LeaderLost => Err(ProxyError::Internal("the cache fill was abandoned".into())),
         Outcome::TimedOut => Err(ProxyError::UpstreamTimeout(timeout.as_millis() as u64)),

@@ -19,7 +19,7 @@ use crate::headers::{
 use crate::inflight::{Filled, RealtimeAnswer};
 use crate::request::context::AccountRead;
 use crate::request::{cached_read, sync};
-use crate::singleflight::{Join, Outcome};
+use crate::singleflight::Outcome;
 use crate::state::State;
 use crate::store::{Claim, JobRecord, JobStatus};
 use crate::upstream::Fetched;
@@ -49,23 +49,20 @@ pub async fn serve(
         ));
     }
 
-    let (waiter, led) = match state.inflight.realtime.join(&key.flat()) {
-        Join::Leader(leader, waiter) => {
-            let state = Arc::clone(state);
-            let read = read.clone();
-            // Detached: the client that started the call may hang up; its waiters may not.
-            tokio::spawn(async move {
-                leader.finish(lead(&state, &read).await);
-            });
-            (waiter, true)
-        }
-        Join::Follower(waiter) => (waiter, false),
-    };
     // The leader bounds itself: a realtime call, or waiting on another replica and then one
     // plain fetch. Waiters allow for all of it so they hear the leader's own outcome.
     let upstream = &state.config.upstream;
     let timeout = upstream.realtime_timeout + upstream.timeout + Duration::from_secs(2);
-    let mut answer = match waiter.wait(timeout).await {
+    let call = || {
+        let (state, read) = (Arc::clone(state), read.clone());
+        async move { lead(&state, &read).await }
+    };
+    let (outcome, led) = state
+        .inflight
+        .realtime
+        .lead_or_follow(&key.flat(), timeout, call)
+        .await;
+    let mut answer = match outcome {
         Outcome::Done(result) => result?,
         Outcome::LeaderLost => {
             return Err(ProxyError::Internal(

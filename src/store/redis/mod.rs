@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisResult};
+use redis::{Client, FromRedisValue, RedisResult};
 use tokio::sync::{broadcast, watch, Notify};
 
 use crate::config::{redact_url, url_password, StoreConfig};
@@ -98,6 +98,36 @@ impl Inner {
                 Err(format!("{op}: timed out after {:?}", self.timeout))
             }
         }
+    }
+
+    /// One command under [`Inner::run`].
+    async fn cmd<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        cmd: &redis::Cmd,
+    ) -> Result<T, String> {
+        let mut conn = self.conn.clone();
+        self.run(op, cmd.query_async(&mut conn)).await
+    }
+
+    /// One pipeline under [`Inner::run`].
+    async fn pipe<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, String> {
+        let mut conn = self.conn.clone();
+        self.run(op, pipe.query_async(&mut conn)).await
+    }
+
+    /// One script under [`Inner::run`] (loaded again by the client if Redis forgot it).
+    async fn script<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        call: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, String> {
+        let mut conn = self.conn.clone();
+        self.run(op, call.invoke_async(&mut conn)).await
     }
 
     fn reason(&self) -> Option<String> {

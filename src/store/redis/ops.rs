@@ -25,15 +25,8 @@ impl RedisStore {
     /// The record of a key (written through to the local copy).
     pub async fn get(&self, key: &RecordKey) -> StoreResult<Option<JobRecord>> {
         let s = &*self.inner;
-        let rk = s.keys.record(key);
-        let mut conn = s.conn.clone();
         let read = s
-            .run("get", async {
-                redis::cmd("GET")
-                    .arg(&rk)
-                    .query_async::<Option<String>>(&mut conn)
-                    .await
-            })
+            .cmd::<Option<String>>("get", redis::cmd("GET").arg(s.keys.record(key)))
             .await;
         match read {
             Ok(text) => {
@@ -53,18 +46,16 @@ impl RedisStore {
         let lk = s.keys.lease(key);
         let value = format!("{}{}", s.owner(), now_ms());
         let ms = (lease.as_millis() as u64).max(1);
-        let mut conn = s.conn.clone();
         let set = s
-            .run("claim", async {
+            .cmd::<Option<String>>(
+                "claim",
                 redis::cmd("SET")
                     .arg(&lk)
                     .arg(&value)
                     .arg("NX")
                     .arg("PX")
-                    .arg(ms)
-                    .query_async::<Option<String>>(&mut conn)
-                    .await
-            })
+                    .arg(ms),
+            )
             .await;
         match set {
             Ok(Some(_)) => Ok(Claim::Won),
@@ -77,17 +68,8 @@ impl RedisStore {
     /// Deletes our lease so another replica may claim at once.
     pub async fn release(&self, key: &RecordKey) -> StoreResult<()> {
         let s = &*self.inner;
-        let lk = s.keys.lease(key);
-        let owner = s.owner();
-        let mut conn = s.conn.clone();
         let done = s
-            .run("release", async {
-                RELEASE
-                    .key(&lk)
-                    .arg(&owner)
-                    .invoke_async::<i64>(&mut conn)
-                    .await
-            })
+            .script::<i64>("release", RELEASE.key(s.keys.lease(key)).arg(s.owner()))
             .await;
         match done {
             Ok(_) => Ok(()),
@@ -112,23 +94,17 @@ impl RedisStore {
             key: rk.clone(),
         })
         .unwrap_or_default();
-        let mut conn = s.conn.clone();
-        let done = s
-            .run("put", async {
-                PUT.key(&rk)
-                    .key(s.keys.job(&record.job_id))
-                    .key(s.keys.lease(key))
-                    .arg(&value)
-                    .arg(&index)
-                    .arg(retention)
-                    .arg(s.owner())
-                    .arg(window_left)
-                    .arg(s.keys.stored())
-                    .arg(&note)
-                    .invoke_async::<i64>(&mut conn)
-                    .await
-            })
-            .await;
+        let mut call = PUT.key(&rk);
+        call.key(s.keys.job(&record.job_id))
+            .key(s.keys.lease(key))
+            .arg(&value)
+            .arg(&index)
+            .arg(retention)
+            .arg(s.owner())
+            .arg(window_left)
+            .arg(s.keys.stored())
+            .arg(&note);
+        let done = s.script::<i64>("put", &call).await;
         match done {
             Ok(_) => Ok(()),
             Err(reason) => {
@@ -157,17 +133,11 @@ impl RedisStore {
         let deadline = Instant::now() + timeout;
         let mut claimed_at: Option<u64> = None;
         loop {
-            let mut conn = s.conn.clone();
             let read = s
-                .run("wait_record", async {
-                    redis::pipe()
-                        .cmd("GET")
-                        .arg(&*rk)
-                        .cmd("GET")
-                        .arg(&lk)
-                        .query_async::<(Option<String>, Option<String>)>(&mut conn)
-                        .await
-                })
+                .pipe::<(Option<String>, Option<String>)>(
+                    "wait_record",
+                    redis::pipe().cmd("GET").arg(&*rk).cmd("GET").arg(&lk),
+                )
                 .await;
             let (record, lease) = match read {
                 Ok(r) => r,
@@ -219,28 +189,14 @@ impl RedisStore {
         job_id: &str,
     ) -> Result<Option<(RecordKey, String, JobRecord)>, String> {
         let s = &*self.inner;
-        let jk = s.keys.job(job_id);
-        let mut conn = s.conn.clone();
         let index = s
-            .run("job", async {
-                redis::cmd("GET")
-                    .arg(&jk)
-                    .query_async::<Option<String>>(&mut conn)
-                    .await
-            })
+            .cmd::<Option<String>>("job", redis::cmd("GET").arg(s.keys.job(job_id)))
             .await?;
         let Some(key) = index.as_deref().and_then(JobRef::decode) else {
             return Ok(None);
         };
-        let rk = s.keys.record(&key);
-        let mut conn = s.conn.clone();
         let text = s
-            .run("job", async {
-                redis::cmd("GET")
-                    .arg(&rk)
-                    .query_async::<Option<String>>(&mut conn)
-                    .await
-            })
+            .cmd::<Option<String>>("job", redis::cmd("GET").arg(s.keys.record(&key)))
             .await?;
         let Some(text) = text else { return Ok(None) };
         // A newer job of the same key replaced the record: this job is no longer known.
@@ -286,16 +242,11 @@ impl RedisStore {
                 }));
             }
             let new = encode_record(&key.tenant, &next);
-            let rk = s.keys.record(&key);
-            let mut conn = s.conn.clone();
             let swapped = s
-                .run("update_job", async {
-                    SWAP.key(&rk)
-                        .arg(&old)
-                        .arg(&new)
-                        .invoke_async::<i64>(&mut conn)
-                        .await
-                })
+                .script::<i64>(
+                    "update_job",
+                    SWAP.key(s.keys.record(&key)).arg(&old).arg(&new),
+                )
                 .await;
             match swapped {
                 Ok(1) => {
@@ -325,17 +276,11 @@ impl RedisStore {
             return Ok(());
         }
         let rl = s.keys.rate_limit(key);
-        let mut conn = s.conn.clone();
         let done = s
-            .run("set_rate_limit", async {
-                redis::cmd("SET")
-                    .arg(&rl)
-                    .arg(until_ms)
-                    .arg("PX")
-                    .arg(left)
-                    .query_async::<()>(&mut conn)
-                    .await
-            })
+            .cmd::<()>(
+                "set_rate_limit",
+                redis::cmd("SET").arg(&rl).arg(until_ms).arg("PX").arg(left),
+            )
             .await;
         match done {
             Ok(()) => Ok(()),
@@ -346,15 +291,8 @@ impl RedisStore {
     /// The fleet-wide 429 deadline of `key`, if one is in force.
     pub async fn rate_limit(&self, key: &RecordKey) -> StoreResult<Option<u64>> {
         let s = &*self.inner;
-        let rl = s.keys.rate_limit(key);
-        let mut conn = s.conn.clone();
         let read = s
-            .run("rate_limit", async {
-                redis::cmd("GET")
-                    .arg(&rl)
-                    .query_async::<Option<u64>>(&mut conn)
-                    .await
-            })
+            .cmd::<Option<u64>>("rate_limit", redis::cmd("GET").arg(s.keys.rate_limit(key)))
             .await;
         match read {
             Ok(until) => Ok(until.filter(|u| *u > now_ms())),
@@ -371,16 +309,11 @@ impl RedisStore {
             msg: msg.clone(),
         })
         .unwrap_or_default();
-        let channel = s.keys.events();
-        let mut conn = s.conn.clone();
         let done = s
-            .run("publish", async {
-                redis::cmd("PUBLISH")
-                    .arg(&channel)
-                    .arg(&event)
-                    .query_async::<i64>(&mut conn)
-                    .await
-            })
+            .cmd::<i64>(
+                "publish",
+                redis::cmd("PUBLISH").arg(s.keys.events()).arg(&event),
+            )
             .await;
         match done {
             Ok(_) => Ok(()),
