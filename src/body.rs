@@ -59,8 +59,8 @@ impl HttpBody for Body {
         match self.get_mut() {
             Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Body::Stream(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            // A typed error, so whoever sees it fail (the upstream client) can tell the client's
-            // oversized body (413) from a broken upstream (502).
+            // Typed errors, so whoever sees it fail (the upstream client) can tell the client's
+            // oversized (413) or broken (400) body from a broken upstream (502).
             Body::Limited(body, limit) => {
                 let limit = *limit;
                 Pin::new(body).poll_frame(cx).map_err(|e| {
@@ -69,7 +69,7 @@ impl HttpBody for Body {
                     {
                         Box::new(TooLarge(limit)) as BoxError
                     } else {
-                        e
+                        Box::new(BrokenBody) as BoxError
                     }
                 })
             }
@@ -98,6 +98,12 @@ impl HttpBody for Body {
 #[derive(Debug, thiserror::Error)]
 #[error("request body is larger than {0} bytes")]
 pub struct TooLarge(pub usize);
+
+/// A streamed request body the client broke (bad chunked framing, cut short) while it was being
+/// forwarded. hyper's own error text stays out of the answer: it describes our parser, not Mono.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body was malformed or ended early")]
+pub struct BrokenBody;
 
 /// Reads a whole body into memory, refusing one larger than `limit` bytes.
 pub async fn collect_limited<B>(body: B, limit: usize) -> Result<Bytes, CollectError>

@@ -18,9 +18,14 @@ pub enum ProxyError {
     /// A target the proxy will not serve (foreign authority: not an open proxy).
     #[error("{0}")]
     Forbidden(String),
-    /// A method the proxy cannot serve, such as CONNECT.
-    #[error("{0}")]
-    MethodNotAllowed(&'static str),
+    /// A method the proxy will not forward (CONNECT, TRACE, anything Mono's API does not use).
+    #[error("{message}")]
+    MethodNotAllowed {
+        /// What to do instead.
+        message: &'static str,
+        /// The `Allow` header: the methods that are served on this target.
+        allow: &'static str,
+    },
     /// A request body over the configured limit.
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
@@ -48,7 +53,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UpstreamUnreachable(_) | ProxyError::BadUpstream(_) => {
                 StatusCode::BAD_GATEWAY
@@ -65,7 +70,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::Unauthorized(_) => "unauthorized",
             ProxyError::Forbidden(_) => "forbidden",
-            ProxyError::MethodNotAllowed(_) => "method_not_allowed",
+            ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
             ProxyError::PayloadTooLarge(_) => "payload_too_large",
             ProxyError::UpstreamUnreachable(_) => "upstream_unreachable",
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
@@ -78,9 +83,17 @@ impl ProxyError {
     /// The error as a response in Mono's envelope.
     pub fn into_response(self) -> Response<Body> {
         let mut resp = envelope(self.status(), &self.to_string());
-        if matches!(self, ProxyError::Unavailable(_)) {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        match self {
+            ProxyError::Unavailable(_) => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            // RFC 9110 §15.5.6: a 405 names the methods that are allowed.
+            ProxyError::MethodNotAllowed { allow, .. } => {
+                resp.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            _ => {}
         }
         resp
     }

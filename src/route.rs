@@ -74,6 +74,20 @@ impl Class {
 /// Longest account or job id accepted.
 pub const MAX_ID_LEN: usize = 128;
 
+/// The methods Mono's API uses: the only ones ever forwarded (a TRACE answered by a middlebox
+/// as HTTP defines it would echo the injected key back to the app).
+pub const FORWARDED_METHODS: [Method; 6] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+];
+
+/// [`FORWARDED_METHODS`] as an `Allow` header value.
+const ALLOW_FORWARDED: &str = "GET, HEAD, POST, PUT, PATCH, DELETE";
+
 /// Classifies a request, refusing what must never be forwarded.
 pub fn classify(
     method: &Method,
@@ -83,9 +97,17 @@ pub fn classify(
     accept_hosts: &[String],
 ) -> Result<Class, ProxyError> {
     if method == Method::CONNECT {
-        return Err(ProxyError::MethodNotAllowed(
-            "CONNECT tunnels are not supported: point the client's Mono base URL at this proxy instead",
-        ));
+        return Err(ProxyError::MethodNotAllowed {
+            message: "CONNECT tunnels are not supported: point the client's Mono base URL at this proxy instead",
+            allow: ALLOW_FORWARDED,
+        });
+    }
+    // Method tokens are case-sensitive: `get` is an unknown method, not GET.
+    if !FORWARDED_METHODS.contains(method) {
+        return Err(ProxyError::MethodNotAllowed {
+            message: "only GET, HEAD, POST, PUT, PATCH and DELETE are forwarded to Mono",
+            allow: ALLOW_FORWARDED,
+        });
     }
     check_authority(uri, accept_hosts)?;
     let path = uri.path();
@@ -96,9 +118,10 @@ pub fn classify(
         return if method == Method::POST {
             Ok(Class::Webhook)
         } else {
-            Err(ProxyError::MethodNotAllowed(
-                "the webhook path accepts POST only",
-            ))
+            Err(ProxyError::MethodNotAllowed {
+                message: "the webhook path accepts POST only",
+                allow: "POST",
+            })
         };
     }
 
@@ -176,10 +199,16 @@ fn check_authority(uri: &Uri, accept_hosts: &[String]) -> Result<(), ProxyError>
     }
 }
 
-/// Refuses dot-segments and encoded `.`, `/` or `\` rather than normalising them.
+/// Refuses dot-segments, empty segments and encoded `.`, `/` or `\` rather than normalising
+/// them: an upstream or middlebox that normalises `//v2/…` would serve what we never classified.
 fn check_path(path: &str) -> Result<(), ProxyError> {
     if !path.starts_with('/') {
         return Err(ProxyError::BadRequest("the path must start with /".into()));
+    }
+    if path.contains("//") {
+        return Err(ProxyError::BadRequest(
+            "empty path segments (//) are not allowed".into(),
+        ));
     }
     let bytes = path.as_bytes();
     for (i, b) in bytes.iter().enumerate() {
@@ -207,16 +236,20 @@ fn bad_path() -> ProxyError {
     ProxyError::BadRequest("dot-segments and encoded '.', '/' or '\\' are not allowed".into())
 }
 
-/// Ids: bounded, `[A-Za-z0-9._-]`, never `.` or `..`.
-fn validate_id(what: &str, id: &str) -> Result<(), ProxyError> {
-    let ok = !id.is_empty()
+/// Ids, account and job alike: 1 to [`MAX_ID_LEN`] of `[A-Za-z0-9._-]`, never `.` or `..`.
+/// Job ids that Mono sends are held to the same rule before they are stored or polled.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
         && id.len() <= MAX_ID_LEN
         && id != "."
         && id != ".."
         && id
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn validate_id(what: &str, id: &str) -> Result<(), ProxyError> {
+    if is_valid_id(id) {
         Ok(())
     } else {
         Err(ProxyError::BadRequest(format!(
@@ -371,5 +404,37 @@ mod tests {
                 .status(),
             405
         );
+    }
+
+    #[test]
+    fn only_the_methods_mono_uses_are_forwarded() {
+        for m in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"] {
+            assert!(class_of(m, "/v2/accounts/x/identity", None).is_ok(), "{m}");
+        }
+        for m in [
+            "TRACE", "OPTIONS", "get", "Post", "FOO", "PROPFIND", "CONNECT",
+        ] {
+            let e = class_of(m, "/v2/accounts/x/identity", None).unwrap_err();
+            assert_eq!(e.status(), 405, "{m}");
+            let resp = e.into_response();
+            assert_eq!(
+                resp.headers()["allow"],
+                "GET, HEAD, POST, PUT, PATCH, DELETE"
+            );
+        }
+        let e = class_of("GET", "/webhooks/mono", None).unwrap_err();
+        assert_eq!(e.into_response().headers()["allow"], "POST");
+    }
+
+    #[test]
+    fn empty_path_segments_are_refused() {
+        for p in [
+            "//v2/accounts/x/balance",
+            "/v2//accounts/x/balance",
+            "/v2/accounts/x//balance",
+            "/v2/accounts/x/balance//",
+        ] {
+            assert_eq!(class_of("GET", p, None).unwrap_err().status(), 400, "{p}");
+        }
     }
 }

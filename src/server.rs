@@ -43,6 +43,9 @@ pub async fn run(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.header_read_timeout)
+        // A client may shut its write side once its request is sent (`curl --no-buffer`, some
+        // SDK transports): keep the connection to answer it instead of dropping the request.
+        .half_close(true)
         .max_buf_size(cfg.max_header_bytes.max(8192));
     builder
         .http2()

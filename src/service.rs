@@ -187,6 +187,7 @@ async fn pipeline(
 
 /// Decides the request class and refuses what must never be forwarded.
 fn classify(state: &State, req: &Request<Incoming>) -> Result<Class, ProxyError> {
+    check_host(req)?;
     // Every HTTP/2 request carries `:authority` (the proxy's own address, what `Host` is in
     // HTTP/1), so hyper puts one in every h2 URI. Only an HTTP/1 target with an authority is
     // absolute-form (`HTTPS_PROXY` clients); checking h2's would refuse all h2 traffic with 403.
@@ -210,6 +211,18 @@ fn classify(state: &State, req: &Request<Incoming>) -> Result<Class, ProxyError>
         &state.config.webhook.path,
         &state.config.upstream.accept_hosts,
     )
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host`, and no request carries two.
+/// A proxy that picks one of two Hosts disagrees with whoever picks the other.
+fn check_host(req: &Request<Incoming>) -> Result<(), ProxyError> {
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && req.version() == Version::HTTP_11) {
+        return Err(ProxyError::BadRequest(
+            "an HTTP/1.1 request needs exactly one Host header".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Decides whose key the request uses: a client token's tenant, or the default one.

@@ -294,8 +294,8 @@ impl Upstream {
     ) {
         let label = match status {
             Ok(s) => s.as_str().to_string(),
-            // The client's body was too large: the upstream did nothing wrong.
-            Err(ProxyError::PayloadTooLarge(_)) => return,
+            // The client's body was too large or broken: the upstream did nothing wrong.
+            Err(ProxyError::PayloadTooLarge(_) | ProxyError::BadRequest(_)) => return,
             Err(e) => e.kind().to_string(),
         };
         self.metrics.upstream(class, &label, started.elapsed());
@@ -318,9 +318,12 @@ fn classify_client_error(
     use std::error::Error as _;
     let mut source = e.source();
     while let Some(s) = source {
-        // The client's own body passed the limit mid-stream: its fault, not the upstream's.
+        // The client's own body passed the limit or broke mid-stream: its fault, not Mono's.
         if let Some(too_large) = s.downcast_ref::<crate::body::TooLarge>() {
             return ProxyError::PayloadTooLarge(too_large.0);
+        }
+        if let Some(broken) = s.downcast_ref::<crate::body::BrokenBody>() {
+            return ProxyError::BadRequest(broken.to_string());
         }
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::TimedOut {

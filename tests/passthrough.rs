@@ -5,7 +5,6 @@ mod support;
 
 use std::convert::Infallible;
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -22,79 +21,6 @@ use tokio::net::TcpStream;
 
 /// Upper bound for any single exchange: a hang fails the test instead of stalling it.
 const CALL_BOUND: Duration = Duration::from_secs(10);
-
-/// A raw HTTP/1.1 exchange: what the proxy answered to exactly these bytes.
-struct Raw {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-impl Raw {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not json ({e}): {}\n{}", self.head, self.body))
-    }
-}
-
-/// Sends `request_line` plus `headers` verbatim (no client normalisation) and reads the answer.
-async fn raw(addr: SocketAddr, request_line: &str, headers: &[&str]) -> Raw {
-    let mut text = format!("{request_line}\r\n");
-    for h in headers {
-        text.push_str(h);
-        text.push_str("\r\n");
-    }
-    text.push_str("Connection: close\r\n\r\n");
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        stream.write_all(text.as_bytes()).await.expect("write");
-        let mut buf = Vec::new();
-        stream.read_to_end(&mut buf).await.expect("read");
-        buf
-    };
-    let buf = tokio::time::timeout(CALL_BOUND, exchange)
-        .await
-        .unwrap_or_else(|_| panic!("no answer to {request_line:?}"));
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {text:?}"));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Raw {
-        status,
-        head: head.to_string(),
-        body,
-    }
-}
-
-/// Decodes a chunked body (enough for the short answers these tests read).
-fn dechunk(mut rest: &str) -> String {
-    let mut out = String::new();
-    for _ in 0..10_000 {
-        let Some((size, after)) = rest.split_once("\r\n") else {
-            break;
-        };
-        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if size == 0 || after.len() < size {
-            break;
-        }
-        out.push_str(&after[..size]);
-        rest = after[size..].trim_start_matches("\r\n");
-    }
-    out
-}
 
 /// Asserts Mono's failed envelope.
 fn assert_envelope(body: &Value) {

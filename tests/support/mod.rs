@@ -337,6 +337,25 @@ impl TestRedis {
         }
     }
 
+    /// Freezes a private Redis (SIGSTOP): connections stay open, nothing is answered.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a paused Redis (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("only a private redis").id();
+        let status = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {sig} {pid}");
+    }
+
     /// Restarts a private Redis on the same port.
     pub fn restart(&mut self) {
         let port = self.port.expect("only a private redis can restart");
@@ -384,4 +403,89 @@ fn wait_for_port(port: u16) {
         std::thread::sleep(Duration::from_millis(20));
     }
     panic!("redis-server did not listen on 127.0.0.1:{port} within 10 s");
+}
+
+/// A raw HTTP/1.1 exchange: what the proxy answered to exactly these bytes.
+pub struct Raw {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl Raw {
+    /// The body as JSON (panics with the answer when it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not json ({e}): {}\n{}", self.head, self.body))
+    }
+}
+
+/// Sends `request_line` plus `headers` verbatim (no client normalisation, `Connection: close`)
+/// and reads the answer.
+pub async fn raw(addr: SocketAddr, request_line: &str, headers: &[&str]) -> Raw {
+    let mut text = format!("{request_line}\r\n");
+    for h in headers {
+        text.push_str(h);
+        text.push_str("\r\n");
+    }
+    text.push_str("Connection: close\r\n\r\n");
+    raw_bytes(addr, text.as_bytes(), false).await
+}
+
+/// Writes `bytes` as they are, optionally shuts the write side (a half-close), and reads the
+/// answer until the proxy closes; bounded so a hang fails.
+pub async fn raw_bytes(addr: SocketAddr, bytes: &[u8], half_close: bool) -> Raw {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(bytes).await.expect("write");
+        if half_close {
+            stream.shutdown().await.expect("half-close");
+        }
+        let mut buf = Vec::new();
+        let _ = stream.read_to_end(&mut buf).await;
+        buf
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .unwrap_or_else(|_| panic!("no answer to {:?}", String::from_utf8_lossy(bytes)));
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {text:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Raw {
+        status,
+        head: head.to_string(),
+        body,
+    }
+}
+
+/// Decodes a chunked body (enough for the short answers these tests read).
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    for _ in 0..10_000 {
+        let Some((size, after)) = rest.split_once("\r\n") else {
+            break;
+        };
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 || after.len() < size {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    out
 }
