@@ -148,7 +148,8 @@ fn cache_hit(c: &mut Criterion) {
     let ct = Some(HeaderValue::from_static("application/json; charset=utf-8"));
     state
         .cache
-        .store(&akey, "balance", Bytes::from_static(BALANCE), ct.clone());
+        .store(&akey, "balance", Bytes::from_static(BALANCE), ct.clone())
+        .expect("a storable body");
 
     // Sanity: this really is the hit path (a miss would try the dead upstream and fail).
     let (_, result) = rt.block_on(cached_read::serve(&state, &read)).expect("hit");
@@ -189,7 +190,7 @@ fn header_synthesis(c: &mut Criterion) {
         body: Bytes::from_static(BALANCE),
         content_type: Some(HeaderValue::from_static("application/json; charset=utf-8")),
         stored_at: tokio::time::Instant::now(),
-        hash: cache::data_hash(BALANCE),
+        hash: cache::data_hash(BALANCE).expect("an envelope"),
         has_new_data: false,
     };
     let mut g = c.benchmark_group("headers");

@@ -156,14 +156,16 @@ impl ResponseCache {
         }
     }
 
-    /// Stores a 200 body and works out its `x-has-new-data`.
+    /// Stores a 200 body in Mono's envelope and works out its `x-has-new-data`; anything else
+    /// (a CDN's HTML page, a maintenance notice) is refused, never served for a whole TTL.
     pub fn store(
         &self,
         account_key: &str,
         path: &str,
         body: Bytes,
         content_type: Option<HeaderValue>,
-    ) -> Arc<CachedBody> {
+    ) -> Result<Arc<CachedBody>, NotStored> {
+        let hash = storable(content_type.as_ref(), &body)?;
         // Bodies and header values parsed by hyper are slices of the connection's read buffer
         // (8 KiB or more) and would pin all of it for as long as the entry lives (measured:
         // ~9 KiB per cached balance instead of ~0.9 KiB): keep exact copies instead.
@@ -175,7 +177,6 @@ impl ResponseCache {
                 HeaderValue::from_bytes(v.as_bytes()).unwrap_or(v)
             }
         });
-        let hash = data_hash(&body);
         let key: Arc<str> = account_key.into();
         let entry = self.entries.get_with(Arc::clone(&key), Default::default);
         let cached = {
@@ -219,7 +220,7 @@ impl ResponseCache {
         };
         // Re-inserting makes moka weigh the group again with its new size.
         self.entries.insert(key, entry);
-        cached
+        Ok(cached)
     }
 
     /// Drops an account's bodies after a finished sync, remembering their hashes.
@@ -291,19 +292,66 @@ impl ResponseCache {
     }
 }
 
-/// Hash of the envelope's `data` (the timestamp changes on every call; the data does not).
-pub fn data_hash(body: &[u8]) -> u64 {
+/// Why a 200 was not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStored {
+    /// Its `Content-Type` is not JSON.
+    NotJson,
+    /// It is not Mono's envelope: not JSON, no `data`, or `"status": "failed"`.
+    NotEnvelope,
+}
+
+impl NotStored {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            NotStored::NotJson => "not_json",
+            NotStored::NotEnvelope => "not_envelope",
+        }
+    }
+}
+
+/// Whether a 200 may be stored: a JSON body in Mono's envelope. Returns the hash of its `data`.
+pub fn storable(content_type: Option<&HeaderValue>, body: &[u8]) -> Result<u64, NotStored> {
+    if let Some(ct) = content_type {
+        if !is_json(ct.as_bytes()) {
+            return Err(NotStored::NotJson);
+        }
+    }
+    data_hash(body).ok_or(NotStored::NotEnvelope)
+}
+
+/// `application/json` or any `+json` type, parameters aside.
+fn is_json(content_type: &[u8]) -> bool {
+    let essence = content_type
+        .split(|b| *b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    essence.eq_ignore_ascii_case(b"application/json")
+        || (essence.len() > 5 && essence[essence.len() - 5..].eq_ignore_ascii_case(b"+json"))
+}
+
+/// Hash of the `data` of Mono's envelope (the timestamp changes on every call; the data does
+/// not); `None` when the body is not one.
+pub fn data_hash(body: &[u8]) -> Option<u64> {
     #[derive(serde::Deserialize)]
     struct Envelope<'a> {
+        #[serde(borrow, default)]
+        status: Option<std::borrow::Cow<'a, str>>,
         #[serde(borrow)]
         data: Option<&'a serde_json::value::RawValue>,
     }
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    match serde_json::from_slice::<Envelope<'_>>(body) {
-        Ok(Envelope { data: Some(raw) }) => raw.get().hash(&mut h),
-        _ => body.hash(&mut h),
+    let envelope = serde_json::from_slice::<Envelope<'_>>(body).ok()?;
+    if envelope
+        .status
+        .is_some_and(|s| s.eq_ignore_ascii_case("failed"))
+    {
+        return None;
     }
-    h.finish()
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    envelope.data?.get().hash(&mut h);
+    Some(h.finish())
 }
 
 #[cfg(test)]
@@ -328,17 +376,60 @@ mod tests {
         assert_ne!(data_hash(a), data_hash(c));
     }
 
+    #[test]
+    fn only_json_in_monos_envelope_is_storable() {
+        let json = HeaderValue::from_static("application/json; charset=utf-8");
+        let ok = br#"{"status":"successful","data":{"balance":1}}"#;
+        assert!(storable(Some(&json), ok).is_ok());
+        assert!(storable(None, ok).is_ok());
+        let problem = HeaderValue::from_static("application/problem+json");
+        assert!(storable(Some(&problem), ok).is_ok());
+        let html = HeaderValue::from_static("text/html");
+        assert_eq!(storable(Some(&html), ok), Err(NotStored::NotJson));
+        let page = b"<html><body>Down for maintenance</body></html>";
+        assert_eq!(storable(Some(&json), page), Err(NotStored::NotEnvelope));
+        assert_eq!(storable(None, b"[1,2]"), Err(NotStored::NotEnvelope));
+        assert_eq!(
+            storable(None, br#"{"status":"successful","message":"no data"}"#),
+            Err(NotStored::NotEnvelope)
+        );
+        assert_eq!(
+            storable(None, br#"{"status":"FAILED","data":null}"#),
+            Err(NotStored::NotEnvelope)
+        );
+        let cache = ResponseCache::new(&cfg(1 << 20));
+        assert!(cache
+            .store("t:a", "balance", Bytes::from_static(page), Some(html))
+            .is_err());
+        assert!(cache.lookup("t:a", "balance").is_none());
+    }
+
     #[tokio::test]
     async fn has_new_data_follows_syncs() {
         let cache = ResponseCache::new(&cfg(1 << 20));
         let v1 = Bytes::from_static(br#"{"data":{"balance":1}}"#);
         let v2 = Bytes::from_static(br#"{"data":{"balance":2}}"#);
-        assert!(!cache.store("t:a", "balance", v1.clone(), None).has_new_data);
+        assert!(
+            !cache
+                .store("t:a", "balance", v1.clone(), None)
+                .unwrap()
+                .has_new_data
+        );
         cache.invalidate("t:a", None);
         assert!(cache.lookup("t:a", "balance").is_none());
-        assert!(cache.store("t:a", "balance", v2.clone(), None).has_new_data);
+        assert!(
+            cache
+                .store("t:a", "balance", v2.clone(), None)
+                .unwrap()
+                .has_new_data
+        );
         cache.invalidate("t:a", None);
-        assert!(!cache.store("t:a", "balance", v2, None).has_new_data);
+        assert!(
+            !cache
+                .store("t:a", "balance", v2, None)
+                .unwrap()
+                .has_new_data
+        );
         cache.job_started("t:a");
         assert!(!cache.lookup("t:a", "balance").unwrap().has_new_data);
     }
@@ -354,7 +445,9 @@ mod tests {
         let range = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.len();
         let ct = HeaderValue::from_maybe_shared(buf.slice(10..26)).unwrap();
         assert!(range.contains(&(ct.as_bytes().as_ptr() as usize)));
-        let stored = cache.store("t:a", "balance", buf.slice(..10), Some(ct));
+        let stored = cache
+            .store("t:a", "balance", buf.slice(..10), Some(ct))
+            .unwrap();
         assert_eq!(&stored.body[..], br#"{"data":1}"#);
         assert!(!range.contains(&(stored.body.as_ptr() as usize)));
         let stored_ct = stored.content_type.as_ref().unwrap();
@@ -367,7 +460,9 @@ mod tests {
         let cache = ResponseCache::new(&cfg(1 << 24));
         for i in 0..(MAX_PATHS_PER_ACCOUNT + 10) {
             let path = format!("transactions?x={i}");
-            cache.store("t:a", &path, Bytes::from_static(br#"{"data":[]}"#), None);
+            cache
+                .store("t:a", &path, Bytes::from_static(br#"{"data":[]}"#), None)
+                .unwrap();
         }
         assert!(cache.lookup("t:a", "transactions?x=0").is_none());
         let last = format!("transactions?x={}", MAX_PATHS_PER_ACCOUNT + 9);
@@ -377,17 +472,23 @@ mod tests {
     #[tokio::test]
     async fn a_new_job_drops_the_pending_comparison_of_the_last_sync() {
         let cache = ResponseCache::new(&cfg(1 << 20));
-        cache.store("t:a", "balance", Bytes::from_static(br#"{"data":1}"#), None);
+        cache
+            .store("t:a", "balance", Bytes::from_static(br#"{"data":1}"#), None)
+            .unwrap();
         cache.invalidate("t:a", None);
         cache.job_started("t:a");
-        let b = cache.store("t:a", "balance", Bytes::from_static(br#"{"data":2}"#), None);
+        let b = cache
+            .store("t:a", "balance", Bytes::from_static(br#"{"data":2}"#), None)
+            .unwrap();
         assert!(!b.has_new_data);
     }
 
     #[tokio::test(start_paused = true)]
     async fn freshness_moves_from_fresh_to_stale_to_expired() {
         let cache = ResponseCache::new(&cfg(1 << 20));
-        let b = cache.store("t:a", "balance", Bytes::from_static(b"{}"), None);
+        let b = cache
+            .store("t:a", "balance", Bytes::from_static(br#"{"data":1}"#), None)
+            .unwrap();
         assert_eq!(cache.freshness(&b), Freshness::Fresh(60));
         tokio::time::advance(Duration::from_secs(90)).await;
         assert_eq!(cache.freshness(&b), Freshness::Stale(30));

@@ -154,6 +154,17 @@ fn with_ttl(base: &str, ttl: i64) -> Result<HeaderValue, header::InvalidHeaderVa
     HeaderValue::from_bytes(&buf[..n])
 }
 
+/// `Retry-After` (RFC 9110 §10.2.3) as a wait from `now`: delay-seconds or an HTTP date (a date
+/// already past is no wait). `None` when absent or unreadable.
+pub fn retry_after(headers: &HeaderMap, now: std::time::SystemTime) -> Option<std::time::Duration> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(std::time::Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or_default())
+}
+
 /// `true`/`false` as a header value.
 pub fn bool_value(b: bool) -> HeaderValue {
     HeaderValue::from_static(if b { "true" } else { "false" })
@@ -209,5 +220,26 @@ mod tests {
             .ends_with("ttl=-9223372036854775808"));
         set_cache_status(&mut h, CacheResult::Collapsed, None);
         assert!(h[CACHE_STATUS].to_str().unwrap().contains("collapsed"));
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        use std::time::{Duration, SystemTime, UNIX_EPOCH};
+        let now = UNIX_EPOCH + Duration::from_secs(1_445_412_400); // Wed, 21 Oct 2015 07:26:40 GMT
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h, now), None);
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static(" 120 "));
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(120)));
+        h.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(80)));
+        let later = now + Duration::from_secs(3600);
+        assert_eq!(retry_after(&h, later), Some(Duration::ZERO));
+        for garbage in ["soon", "-5", "1.5", ""] {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static(garbage));
+            assert_eq!(retry_after(&h, SystemTime::now()), None, "{garbage:?}");
+        }
     }
 }

@@ -40,6 +40,12 @@ struct WebhookLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotStoredLabels {
+    class: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabel {
     op: &'static str,
 }
@@ -61,6 +67,7 @@ pub struct Metrics {
     connections: Counter,
     polls: Family<OutcomeLabel, Counter>,
     secret_reloads: Family<OutcomeLabel, Counter>,
+    not_stored: Family<NotStoredLabels, Counter>,
     cost_per_call_micros: AtomicU64,
 }
 
@@ -150,6 +157,12 @@ impl Metrics {
             "Secret reloads by result",
             secret_reloads.clone(),
         );
+        let not_stored = Family::<NotStoredLabels, Counter>::default();
+        registry.register(
+            "responses_not_stored",
+            "Mono answers passed through without being stored: 200s outside Mono's JSON envelope (not_json, not_envelope), realtime answers with an invalid x-job-id (bad_job_id)",
+            not_stored.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -166,6 +179,7 @@ impl Metrics {
             connections,
             polls,
             secret_reloads,
+            not_stored,
             cost_per_call_micros: AtomicU64::new(
                 cost_per_call.map_or(0, |c| (c * 1_000_000.0) as u64),
             ),
@@ -259,6 +273,13 @@ impl Metrics {
     /// Counts a job poll.
     pub fn poll(&self, outcome: &'static str) {
         self.polls.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// Counts an answer passed through without being stored, and why.
+    pub fn not_stored(&self, class: &'static str, reason: &'static str) {
+        self.not_stored
+            .get_or_create(&NotStoredLabels { class, reason })
+            .inc();
     }
 
     /// Counts a secret reload.

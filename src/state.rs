@@ -66,13 +66,13 @@ impl State {
         let secrets = Secrets::load(&config)?;
         let metrics = Arc::new(Metrics::new(config.realtime.cost_per_call));
         let upstream = Upstream::new(&config.upstream, Arc::clone(&metrics))?;
-        let store = Store::open(&config.store).await?;
+        let store = Store::open(&config.store, config.realtime.window).await?;
         let (polls, poll_rx) = PollQueue::new(config.jobs.poll);
         let state = Arc::new(State {
             cache: ResponseCache::new(&config.cache),
             inflight: InFlight::default(),
             polls,
-            deliveries: Deliveries::new(),
+            deliveries: Deliveries::new(config.webhook.memory, config.webhook.forward_to.len()),
             secrets: ArcSwap::from_pointee(secrets),
             upstream,
             store,

@@ -70,6 +70,8 @@ pub const DEFAULT_WEBHOOK_PATH: &str = "/webhooks/mono";
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Webhook body limit.
 pub const DEFAULT_WEBHOOK_MAX_BODY: u64 = 1024 * 1024;
+/// Memory for remembering webhook deliveries (event ids and per-target progress), in bytes.
+pub const DEFAULT_WEBHOOK_MEMORY: u64 = 16 * 1024 * 1024;
 /// Redis URL used when the backend is redis and none is given.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// Key prefix in the shared store.
@@ -184,6 +186,9 @@ pub struct RealtimeConfig {
     pub window: Duration,
     /// Estimated cost of one realtime call, to report savings.
     pub cost_per_call: Option<f64>,
+    /// Longest hold a Mono 429's `Retry-After` may impose (default: the window), so a hostile
+    /// or broken value cannot block an account's refreshes for a year.
+    pub max_retry_after: Duration,
 }
 
 /// Response cache settings.
@@ -225,6 +230,8 @@ pub struct WebhookConfig {
     pub timeout: Duration,
     /// Body limit.
     pub max_body: usize,
+    /// Bytes for remembering deliveries (idempotence across Mono's retries); the oldest go first.
+    pub memory: u64,
 }
 
 /// Shared-state settings.

@@ -146,9 +146,11 @@ fn upstream(table: Option<&Table>, env: &dyn Env, errors: &mut Vec<String>) -> U
 
 fn realtime(table: Option<&Table>, errors: &mut Vec<String>) -> RealtimeConfig {
     let mut f = Fields::new("realtime", table, errors);
+    let window = f.duration("window", DEFAULT_WINDOW);
     let r = RealtimeConfig {
-        window: f.duration("window", DEFAULT_WINDOW),
+        window,
         cost_per_call: f.float("cost_per_call"),
+        max_retry_after: f.duration("max_retry_after", window),
     };
     f.finish();
     r
@@ -209,6 +211,7 @@ fn webhook(table: Option<&Table>, env: &dyn Env, errors: &mut Vec<String>) -> We
         forward_to,
         timeout: f.duration("timeout", DEFAULT_WEBHOOK_TIMEOUT),
         max_body: f.size("max_body", DEFAULT_WEBHOOK_MAX_BODY) as usize,
+        memory: f.size("memory", DEFAULT_WEBHOOK_MEMORY),
     };
     f.finish();
     w

@@ -14,6 +14,7 @@ use crate::inflight::Filled;
 use crate::request::context::AccountRead;
 use crate::singleflight::Outcome;
 use crate::state::State;
+use crate::upstream::Fetched;
 
 /// Answers a cached read: hit → answer; miss → fill (collapsed); failure → stale if allowed.
 pub async fn serve(
@@ -101,8 +102,15 @@ async fn fetch_and_store(state: &State, read: &AccountRead) -> Result<Filled, Pr
     let ct = fetched.headers.get(header::CONTENT_TYPE).cloned();
     let stored = state
         .cache
-        .store(&read.account_key(), read.path_key(), body, ct);
-    Ok(Filled::Stored(stored))
+        .store(&read.account_key(), read.path_key(), body.clone(), ct);
+    match stored {
+        Ok(stored) => Ok(Filled::Stored(stored)),
+        Err(why) => {
+            state.metrics.not_stored("cached", why.label());
+            tracing::warn!(account = %read.account, reason = why.label(), "mono answered 200 with a body outside its JSON envelope; passed through, not cached");
+            Ok(Filled::Uncacheable(Arc::new(Fetched { body, ..fetched })))
+        }
+    }
 }
 
 /// Builds the response for a cached body.

@@ -4,21 +4,22 @@
 //! upstream call; a 429 is remembered; failures store nothing so the next call may try again.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Response, StatusCode};
 
 use crate::body::Body;
-use crate::cache::Freshness;
+use crate::cache::{self, Freshness};
 use crate::clock::now_ms;
 use crate::error::ProxyError;
 use crate::headers::{
-    bool_value, header_bool, CacheResult, X_HAS_NEW_DATA, X_JOB_ID, X_JOB_STATUS,
+    bool_value, header_bool, retry_after, CacheResult, X_HAS_NEW_DATA, X_JOB_ID, X_JOB_STATUS,
 };
 use crate::inflight::{Filled, RealtimeAnswer};
 use crate::request::context::AccountRead;
 use crate::request::{cached_read, sync};
+use crate::route::is_valid_id;
 use crate::singleflight::Outcome;
 use crate::state::State;
 use crate::store::{Claim, JobRecord, JobStatus};
@@ -103,13 +104,19 @@ async fn lead(state: &Arc<State>, read: &AccountRead) -> Result<RealtimeAnswer, 
     if let Some(rec) = state.store.get(&key).await?.filter(|r| in_window(state, r)) {
         return from_record(state, read, &rec).await;
     }
-    let lease = state.config.upstream.realtime_timeout + Duration::from_secs(5);
-    if state.store.claim(&key, lease).await? == Claim::Lost {
-        let wait = state.config.upstream.realtime_timeout;
-        return match state.store.wait_record(&key, wait).await? {
-            Some(rec) => from_record(state, read, &rec).await,
-            None => Err(ProxyError::UpstreamTimeout(wait.as_millis() as u64)),
-        };
+    let realtime_timeout = state.config.upstream.realtime_timeout;
+    let lease = realtime_timeout + Duration::from_secs(5);
+    match state.store.claim(&key, lease, realtime_timeout).await? {
+        Claim::Won => {}
+        Claim::Windowed(rec) => return from_record(state, read, &rec).await,
+        Claim::Lost => {
+            return match state.store.wait_record(&key, realtime_timeout).await? {
+                Some(rec) => from_record(state, read, &rec).await,
+                None => Err(ProxyError::UpstreamTimeout(
+                    realtime_timeout.as_millis() as u64
+                )),
+            };
+        }
     }
     let result = forward(state, read).await;
     if !matches!(&result, Ok((_, true))) {
@@ -136,7 +143,7 @@ async fn forward(
     if fetched.status == StatusCode::TOO_MANY_REQUESTS {
         hold_back(state, read, &fetched.headers).await?;
     }
-    let record = started_job(&fetched, read, started_at);
+    let record = started_job(state, &fetched, read, started_at);
     let body = crate::pagination::rewrite(fetched.body, &state.pagination);
     let mut answer = RealtimeAnswer {
         status: fetched.status,
@@ -161,13 +168,18 @@ async fn forward(
     Ok((answer, true))
 }
 
-/// A 429 from Mono: remember it for the key so calls hold back until `Retry-After`.
+/// A 429 from Mono: remember it for the key so calls hold back until `Retry-After` (an unusable
+/// one means the window), never longer than `max_retry_after`.
 async fn hold_back(
     state: &State,
     read: &AccountRead,
     headers: &HeaderMap,
 ) -> Result<(), ProxyError> {
-    let wait = retry_after(headers).unwrap_or(state.config.realtime.window);
+    let realtime = &state.config.realtime;
+    let now = UNIX_EPOCH + Duration::from_millis(now_ms());
+    let wait = retry_after(headers, now)
+        .unwrap_or(realtime.window)
+        .min(realtime.max_retry_after);
     state
         .store
         .set_rate_limit(&read.record_key(), now_ms() + wait.as_millis() as u64)
@@ -176,9 +188,21 @@ async fn hold_back(
     Ok(())
 }
 
-/// The job a realtime answer started: a 2xx carrying `x-job-id`; anything else starts none.
-fn started_job(fetched: &Fetched, read: &AccountRead, started_at: u64) -> Option<JobRecord> {
+/// The job a realtime answer started: a 2xx in Mono's JSON envelope carrying a valid `x-job-id`.
+/// Anything else starts none: it is passed through once and the next call may try again.
+fn started_job(
+    state: &State,
+    fetched: &Fetched,
+    read: &AccountRead,
+    started_at: u64,
+) -> Option<JobRecord> {
     if !fetched.status.is_success() {
+        return None;
+    }
+    let content_type = fetched.headers.get(header::CONTENT_TYPE);
+    if let Err(why) = cache::storable(content_type, &fetched.body) {
+        state.metrics.not_stored("realtime", why.label());
+        tracing::warn!(account = %read.account, reason = why.label(), "mono answered a realtime call with a body outside its JSON envelope; no job recorded");
         return None;
     }
     let job_id = fetched
@@ -187,6 +211,11 @@ fn started_job(fetched: &Fetched, read: &AccountRead, started_at: u64) -> Option
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty())?;
+    if !is_valid_id(job_id) {
+        state.metrics.not_stored("realtime", "bad_job_id");
+        tracing::warn!(account = %read.account, len = job_id.len(), "mono sent an x-job-id that is not a valid id; passed through, not tracked");
+        return None;
+    }
     let status = fetched
         .headers
         .get(X_JOB_STATUS)
@@ -250,27 +279,4 @@ async fn from_record(
         forwarded: false,
         path: read.path_key().to_string(),
     })
-}
-
-/// `Retry-After` in seconds (the HTTP-date form falls back to the window).
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(header::RETRY_AFTER)?.to_str().ok()?;
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_after_reads_seconds() {
-        let mut h = HeaderMap::new();
-        h.insert(header::RETRY_AFTER, HeaderValue::from_static("120"));
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(120)));
-        h.insert(
-            header::RETRY_AFTER,
-            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
-        );
-        assert_eq!(retry_after(&h), None);
-    }
 }

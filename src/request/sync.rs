@@ -132,9 +132,13 @@ pub async fn job_started(
     let akey = read.account_key();
     state.cache.job_started(&akey);
     if let Some((body, content_type)) = body {
-        state
+        // The caller checked the body is storable; a refusal here only means it is not cached.
+        if let Err(why) = state
             .cache
-            .store(&akey, read.path_key(), body, content_type);
+            .store(&akey, read.path_key(), body, content_type)
+        {
+            tracing::debug!(reason = why.label(), "realtime body not cached");
+        }
     }
     state
         .store

@@ -12,12 +12,13 @@ use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
-use crate::body::{collect_limited, Body, CollectError};
+use crate::body::{collect_limited, Body, BrokenBody, CollectError};
+use crate::deliveries::EventKey;
 use crate::error::{envelope, json_response, timestamp, ProxyError};
 use crate::headers::{strip_hop_by_hop, MONO_SEC_KEY, MONO_WEBHOOK_SECRET};
 use crate::request::sync;
+use crate::route::is_valid_id;
 use crate::state::State;
 use crate::store::{JobStatus, JobUpdate};
 
@@ -45,7 +46,7 @@ pub async fn serve(
     let (parts, body) = req.into_parts();
     let body = collect_limited(body, limit).await.map_err(|e| match e {
         CollectError::TooLarge => ProxyError::PayloadTooLarge(limit),
-        CollectError::Read(e) => ProxyError::BadRequest(format!("reading the body failed: {e}")),
+        CollectError::Read(_) => ProxyError::BadRequest(BrokenBody.to_string()),
     })?;
     let event: Value = serde_json::from_slice(&body)
         .map_err(|e| ProxyError::BadRequest(format!("malformed JSON: {e}")))?;
@@ -56,11 +57,11 @@ pub async fn serve(
         .to_string();
     state.metrics.webhook(&name, "received");
 
-    let id = match event.get("event_id").and_then(Value::as_str) {
-        Some(id) => format!("id:{id}"),
-        None => format!("sha256:{:x}", Sha256::digest(&body)),
+    let key = match event.get("event_id").and_then(Value::as_str) {
+        Some(id) => EventKey::id(id),
+        None => EventKey::body(&body),
     };
-    let progress = state.deliveries.progress(id);
+    let progress = state.deliveries.progress(&key);
     // Held across the relay: a retry racing the first delivery waits for it instead of doubling it.
     let mut progress = progress.lock().await;
     if !progress.applied {
@@ -98,7 +99,11 @@ async fn apply(state: &Arc<State>, name: &str, event: &Value) -> Result<(), Prox
     let data = event.get("data").unwrap_or(&Value::Null);
     match name {
         "mono.accounts.jobs.update" => {
-            let id = data.get("id").and_then(Value::as_str);
+            // Job ids are keys and upstream paths: an invalid one is relayed, never applied.
+            let id = data
+                .get("id")
+                .and_then(Value::as_str)
+                .filter(|id| is_valid_id(id));
             let status = data
                 .get("status")
                 .and_then(Value::as_str)
@@ -120,8 +125,12 @@ async fn apply(state: &Arc<State>, name: &str, event: &Value) -> Result<(), Prox
             let Some(update) = sync_update(meta) else {
                 return Ok(());
             };
-            let account = account_id(data);
-            match meta.get("job_id").and_then(Value::as_str) {
+            let account = account_id(data).filter(|a| is_valid_id(a));
+            let job_id = meta
+                .get("job_id")
+                .and_then(Value::as_str)
+                .filter(|id| is_valid_id(id));
+            match job_id {
                 Some(job_id) => sync::apply(state, job_id, &update, account.as_deref()).await,
                 None => {
                     if let Some(account) = account {

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::model::valid_id;
 use super::reply::{failed, json_ok, query_param, read_body, Resp};
-use super::{Fault, FaultSpec, Sandbox};
+use super::{CannedReply, Fault, FaultSpec, Sandbox};
 
 /// Control route bodies are tiny JSON documents.
 const MAX_CONTROL_BODY: usize = 64 * 1024;
@@ -23,6 +23,10 @@ struct FaultRequest {
     status: Option<u16>,
     times: Option<u32>,
     route: Option<String>,
+    #[serde(default)]
+    headers: Vec<(String, String)>,
+    #[serde(default)]
+    body: String,
 }
 
 /// Body of `POST /__sandbox/balance`.
@@ -114,7 +118,8 @@ impl Sandbox {
     }
 }
 
-/// Parses `{"kind": "latency|status|reset|hang|none", "ms", "status", "times", "route"}`.
+/// Parses `{"kind": "latency|status|reset|hang|reply|none", "ms", "status", "headers",
+/// "body", "times", "route"}`.
 fn parse_fault(body: &[u8]) -> Result<Option<FaultSpec>, String> {
     let req: FaultRequest = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let fault = match req.kind.as_str() {
@@ -131,6 +136,11 @@ fn parse_fault(body: &[u8]) -> Result<Option<FaultSpec>, String> {
         }
         "reset" => Fault::Reset,
         "hang" => Fault::Hang,
+        "reply" => Fault::Reply(CannedReply {
+            status: req.status.ok_or("reply fault needs \"status\"")?,
+            headers: req.headers,
+            body: req.body,
+        }),
         other => return Err(format!("unknown fault kind {other:?}")),
     };
     if req.times == Some(0) {

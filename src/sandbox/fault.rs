@@ -23,6 +23,54 @@ pub enum Fault {
     Reset,
     /// Never answer (until the sandbox shuts down).
     Hang,
+    /// Answer exactly this, whatever was asked: a CDN's HTML page, a 429 with some
+    /// `Retry-After`, a body with odd headers.
+    Reply(CannedReply),
+}
+
+/// A response the sandbox answers verbatim (see [`Fault::Reply`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CannedReply {
+    /// Status code.
+    pub status: u16,
+    /// Headers, in order.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: String,
+}
+
+impl CannedReply {
+    /// A reply with this status and body and no headers yet.
+    pub fn new(status: u16, body: impl Into<String>) -> CannedReply {
+        CannedReply {
+            status,
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: &str, value: &str) -> CannedReply {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    fn response(&self) -> Resp {
+        let mut resp = Resp::new(http_body_util::Full::new(bytes::Bytes::from(
+            self.body.clone(),
+        )));
+        *resp.status_mut() =
+            StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        for (name, value) in &self.headers {
+            if let (Ok(n), Ok(v)) = (
+                hyper::header::HeaderName::from_bytes(name.as_bytes()),
+                hyper::header::HeaderValue::from_str(value),
+            ) {
+                resp.headers_mut().append(n, v);
+            }
+        }
+        resp
+    }
 }
 
 impl Fault {
@@ -139,6 +187,7 @@ impl Sandbox {
                 return Ok(Some(failed(status, message)));
             }
             Fault::Reset => return Err(ResetFault),
+            Fault::Reply(reply) => return Ok(Some(reply.response())),
             // The connection task is dropped when the sandbox shuts down.
             Fault::Hang => std::future::pending::<()>().await,
         }

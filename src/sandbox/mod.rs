@@ -15,8 +15,10 @@
 //! - `POST /__sandbox/reset` → zeroes counters, forgets recorded requests, clears the fault;
 //!   `?windows=true` also forgets the realtime windows;
 //! - `POST /__sandbox/fault` with `{"kind":"status","status":503,"times":2}`,
-//!   `{"kind":"latency","ms":200}`, `{"kind":"reset"}`, `{"kind":"hang"}` or `{"kind":"none"}`;
-//!   `times` and `route` (see [`FaultSpec::route`]) are optional on every kind;
+//!   `{"kind":"latency","ms":200}`, `{"kind":"reset"}`, `{"kind":"hang"}`,
+//!   `{"kind":"reply","status":200,"headers":[["content-type","text/html"]],"body":"<html>…"}`
+//!   (answered verbatim) or `{"kind":"none"}`; `times` and `route` (see [`FaultSpec::route`])
+//!   are optional on every kind;
 //! - `GET /__sandbox/requests` → `[{"method","path","query","headers":[[name,value]…],"body"}]`
 //!   with `mono-sec-key` values shown as `[redacted]`;
 //! - `POST /__sandbox/balance` with `{"account":"abc","balance":100,"staged":true}`
@@ -52,7 +54,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-pub use fault::{Fault, FaultSpec};
+pub use fault::{CannedReply, Fault, FaultSpec};
 pub use model::{JobKind, JobState, SandboxJob};
 pub use server::self_signed_cert;
 
