@@ -63,8 +63,10 @@ async fn two_replicas_make_one_realtime_call_for_200_concurrent_calls() {
     let r = TestRedis::start();
     let sb = sandbox(sandbox_config()).await;
     let p = prefix();
-    let a = replica(&sb, &r, &p, TIMEOUT, "").await;
-    let b = replica(&sb, &r, &p, TIMEOUT, "").await;
+    // The default per-operation timeout (50 ms), under a burst on two shared cores: a claim
+    // whose answer comes late is retried, never taken for a win.
+    let a = replica(&sb, &r, &p, "", "").await;
+    let b = replica(&sb, &r, &p, "", "").await;
     assert_eq!(store_state(&a).await, "ok");
 
     let replies = concurrent_realtime(&[&a, &b], "/v2/accounts/acc-many/balance", 200).await;
@@ -230,4 +232,86 @@ async fn proxy_starts_with_redis_down_and_shares_once_it_comes_up() {
     })
     .await;
     assert!(back, "readyz store: {}", store_state(&a).await);
+}
+
+/// Realtime calls for every account, `per` on each replica, all at once; every reply must be a 200.
+async fn burst(replicas: &[&TestProxy], accounts: &[String], per: usize, phase: &str) {
+    let mut tasks = Vec::new();
+    for account in accounts {
+        for proxy in replicas {
+            for _ in 0..per {
+                let url = proxy.url(&format!("/v2/accounts/{account}/balance"));
+                tasks.push(tokio::spawn(async move {
+                    get(&url, &[("x-realtime", "true")]).await
+                }));
+            }
+        }
+    }
+    for t in tasks {
+        let reply = t.await.expect("call task");
+        assert_eq!(reply.status, 200, "{phase}: {}", reply.text());
+        assert!(reply.header("x-job-id").is_some(), "{phase}: no x-job-id");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_realtime_window_survives_redis_pausing_restarting_empty_and_vanishing() {
+    let mut r = TestRedis::private();
+    let sb = sandbox(sandbox_config()).await;
+    let p = prefix();
+    // The default per-operation timeout (50 ms): a claim Redis does not answer in time under a
+    // burst must be retried or waited on, never answered with a second upstream call.
+    let a = replica(&sb, &r, &p, "", "[jobs]\npoll = false").await;
+    let b = replica(&sb, &r, &p, "", "[jobs]\npoll = false").await;
+    let accounts: Vec<String> = (0..120).map(|i| format!("fault{i:03}")).collect();
+    // Every realtime call that reached "Mono": new jobs plus repeats inside Mono's window.
+    let calls =
+        || sb.sandbox.count("balance_realtime") + sb.sandbox.count("balance_realtime_repeat");
+
+    burst(&[&a, &b], &accounts, 2, "healthy").await;
+    assert_eq!(calls(), 120, "one call per account while healthy");
+
+    r.pause();
+    burst(&[&a, &b], &accounts, 1, "redis paused").await;
+    r.resume();
+    burst(&[&a, &b], &accounts, 1, "redis resumed").await;
+    assert_eq!(calls(), 120, "a paused redis let a replica call again");
+
+    r.restart(); // SIGKILL, then an empty redis on the same port
+    burst(&[&a, &b], &accounts, 1, "redis restarted empty").await;
+    for proxy in [&a, &b] {
+        let back = eventually(Duration::from_secs(20), || async {
+            store_state(proxy).await == "ok"
+        })
+        .await;
+        assert!(back, "readyz store: {}", store_state(proxy).await);
+    }
+    burst(&[&a, &b], &accounts, 1, "after re-seeding").await;
+    assert_eq!(calls(), 120, "an empty redis let a replica call again");
+
+    r.stop();
+    burst(&[&a, &b], &accounts, 1, "redis unreachable").await;
+    assert_eq!(
+        calls(),
+        120,
+        "an unreachable redis let a replica call again"
+    );
+    r.restart();
+    for proxy in [&a, &b] {
+        let back = eventually(Duration::from_secs(20), || async {
+            store_state(proxy).await == "ok"
+        })
+        .await;
+        assert!(back, "readyz store: {}", store_state(proxy).await);
+    }
+    burst(&[&a, &b], &accounts, 1, "redis back").await;
+
+    assert_eq!(
+        calls(),
+        120,
+        "exactly one upstream realtime call per account per window"
+    );
+    assert_eq!(sb.sandbox.count("balance_realtime_repeat"), 0);
+    let errors = metric(&a.metrics().await, "mono_proxy_store_errors_total");
+    assert!(errors > 0.0, "the faults never reached the store");
 }

@@ -101,6 +101,15 @@ impl MemoryStore {
     pub fn rate_limit(&self, key: &RecordKey) -> Option<u64> {
         self.rate_limits.get(key).filter(|until| *until > now_ms())
     }
+
+    /// Records started at or after `since_ms` (to re-seed a shared store that lost them).
+    pub fn records_since(&self, since_ms: u64) -> Vec<(RecordKey, JobRecord)> {
+        self.records
+            .iter()
+            .filter(|(_, r)| r.started_at >= since_ms)
+            .map(|(k, r)| ((*k).clone(), r))
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -23,12 +23,14 @@ pub use record::{
 pub use redis::{RedisStore, StoreOpenError};
 
 /// Outcome of claiming the right to make a realtime call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     /// This replica makes the call.
     Won,
     /// Another replica is making it; wait for its record.
     Lost,
+    /// A record covering the window is already stored: answer from it.
+    Windowed(JobRecord),
 }
 
 /// A message every replica applies to its local state.
@@ -62,17 +64,25 @@ pub enum StoreStatus {
     Degraded(String),
 }
 
-/// Why a store operation failed (fail-closed mode only; fail-open falls back silently).
+/// Why a store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The shared store is unreachable and the proxy runs fail-closed.
     #[error("shared store unavailable: {0}")]
     Unavailable(String),
+    /// A realtime claim went unanswered: it may have been taken, so no call is made.
+    #[error("shared store did not confirm the realtime claim: {0}")]
+    ClaimUnknown(String),
 }
 
 impl From<StoreError> for ProxyError {
-    fn from(_: StoreError) -> Self {
-        ProxyError::Unavailable("shared state store unavailable")
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_) => ProxyError::Unavailable("shared state store unavailable"),
+            StoreError::ClaimUnknown(_) => ProxyError::Unavailable(
+                "the shared state store did not confirm the realtime window; retry",
+            ),
+        }
     }
 }
 
@@ -88,11 +98,12 @@ pub enum Store {
 }
 
 impl Store {
-    /// Opens the configured backend; Redis starts degraded (and recovers) when it is down.
-    pub async fn open(cfg: &StoreConfig) -> Result<Store, StoreOpenError> {
+    /// Opens the configured backend for realtime windows of `window`; Redis starts degraded
+    /// (and recovers) when it is down.
+    pub async fn open(cfg: &StoreConfig, window: Duration) -> Result<Store, StoreOpenError> {
         Ok(match cfg.backend {
             Backend::Memory => Store::Memory(MemoryStore::new()),
-            Backend::Redis => Store::Redis(RedisStore::open(cfg).await?),
+            Backend::Redis => Store::Redis(RedisStore::open(cfg, window).await?),
         })
     }
 
@@ -104,12 +115,19 @@ impl Store {
         }
     }
 
-    /// Claims the right to make the realtime call for `key`, for at most `lease`.
-    pub async fn claim(&self, key: &RecordKey, lease: Duration) -> StoreResult<Claim> {
+    /// Claims the right to make the realtime call for `key`, for at most `lease`. A claim whose
+    /// outcome is unknown (Redis too slow to answer) is retried for up to `budget`, never
+    /// guessed: guessing "won" could make a second call inside the window.
+    pub async fn claim(
+        &self,
+        key: &RecordKey,
+        lease: Duration,
+        budget: Duration,
+    ) -> StoreResult<Claim> {
         match self {
             // One process: the local single flight already makes this caller the only one.
             Store::Memory(_) => Ok(Claim::Won),
-            Store::Redis(r) => r.claim(key, lease).await,
+            Store::Redis(r) => r.claim(key, lease, budget).await,
         }
     }
 

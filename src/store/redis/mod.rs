@@ -55,12 +55,16 @@ struct Inner {
     keys: Keys,
     timeout: Duration,
     fail_open: bool,
+    /// The realtime window: claims and re-seeding honour it inside Redis.
+    window: Duration,
     /// This replica's id: lease values and messages carry it.
     replica: String,
     /// Fallback in an outage, and a write-through copy of recent records.
     local: MemoryStore,
     /// Fast check for the request path.
     degraded: AtomicBool,
+    /// A record put failed: Redis is missing something this replica holds (re-seeded later).
+    unsynced: AtomicBool,
     /// Why the store is degraded (set once per outage).
     reason: Mutex<Option<String>>,
     /// Failed Redis operations since start.
@@ -77,26 +81,67 @@ struct Inner {
     check: Arc<Notify>,
 }
 
+/// How one Redis operation failed.
+#[derive(Debug)]
+enum OpError {
+    /// Redis is unreachable, or the store already knows it is down.
+    Down(String),
+    /// No answer in time: the command may or may not have run.
+    Slow(String),
+    /// Redis answered with an error; the connection is fine, so the store stays healthy.
+    Refused(String),
+}
+
+impl OpError {
+    fn reason(self) -> String {
+        match self {
+            OpError::Down(r) | OpError::Slow(r) | OpError::Refused(r) => r,
+        }
+    }
+}
+
 impl Inner {
     /// Runs one Redis operation under the timeout; skipped while degraded.
     async fn run<T>(
         &self,
         op: &'static str,
         fut: impl Future<Output = RedisResult<T>>,
-    ) -> Result<T, String> {
+    ) -> Result<T, OpError> {
         if self.degraded.load(Ordering::Acquire) {
-            return Err(self.reason().unwrap_or_else(|| "redis unreachable".into()));
+            let reason = self.reason().unwrap_or_else(|| "redis unreachable".into());
+            return Err(OpError::Down(reason));
         }
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(self.fail(op, &e.to_string())),
-            Err(_) => {
-                // Slow is not down: fall back for this call only and let the ping decide.
-                self.errors.fetch_add(1, Ordering::Relaxed);
-                self.check.notify_one();
-                tracing::debug!(op, timeout = ?self.timeout, "redis operation timed out");
-                Err(format!("{op}: timed out after {:?}", self.timeout))
+            // The connection's own response timeout: as slow as ours, not down.
+            Ok(Err(e)) if e.is_timeout() => Err(self.slow(op)),
+            Ok(Err(e)) if is_connection_error(&e) => {
+                Err(OpError::Down(self.fail(op, &e.to_string())))
             }
+            Ok(Err(e)) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                let reason = self.scrub(format!("{op}: {e}"));
+                tracing::warn!(op, error = %reason, "redis refused an operation");
+                Err(OpError::Refused(reason))
+            }
+            Err(_) => Err(self.slow(op)),
+        }
+    }
+
+    /// Slow is not down: the operation falls back (or retries) on its own and the health ping
+    /// decides whether Redis is gone.
+    fn slow(&self, op: &'static str) -> OpError {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.check.notify_one();
+        tracing::debug!(op, timeout = ?self.timeout, "redis operation timed out");
+        OpError::Slow(format!("{op}: timed out after {:?}", self.timeout))
+    }
+
+    /// The text with the Redis password replaced.
+    fn scrub(&self, text: String) -> String {
+        match &self.password {
+            Some(p) => text.replace(p.as_str(), "***"),
+            None => text,
         }
     }
 
@@ -105,7 +150,7 @@ impl Inner {
         &self,
         op: &'static str,
         cmd: &redis::Cmd,
-    ) -> Result<T, String> {
+    ) -> Result<T, OpError> {
         let mut conn = self.conn.clone();
         self.run(op, cmd.query_async(&mut conn)).await
     }
@@ -115,7 +160,7 @@ impl Inner {
         &self,
         op: &'static str,
         pipe: &redis::Pipeline,
-    ) -> Result<T, String> {
+    ) -> Result<T, OpError> {
         let mut conn = self.conn.clone();
         self.run(op, pipe.query_async(&mut conn)).await
     }
@@ -125,7 +170,7 @@ impl Inner {
         &self,
         op: &'static str,
         call: &redis::ScriptInvocation<'_>,
-    ) -> Result<T, String> {
+    ) -> Result<T, OpError> {
         let mut conn = self.conn.clone();
         self.run(op, call.invoke_async(&mut conn)).await
     }
@@ -140,10 +185,7 @@ impl Inner {
     /// Counts a failure and turns degraded, logging once per outage.
     fn fail(&self, op: &str, why: &str) -> String {
         self.errors.fetch_add(1, Ordering::Relaxed);
-        let mut reason = format!("{op}: {why}");
-        if let Some(p) = &self.password {
-            reason = reason.replace(p.as_str(), "***");
-        }
+        let reason = self.scrub(format!("{op}: {why}"));
         let mut current = self
             .reason
             .lock()
@@ -173,11 +215,11 @@ impl Inner {
     }
 
     /// The local answer (fail open) or the outage (fail closed).
-    fn fallback<T>(&self, reason: String, local: impl FnOnce() -> T) -> StoreResult<T> {
+    fn fallback<T>(&self, failure: OpError, local: impl FnOnce() -> T) -> StoreResult<T> {
         if self.fail_open {
             Ok(local())
         } else {
-            Err(StoreError::Unavailable(reason))
+            Err(StoreError::Unavailable(failure.reason()))
         }
     }
 
@@ -185,6 +227,11 @@ impl Inner {
     fn owner(&self) -> String {
         format!("{}:", self.replica)
     }
+}
+
+/// Whether an error means Redis could not be reached (rather than that it answered "no").
+fn is_connection_error(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
 }
 
 /// The Redis-backed store (spec §7): a cheap handle over the connection and its tasks.
@@ -195,15 +242,18 @@ pub struct RedisStore {
 impl RedisStore {
     /// Connects to Redis as the shared store; never blocks startup for more than about a second
     /// and starts degraded when Redis is down (it recovers by itself).
-    pub async fn open(cfg: &StoreConfig) -> Result<RedisStore, StoreOpenError> {
+    pub async fn open(cfg: &StoreConfig, window: Duration) -> Result<RedisStore, StoreOpenError> {
         let shown = redact_url(&cfg.redis_url);
         let client =
             Client::open(cfg.redis_url.as_str()).map_err(|source| StoreOpenError::BadUrl {
                 url: shown.clone(),
                 source,
             })?;
+        // Each operation bounds itself with `cfg.timeout`; the connection's own response
+        // timeout only catches what nothing else waits on, and must not cut the health ping
+        // (which allows itself longer) short.
         let manager = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(cfg.timeout))
+            .set_response_timeout(Some(cfg.timeout.max(tasks::HEALTH_TIMEOUT)))
             .set_connection_timeout(Some(cfg.timeout.max(MIN_CONNECT_TIMEOUT)))
             .set_number_of_retries(3)
             .set_min_delay(Duration::from_millis(50))
@@ -223,9 +273,11 @@ impl RedisStore {
             keys: Keys::new(&cfg.prefix),
             timeout: cfg.timeout,
             fail_open: cfg.fail_open,
+            window,
             replica: uuid::Uuid::new_v4().simple().to_string(),
             local: MemoryStore::new(),
             degraded: AtomicBool::new(false),
+            unsynced: AtomicBool::new(false),
             reason: Mutex::new(None),
             errors: AtomicU64::new(0),
             events,

@@ -1,5 +1,6 @@
 //! The store operations against Redis, each falling back to the embedded store on failure.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,8 +9,8 @@ use tokio::time::Instant;
 
 use super::keys::VERSION;
 use super::keys::{decode_record, encode_record, lease_claimed_at, Event, JobRef, StoredNote};
-use super::scripts::{PUT, RELEASE, SWAP};
-use super::RedisStore;
+use super::scripts::{CLAIM, PUT, RELEASE, SEED, SWAP};
+use super::{Inner, OpError, RedisStore};
 use crate::clock::now_ms;
 use crate::store::{
     apply_update, Broadcast, Claim, JobRecord, JobUpdate, OwnedRecord, RecordKey, StoreError,
@@ -20,9 +21,15 @@ use crate::store::{
 const WAIT_REREAD: Duration = Duration::from_millis(250);
 /// Optimistic job updates retry this many times when another replica wrote in between.
 const UPDATE_ATTEMPTS: usize = 8;
+/// An unanswered claim is retried after this long, doubling up to `CLAIM_RETRY_MAX`.
+const CLAIM_RETRY_MIN: Duration = Duration::from_millis(20);
+const CLAIM_RETRY_MAX: Duration = Duration::from_millis(200);
+/// A record put that Redis does not answer is tried this many times.
+const PUT_ATTEMPTS: u32 = 4;
 
 impl RedisStore {
-    /// The record of a key (written through to the local copy).
+    /// The record of a key: Redis's, unless the local copy started later (Redis lost it in a
+    /// restart, or a job started here during an outage). Written through to the local copy.
     pub async fn get(&self, key: &RecordKey) -> StoreResult<Option<JobRecord>> {
         let s = &*self.inner;
         let read = s
@@ -30,38 +37,70 @@ impl RedisStore {
             .await;
         match read {
             Ok(text) => {
-                let record = text.as_deref().and_then(decode_record).map(|s| s.record);
+                let remote = text.as_deref().and_then(decode_record).map(|s| s.record);
+                let record = newest(remote, s.local.get(key));
                 if let Some(r) = &record {
                     s.local.put(key, r);
                 }
                 Ok(record)
             }
-            Err(reason) => s.fallback(reason, || s.local.get(key)),
+            Err(failure) => s.fallback(failure, || s.local.get(key)),
         }
     }
 
-    /// Claims the window for `key` with `SET NX PX`.
-    pub async fn claim(&self, key: &RecordKey, lease: Duration) -> StoreResult<Claim> {
+    /// Claims the window for `key` in one script that also honours a stored record whose window
+    /// is open. An unanswered attempt is retried with the same lease value (so a claim that did
+    /// land is recognised as ours) until `budget` runs out; its outcome is never guessed.
+    pub async fn claim(
+        &self,
+        key: &RecordKey,
+        lease: Duration,
+        budget: Duration,
+    ) -> StoreResult<Claim> {
         let s = &*self.inner;
-        let lk = s.keys.lease(key);
+        let (lk, rk) = (s.keys.lease(key), s.keys.record(key));
         let value = format!("{}{}", s.owner(), now_ms());
-        let ms = (lease.as_millis() as u64).max(1);
-        let set = s
-            .cmd::<Option<String>>(
-                "claim",
-                redis::cmd("SET")
-                    .arg(&lk)
-                    .arg(&value)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ms),
-            )
-            .await;
-        match set {
-            Ok(Some(_)) => Ok(Claim::Won),
-            Ok(None) => Ok(Claim::Lost),
-            // Fail open: the local single flight already made this caller the only one here.
-            Err(reason) => s.fallback(reason, || Claim::Won),
+        let lease_ms = (lease.as_millis() as u64).max(1);
+        let window_ms = s.window.as_millis() as u64;
+        let deadline = Instant::now() + budget;
+        let mut backoff = CLAIM_RETRY_MIN;
+        let mut unanswered = None;
+        loop {
+            let mut call = CLAIM.key(&lk);
+            call.key(&rk)
+                .arg(&value)
+                .arg(lease_ms)
+                .arg(window_ms)
+                .arg(now_ms());
+            match s.script::<(i64, String)>("claim", &call).await {
+                Ok((1, _)) => return Ok(Claim::Won),
+                Ok((2, text)) => {
+                    if let Some(stored) = decode_record(&text) {
+                        s.local.put(key, &stored.record);
+                        return Ok(Claim::Windowed(stored.record));
+                    }
+                    // A record of another version holds the window: wait for it like a lease.
+                    return Ok(Claim::Lost);
+                }
+                Ok(_) => return Ok(Claim::Lost),
+                Err(OpError::Slow(reason)) => {
+                    if Instant::now() + backoff >= deadline {
+                        return Err(StoreError::ClaimUnknown(reason));
+                    }
+                    unanswered = Some(reason);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(CLAIM_RETRY_MAX);
+                }
+                // An earlier attempt may have landed: Redis going down now does not make this
+                // caller the only one. Nor does an error reply: the window is not known.
+                Err(OpError::Down(reason)) if unanswered.is_some() => {
+                    return Err(StoreError::ClaimUnknown(reason));
+                }
+                Err(OpError::Refused(reason)) => return Err(StoreError::ClaimUnknown(reason)),
+                // Down from the start: fail open, the local single flight made this caller the
+                // only one here (and the caller checked the local record first).
+                Err(failure) => return s.fallback(failure, || Claim::Won),
+            }
         }
     }
 
@@ -77,7 +116,10 @@ impl RedisStore {
         }
     }
 
-    /// Stores the record and its index, shortens our lease to the window, wakes waiters.
+    /// Stores the record and its index, shortens our lease to the window, wakes waiters. A slow
+    /// Redis gets a few more tries; the claim is never given back after a call was made (that
+    /// would let another replica call inside the window), and a record Redis never got is put
+    /// back by the re-seed when Redis recovers.
     pub async fn put(&self, key: &RecordKey, record: &JobRecord, ttl: Duration) -> StoreResult<()> {
         let s = &*self.inner;
         s.local.put(key, record);
@@ -104,16 +146,18 @@ impl RedisStore {
             .arg(window_left)
             .arg(s.keys.stored())
             .arg(&note);
-        let done = s.script::<i64>("put", &call).await;
-        match done {
-            Ok(_) => Ok(()),
-            Err(reason) => {
-                // Replicas that lost the claim wait for this record; let them claim instead of
-                // waiting out the lease. (Skipped while degraded: the lease expires on its own.)
-                if let Err(e) = self.release(key).await {
-                    tracing::debug!(error = %e, "could not give back the claim after a failed put");
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match s.script::<i64>("put", &call).await {
+                Ok(_) => return Ok(()),
+                Err(OpError::Slow(_)) if attempts < PUT_ATTEMPTS => {
+                    tokio::time::sleep(CLAIM_RETRY_MIN * attempts).await;
                 }
-                s.fallback(reason, || ())
+                Err(failure) => {
+                    s.unsynced.store(true, Ordering::Release);
+                    return s.fallback(failure, || ());
+                }
             }
         }
     }
@@ -132,7 +176,29 @@ impl RedisStore {
         let lk = s.keys.lease(key);
         let deadline = Instant::now() + timeout;
         let mut claimed_at: Option<u64> = None;
+        let mut first = true;
         loop {
+            if !first {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Ok(None);
+                }
+                let nap = WAIT_REREAD.min(deadline - now);
+                let _ = tokio::time::timeout(nap, async {
+                    loop {
+                        match wake.recv().await {
+                            Ok(k) if k == rk => return,
+                            Ok(_) => {}
+                            Err(broadcast::error::RecvError::Lagged(_)) => return,
+                            Err(broadcast::error::RecvError::Closed) => {
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                    }
+                })
+                .await;
+            }
+            first = false;
             let read = s
                 .pipe::<(Option<String>, Option<String>)>(
                     "wait_record",
@@ -141,7 +207,9 @@ impl RedisStore {
                 .await;
             let (record, lease) = match read {
                 Ok(r) => r,
-                Err(reason) => return s.fallback(reason, || s.local.get(key)),
+                // Slow: the record may be there already; read again after the nap.
+                Err(OpError::Slow(_)) => continue,
+                Err(failure) => return s.fallback(failure, || s.local.get(key)),
             };
             let record = record.as_deref().and_then(decode_record).map(|s| s.record);
             let lease_at = lease.as_deref().and_then(lease_claimed_at);
@@ -162,24 +230,6 @@ impl RedisStore {
                 (None, None) => return Ok(record),
                 _ => {}
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(None);
-            }
-            let nap = WAIT_REREAD.min(deadline - now);
-            let _ = tokio::time::timeout(nap, async {
-                loop {
-                    match wake.recv().await {
-                        Ok(k) if k == rk => return,
-                        Ok(_) => {}
-                        Err(broadcast::error::RecvError::Lagged(_)) => return,
-                        Err(broadcast::error::RecvError::Closed) => {
-                            std::future::pending::<()>().await;
-                        }
-                    }
-                }
-            })
-            .await;
         }
     }
 
@@ -187,7 +237,7 @@ impl RedisStore {
     async fn load_job(
         &self,
         job_id: &str,
-    ) -> Result<Option<(RecordKey, String, JobRecord)>, String> {
+    ) -> Result<Option<(RecordKey, String, JobRecord)>, OpError> {
         let s = &*self.inner;
         let index = s
             .cmd::<Option<String>>("job", redis::cmd("GET").arg(s.keys.job(job_id)))
@@ -206,7 +256,7 @@ impl RedisStore {
         }
     }
 
-    /// The record holding `job_id`, with its tenant.
+    /// The record holding `job_id`, with its tenant; the local copy when Redis lost it.
     pub async fn job(&self, job_id: &str) -> StoreResult<Option<OwnedRecord>> {
         let s = &*self.inner;
         match self.load_job(job_id).await {
@@ -214,8 +264,8 @@ impl RedisStore {
                 s.local.put(&key, &record);
                 Ok(Some((key.tenant, record)))
             }
-            Ok(None) => Ok(None),
-            Err(reason) => s.fallback(reason, || s.local.job(job_id)),
+            Ok(None) => Ok(s.local.job(job_id)),
+            Err(failure) => s.fallback(failure, || s.local.job(job_id)),
         }
     }
 
@@ -229,7 +279,8 @@ impl RedisStore {
         for _ in 0..UPDATE_ATTEMPTS {
             let (key, old, record) = match self.load_job(job_id).await {
                 Ok(Some(found)) => found,
-                Ok(None) => return Ok(None),
+                // Redis lost it (a restart): the local copy is updated and put back.
+                Ok(None) => return Ok(self.update_local(job_id, update).await),
                 Err(reason) => return s.fallback(reason, || s.local.update_job(job_id, update)),
             };
             let next = apply_update(&record, update);
@@ -288,16 +339,31 @@ impl RedisStore {
         }
     }
 
-    /// The fleet-wide 429 deadline of `key`, if one is in force.
+    /// The fleet-wide 429 deadline of `key` (or this replica's, if later), if one is in force.
     pub async fn rate_limit(&self, key: &RecordKey) -> StoreResult<Option<u64>> {
         let s = &*self.inner;
         let read = s
             .cmd::<Option<u64>>("rate_limit", redis::cmd("GET").arg(s.keys.rate_limit(key)))
             .await;
         match read {
-            Ok(until) => Ok(until.filter(|u| *u > now_ms())),
-            Err(reason) => s.fallback(reason, || s.local.rate_limit(key)),
+            Ok(until) => {
+                let remote = until.filter(|u| *u > now_ms());
+                Ok(remote.max(s.local.rate_limit(key)))
+            }
+            Err(failure) => s.fallback(failure, || s.local.rate_limit(key)),
         }
+    }
+
+    /// Applies an update to the local copy of a job Redis no longer holds, and puts the record
+    /// back into Redis so the other replicas see it again.
+    async fn update_local(&self, job_id: &str, update: &JobUpdate) -> Option<Transition> {
+        let s = &*self.inner;
+        let t = s.local.update_job(job_id, update)?;
+        let key = RecordKey::new(&t.tenant, &t.record.account, t.record.kind);
+        if let Err(e) = seed(s, &key, &t.record).await {
+            tracing::debug!(error = %e.reason(), job_id, "could not put a lost record back");
+        }
+        Some(t)
     }
 
     /// Sends a message to every other replica.
@@ -321,4 +387,47 @@ impl RedisStore {
             Err(reason) => s.fallback(reason, || ()),
         }
     }
+}
+
+/// The later-started of two records for one key (Redis's on a tie: its status may be newer).
+fn newest(remote: Option<JobRecord>, local: Option<JobRecord>) -> Option<JobRecord> {
+    match (remote, local) {
+        (Some(r), Some(l)) if l.started_at > r.started_at => Some(l),
+        (Some(r), _) => Some(r),
+        (None, l) => l,
+    }
+}
+
+/// The [`SEED`] script call for one record.
+fn seed_call<'a>(s: &Inner, key: &RecordKey, record: &JobRecord) -> redis::ScriptInvocation<'a> {
+    let retention = s.window.max(RECORD_RETENTION).as_millis() as u64;
+    let mut call = SEED.key(s.keys.record(key));
+    call.key(s.keys.job(&record.job_id))
+        .key(s.keys.lease(key))
+        .arg(encode_record(&key.tenant, record))
+        .arg(record.started_at)
+        .arg(retention)
+        .arg(JobRef::encode(key))
+        .arg(format!("{}{}", s.owner(), record.started_at))
+        .arg(s.window.as_millis() as u64)
+        .arg(now_ms());
+    call
+}
+
+/// Puts one record back into Redis unless Redis holds a better one (see [`SEED`]).
+async fn seed(s: &Inner, key: &RecordKey, record: &JobRecord) -> Result<i64, OpError> {
+    s.script::<i64>("seed", &seed_call(s, key, record)).await
+}
+
+/// After Redis comes back (or turns out to have restarted empty), puts back every record this
+/// replica holds whose window is still open, so no replica claims inside it. Returns how many
+/// were written.
+pub(super) async fn reseed(s: &Inner) -> Result<usize, OpError> {
+    let since = now_ms().saturating_sub(s.window.as_millis() as u64);
+    let mut written = 0;
+    for (key, record) in s.local.records_since(since) {
+        written += usize::from(seed(s, &key, &record).await? == 1);
+    }
+    s.unsynced.store(false, Ordering::Release);
+    Ok(written)
 }
