@@ -11,10 +11,12 @@
 //! `LOAD_IDS=100`, `LOAD_BURST=200`, `LOAD_MAX_REQS=1000000` (per row).
 //! Loopback only; the children are killed on exit and on panic (a Drop guard).
 
+mod support;
+
 use std::error::Error;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,91 +29,12 @@ use hyper_util::rt::TokioIo;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-type BoxError = Box<dyn Error + Send + Sync>;
+use support::{cpu_ticks, env_u64, free_addr, rss_kib, target_dir, BoxError, Children};
 
 /// The key the sandbox accepts by default (the proxy gets it through `MONO_SEC_KEY`).
 const SANDBOX_KEY: &str = "test_sk_sandbox";
 /// Linux reports process CPU in ticks of 1/100 s.
 const CLK_TCK: f64 = 100.0;
-/// How long a child gets to start listening.
-const START_TIMEOUT: Duration = Duration::from_secs(15);
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Kills (by PID, through `Child`) and reaps every child when dropped, also on panic.
-struct Children(Vec<(&'static str, Child)>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for (name, child) in &mut self.0 {
-            if let Err(e) = child.kill() {
-                eprintln!("load: killing {name} (pid {}): {e}", child.id());
-            }
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Children {
-    fn spawn(&mut self, name: &'static str, cmd: &mut Command) -> Result<u32, BoxError> {
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("spawning {name}: {e}"))?;
-        let pid = child.id();
-        self.0.push((name, child));
-        Ok(pid)
-    }
-
-    /// Waits (bounded) until `addr` accepts connections, failing early if the child exited.
-    fn wait_listening(&mut self, name: &str, addr: SocketAddr) -> Result<(), BoxError> {
-        let started = Instant::now();
-        while started.elapsed() < START_TIMEOUT {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return Ok(());
-            }
-            for (n, child) in &mut self.0 {
-                if *n == name {
-                    if let Some(status) = child.try_wait()? {
-                        return Err(format!("{name} exited during start: {status}").into());
-                    }
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Err(format!("{name} did not listen on {addr} within {START_TIMEOUT:?}").into())
-    }
-}
-
-/// A loopback port nobody holds right now.
-fn free_addr() -> Result<SocketAddr, BoxError> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-/// utime + stime of a process, in ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the ")" that closes the command name: state is field 3, utime 14, stime 15.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-/// `VmRSS` of a process in KiB.
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
 
 /// What one load run saw.
 #[derive(Default)]
@@ -537,13 +460,6 @@ fn draw_chart(path: &Path, rows: &[Row], caption: &str) -> Result<(), Box<dyn Er
     }
     root.present()?;
     Ok(())
-}
-
-/// Where cargo puts build output: `CARGO_TARGET_DIR`, else `<crate>/target`.
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
 }
 
 fn machine() -> String {

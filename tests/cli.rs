@@ -289,3 +289,65 @@ async fn the_secret_key_never_appears_in_the_output() {
         "part of the secret leaked"
     );
 }
+
+#[tokio::test]
+async fn credentials_in_a_bad_redis_url_never_reach_the_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let (listen, admin) = (free_addr(), free_addr());
+    for url in [
+        "http://user:hunter2@127.0.0.1:1",
+        "redis:/user:hunter2@127.0.0.1:1",
+        "user:hunter2@127.0.0.1:1",
+    ] {
+        let text = format!(
+            "{}\n[store]\nbackend = \"redis\"\nredis_url = \"{url}\"\n",
+            run_config(listen, admin, "http://127.0.0.1:9")
+        );
+        let config = write_config(dir.path(), &text);
+        let out = check(dir.path(), &config).await;
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{url}: {printed}");
+        assert!(printed.contains("store.redis_url"), "{url}: {printed}");
+        assert!(!printed.contains("hunter2"), "{url}: {printed}");
+
+        // Start-up refuses the same file the same way.
+        let mut cmd = mono_proxy(dir.path());
+        cmd.arg("--config").arg(&config).env("MONO_SEC_KEY", KEY);
+        let mut proc = Proc::spawn(cmd, dir.path());
+        assert!(!proc.wait().await.success());
+        let output = proc.output();
+        assert!(output.contains("store.redis_url"), "{url}: {output}");
+        assert!(!output.contains("hunter2"), "{url}: {output}");
+    }
+}
+
+#[tokio::test]
+async fn a_redis_password_never_appears_in_the_log_of_a_running_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (listen, admin) = (free_addr(), free_addr());
+    // Nothing listens on port 1: the store starts degraded and says why.
+    let text = format!(
+        "{}\n[store]\nbackend = \"redis\"\nredis_url = \"redis://user:hunter2@127.0.0.1:1/0\"\n",
+        run_config(listen, admin, "http://127.0.0.1:9")
+    );
+    let config = write_config(dir.path(), &text);
+    let mut cmd = mono_proxy(dir.path());
+    cmd.arg("--config")
+        .arg(&config)
+        .env("MONO_SEC_KEY", KEY)
+        .env("RUST_LOG", "trace");
+    let mut proc = Proc::spawn(cmd, dir.path());
+    listening(listen, &proc).await;
+    let ready = bounded_get(&format!("http://{admin}/readyz"), &[]).await;
+    assert!(ready.text().contains("degraded"), "{}", ready.text());
+    assert!(!ready.text().contains("hunter2"), "{}", ready.text());
+    proc.terminate().await;
+    proc.wait().await;
+    let output = proc.output();
+    assert!(output.contains("redis"), "{output}");
+    assert!(!output.contains("hunter2"), "{output}");
+}

@@ -160,13 +160,7 @@ async fn redis_outage_serves_locally_and_sharing_returns_after_restart() {
     assert_eq!(get(&a.admin("/readyz"), &[]).await.status, 200);
 
     r.restart();
-    for proxy in [&a, &b] {
-        let back = eventually(Duration::from_secs(20), || async {
-            store_state(proxy).await == "ok"
-        })
-        .await;
-        assert!(back, "readyz store: {}", store_state(proxy).await);
-    }
+    shared_again(&[&a, &b]).await;
     let before = sb.sandbox.count("balance_realtime");
     let repeats = sb.sandbox.count("balance_realtime_repeat");
     let replies = concurrent_realtime(&[&a, &b], "/v2/accounts/acc-after/balance", 20).await;
@@ -234,6 +228,17 @@ async fn proxy_starts_with_redis_down_and_shares_once_it_comes_up() {
     assert!(back, "readyz store: {}", store_state(&a).await);
 }
 
+/// Waits until every replica reports its shared store healthy again.
+async fn shared_again(replicas: &[&TestProxy]) {
+    for proxy in replicas {
+        let back = eventually(Duration::from_secs(20), || async {
+            store_state(proxy).await == "ok"
+        })
+        .await;
+        assert!(back, "readyz store: {}", store_state(proxy).await);
+    }
+}
+
 /// Realtime calls for every account, `per` on each replica, all at once; every reply must be a 200.
 async fn burst(replicas: &[&TestProxy], accounts: &[String], per: usize, phase: &str) {
     let mut tasks = Vec::new();
@@ -279,13 +284,7 @@ async fn the_realtime_window_survives_redis_pausing_restarting_empty_and_vanishi
 
     r.restart(); // SIGKILL, then an empty redis on the same port
     burst(&[&a, &b], &accounts, 1, "redis restarted empty").await;
-    for proxy in [&a, &b] {
-        let back = eventually(Duration::from_secs(20), || async {
-            store_state(proxy).await == "ok"
-        })
-        .await;
-        assert!(back, "readyz store: {}", store_state(proxy).await);
-    }
+    shared_again(&[&a, &b]).await;
     burst(&[&a, &b], &accounts, 1, "after re-seeding").await;
     assert_eq!(calls(), 120, "an empty redis let a replica call again");
 
@@ -297,13 +296,7 @@ async fn the_realtime_window_survives_redis_pausing_restarting_empty_and_vanishi
         "an unreachable redis let a replica call again"
     );
     r.restart();
-    for proxy in [&a, &b] {
-        let back = eventually(Duration::from_secs(20), || async {
-            store_state(proxy).await == "ok"
-        })
-        .await;
-        assert!(back, "readyz store: {}", store_state(proxy).await);
-    }
+    shared_again(&[&a, &b]).await;
     burst(&[&a, &b], &accounts, 1, "redis back").await;
 
     assert_eq!(

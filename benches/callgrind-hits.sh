@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Instructions per cache hit of proxy binaries, by callgrind (deterministic, unlike req/s on a
+# shared machine). Bench only, loopback only.
+#
+#   benches/callgrind-hits.sh /tmp/old-mono-proxy /tmp/new-mono-proxy
+#
+# Each binary runs twice under valgrind against the peer harness's upstream, serving N1 and N2
+# cache hits (wrk, 4 connections, 10 accounts); instructions per hit = difference / (N2 - N1).
+set -u
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+BENCH=${BENCH:-/work/shared/bench}
+export RUN_DIR=${RUN_DIR:-/dev/shm/mono-bench} LATENCY_MS=${LATENCY_MS:-50}
+CTL=$BENCH/peers/ctl.sh
+N1=${N1:-2000}
+N2=${N2:-12000}
+"$CTL" start upstream >/dev/null 2>&1 || { echo "callgrind-hits: cannot start the harness upstream" >&2; exit 1; }
+trap '"$CTL" stop upstream >/dev/null 2>&1' EXIT
+run() { # bin hits -> total instructions
+  local bin=$1 n=$2 out
+  out=$(mktemp)
+  MONO_SEC_KEY=test_sk_bench valgrind --tool=callgrind --callgrind-out-file="$out" \
+      "$bin" --config "$HERE/peer.toml" >/dev/null 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/18083) 2>/dev/null && break; sleep 0.2; done
+  for k in $(seq 0 9); do
+    curl -s -o /dev/null "http://127.0.0.1:18083/v2/accounts/666b166ce06b$(printf %03d "$k")/balance"
+  done
+  BENCH_IDS=10 BENCH_THREADS=1 BENCH_MAX_REQS=$n wrk -t1 -c4 -d120s -s "$BENCH/wrk/ids.lua" \
+      http://127.0.0.1:18083 >/dev/null 2>&1
+  kill -INT $pid; wait $pid 2>/dev/null
+  awk '/^(summary|totals):/ {print $2; exit}' "$out"
+  rm -f "$out"
+}
+for bin in "$@"; do
+  a=$(run "$bin" "$N1"); b=$(run "$bin" "$N2")
+  echo "$bin: $(( (b - a) / (N2 - N1) )) instructions per hit ($a at $N1 hits, $b at $N2)"
+done

@@ -1,0 +1,114 @@
+//! What the whole-proxy benches share: child processes started and reaped by PID, free loopback
+//! ports, and readings of a process from `/proc`.
+#![allow(dead_code)]
+
+use std::error::Error;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The error type of the benches.
+pub type BoxError = Box<dyn Error + Send + Sync>;
+
+/// How long a child gets to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A number from the environment, or `default`.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Kills (by PID, through `Child`) and reaps every child when dropped, also on panic.
+pub struct Children(pub Vec<(&'static str, Child)>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (name, child) in &mut self.0 {
+            if let Err(e) = child.kill() {
+                eprintln!("load: killing {name} (pid {}): {e}", child.id());
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Children {
+    /// Starts a child whose stderr shows through (its warnings are worth seeing).
+    pub fn spawn(&mut self, name: &'static str, cmd: &mut Command) -> Result<u32, BoxError> {
+        self.start(name, cmd.stderr(Stdio::inherit()))
+    }
+
+    /// Starts a child whose output is dropped (a proxy logging every request at `info`).
+    pub fn spawn_quiet(&mut self, name: &'static str, cmd: &mut Command) -> Result<u32, BoxError> {
+        self.start(name, cmd.stderr(Stdio::null()))
+    }
+
+    fn start(&mut self, name: &'static str, cmd: &mut Command) -> Result<u32, BoxError> {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("spawning {name}: {e}"))?;
+        let pid = child.id();
+        self.0.push((name, child));
+        Ok(pid)
+    }
+
+    /// Waits (bounded) until `addr` accepts connections, failing early if the child exited.
+    pub fn wait_listening(&mut self, name: &str, addr: SocketAddr) -> Result<(), BoxError> {
+        let started = Instant::now();
+        while started.elapsed() < START_TIMEOUT {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            for (n, child) in &mut self.0 {
+                if *n == name {
+                    if let Some(status) = child.try_wait()? {
+                        return Err(format!("{name} exited during start: {status}").into());
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!("{name} did not listen on {addr} within {START_TIMEOUT:?}").into())
+    }
+}
+
+/// A loopback port nobody holds right now.
+pub fn free_addr() -> Result<SocketAddr, BoxError> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// utime + stime of a process, in ticks.
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the ")" that closes the command name: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// `VmRSS` of a process in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Open file descriptors of a process.
+pub fn open_fds(pid: u32) -> Option<u64> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
+}
+
+/// Where cargo puts build output: `CARGO_TARGET_DIR`, else `<crate>/target`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+}
