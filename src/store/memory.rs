@@ -55,10 +55,22 @@ impl MemoryStore {
         self.records.get(key)
     }
 
-    /// Stores a record and indexes it by job id.
+    /// Stores a record and indexes it by job id. The job it replaces leaves the index: a
+    /// replaced job is no longer known here, and its entry would only hold memory for a day.
     pub fn put(&self, key: &RecordKey, record: &JobRecord) {
+        if let Some(old) = self.records.get(key) {
+            if old.job_id != record.job_id {
+                self.jobs.invalidate(&old.job_id);
+            }
+        }
         self.records.insert(key.clone(), record.clone());
         self.jobs.insert(record.job_id.clone(), key.clone());
+    }
+
+    /// Jobs indexed now (for tests and the soak).
+    pub fn indexed_jobs(&self) -> u64 {
+        self.jobs.run_pending_tasks();
+        self.jobs.entry_count()
     }
 
     /// The record holding `job_id`, with its tenant.
@@ -132,5 +144,19 @@ mod tests {
         assert!(!store.update_job("j1", &update).unwrap().changed);
         assert_eq!(store.get(&key).unwrap().status, JobStatus::Finished);
         assert!(store.update_job("unknown", &update).is_none());
+    }
+
+    #[test]
+    fn a_replaced_job_leaves_the_index() {
+        let store = MemoryStore::new();
+        let key = RecordKey::new(&"t".into(), "a", Kind::Balance);
+        for i in 0..100 {
+            let mut r = sample(JobStatus::Finished);
+            r.job_id = format!("j{i}");
+            store.put(&key, &r);
+        }
+        assert_eq!(store.indexed_jobs(), 1);
+        assert!(store.job("j98").is_none());
+        assert!(store.job("j99").is_some());
     }
 }
