@@ -224,6 +224,22 @@ impl Upstream {
         result
     }
 
+    /// Counts one call to Mono under its request class, with its status or error kind.
+    fn record(
+        &self,
+        class: &'static str,
+        status: Result<StatusCode, &ProxyError>,
+        started: Instant,
+    ) {
+        let label = match status {
+            Ok(s) => s.as_str().to_string(),
+            // The client's body was too large or broken: the upstream did nothing wrong.
+            Err(ProxyError::PayloadTooLarge(_) | ProxyError::BadRequest(_)) => return,
+            Err(e) => e.kind().to_string(),
+        };
+        self.metrics.upstream(class, &label, started.elapsed());
+    }
+
     /// Sends a request that is not a call to Mono (a webhook relay): not counted as one.
     pub async fn relay(
         &self,
@@ -282,23 +298,6 @@ impl Upstream {
             Ok(r) => r,
             Err(_) => Err(ProxyError::UpstreamTimeout(timeout.as_millis() as u64)),
         }
-    }
-}
-
-impl Upstream {
-    fn record(
-        &self,
-        class: &'static str,
-        status: Result<StatusCode, &ProxyError>,
-        started: Instant,
-    ) {
-        let label = match status {
-            Ok(s) => s.as_str().to_string(),
-            // The client's body was too large or broken: the upstream did nothing wrong.
-            Err(ProxyError::PayloadTooLarge(_) | ProxyError::BadRequest(_)) => return,
-            Err(e) => e.kind().to_string(),
-        };
-        self.metrics.upstream(class, &label, started.elapsed());
     }
 }
 
