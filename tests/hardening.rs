@@ -12,16 +12,6 @@ use support::*;
 
 const BALANCE: &str = "/v2/accounts/hard1/balance";
 
-/// Asserts Mono's failed envelope.
-fn assert_envelope(body: &serde_json::Value) {
-    assert_eq!(body["status"], "failed", "{body}");
-    assert!(
-        body["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
-    assert!(body["data"].is_null(), "{body}");
-}
-
 #[tokio::test]
 async fn methods_mono_does_not_use_are_refused_and_never_forwarded() {
     let sb = sandbox(sandbox_config()).await;

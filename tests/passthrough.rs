@@ -22,17 +22,6 @@ use tokio::net::TcpStream;
 /// Upper bound for any single exchange: a hang fails the test instead of stalling it.
 const CALL_BOUND: Duration = Duration::from_secs(10);
 
-/// Asserts Mono's failed envelope.
-fn assert_envelope(body: &Value) {
-    assert_eq!(body["status"], "failed", "{body}");
-    assert!(
-        body["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
-    assert!(body["timestamp"].as_str().is_some(), "{body}");
-    assert!(body["data"].is_null(), "{body}");
-}
-
 /// One request through the harness client, bounded so a hang fails.
 async fn bounded(method: Method, url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
     tokio::time::timeout(

@@ -67,8 +67,9 @@ impl MemoryStore {
         self.jobs.insert(record.job_id.clone(), key.clone());
     }
 
-    /// Jobs indexed now (for tests and the soak).
-    pub fn indexed_jobs(&self) -> u64 {
+    /// Jobs indexed now.
+    #[cfg(test)]
+    fn indexed_jobs(&self) -> u64 {
         self.jobs.run_pending_tasks();
         self.jobs.entry_count()
     }

@@ -405,6 +405,17 @@ fn wait_for_port(port: u16) {
     panic!("redis-server did not listen on 127.0.0.1:{port} within 10 s");
 }
 
+/// Asserts Mono's failed envelope: `status`, a message, a timestamp, `data: null`.
+pub fn assert_envelope(body: &Value) {
+    assert_eq!(body["status"], "failed", "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(body["timestamp"].as_str().is_some(), "{body}");
+    assert!(body["data"].is_null(), "{body}");
+}
+
 /// A raw HTTP/1.1 exchange: what the proxy answered to exactly these bytes.
 pub struct Raw {
     pub status: u16,

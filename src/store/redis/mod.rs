@@ -3,12 +3,14 @@
 //! The key layout is in [`keys`], the atomic multi-key changes in [`scripts`], the operations in
 //! [`ops`] and the background tasks (health ping, pub/sub) in [`tasks`].
 //!
-//! Failure semantics: every operation has a short timeout. On a connection error the store turns
-//! degraded: it logs once, counts the error, and answers from an embedded [`MemoryStore`] (fail
-//! open) or with [`StoreError::Unavailable`] (fail closed) until a background ping finds Redis
-//! again. While degraded no operation waits on Redis, so an outage costs requests nothing. A
-//! timeout falls back for that one operation and asks the health task to ping at once: one slow
-//! answer under a burst must not push every replica onto local state for a while.
+//! Failure semantics: every operation has a short timeout. On a broken connection, or two health
+//! pings in a row without an answer, the store turns degraded: it logs once, counts the error,
+//! and answers from an embedded [`MemoryStore`] (fail open) or with [`StoreError::Unavailable`]
+//! (fail closed) until a ping finds Redis again, then puts back the open windows it holds. While
+//! degraded no operation waits on Redis, so an outage costs requests nothing. A timeout is slow,
+//! not down: reads fall back to the local copy for that call, waiters read again, and a claim is
+//! retried (its outcome is never guessed), because one slow answer under a burst must not push
+//! every replica onto local state, where each may call Mono on its own.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
