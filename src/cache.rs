@@ -165,6 +165,20 @@ impl ResponseCache {
         body: Bytes,
         content_type: Option<HeaderValue>,
     ) -> Result<Arc<CachedBody>, NotStored> {
+        self.store_aged(account_key, path, body, content_type, Duration::ZERO)
+    }
+
+    /// [`ResponseCache::store`] for a body fetched `age` ago (by another replica).
+    pub fn store_aged(
+        &self,
+        account_key: &str,
+        path: &str,
+        body: Bytes,
+        content_type: Option<HeaderValue>,
+        age: Duration,
+    ) -> Result<Arc<CachedBody>, NotStored> {
+        let now = Instant::now();
+        let stored_at = now.checked_sub(age).unwrap_or(now);
         let hash = storable(content_type.as_ref(), &body)?;
         // Bodies and header values parsed by hyper are slices of the connection's read buffer
         // (8 KiB or more) and would pin all of it for as long as the entry lives (measured:
@@ -202,7 +216,7 @@ impl ResponseCache {
             let cached = Arc::new(CachedBody {
                 body,
                 content_type,
-                stored_at: Instant::now(),
+                stored_at,
                 hash,
                 has_new_data,
             });
@@ -364,6 +378,8 @@ mod tests {
             max_stale: Duration::from_secs(60),
             max_bytes,
             refresh_ahead: false,
+            shared: false,
+            shared_max_entry: 1024,
         }
     }
 

@@ -82,6 +82,11 @@ impl EventKey {
         )
     }
 
+    /// The digest in hex: the event's name in the shared store (half the digest: 128 bits).
+    pub fn hex(&self) -> String {
+        hex(&self.0[..16])
+    }
+
     /// An older event without an id, by its body.
     pub fn body(body: &[u8]) -> EventKey {
         EventKey(
@@ -92,6 +97,23 @@ impl EventKey {
                 .into(),
         )
     }
+}
+
+/// The name of a relay target in the shared store: a digest of its URL, so reordering
+/// `forward_to` does not make a target look new.
+pub fn target_step(target: &str) -> String {
+    let digest = Sha256::digest(target.as_bytes());
+    format!("relay:{}", hex(&digest[..8]))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 #[cfg(test)]

@@ -77,6 +77,8 @@ pub fn new_request_id() -> HeaderValue {
 pub enum CacheResult {
     /// Served from a fresh entry.
     Hit,
+    /// Served from a fresh entry another replica stored in the shared (Redis) tier.
+    SharedHit,
     /// Fetched from the upstream (and stored when cacheable).
     Miss,
     /// Served from an expired entry because the upstream failed.
@@ -89,7 +91,7 @@ impl CacheResult {
     /// The `x-cache` value and metric label.
     pub fn as_str(self) -> &'static str {
         match self {
-            CacheResult::Hit => "HIT",
+            CacheResult::Hit | CacheResult::SharedHit => "HIT",
             CacheResult::Miss => "MISS",
             CacheResult::Stale => "STALE",
             CacheResult::Collapsed => "COLLAPSED",
@@ -99,7 +101,7 @@ impl CacheResult {
     /// The lowercase metric label.
     pub fn label(self) -> &'static str {
         match self {
-            CacheResult::Hit => "hit",
+            CacheResult::Hit | CacheResult::SharedHit => "hit",
             CacheResult::Miss => "miss",
             CacheResult::Stale => "stale",
             CacheResult::Collapsed => "collapsed",
@@ -111,6 +113,7 @@ impl CacheResult {
 pub fn set_cache_status(headers: &mut HeaderMap, result: CacheResult, ttl: Option<i64>) {
     let base = match result {
         CacheResult::Hit => "mono-proxy; hit",
+        CacheResult::SharedHit => "mono-proxy; hit; detail=shared",
         CacheResult::Miss => "mono-proxy; fwd=miss",
         CacheResult::Stale => "mono-proxy; fwd=stale",
         CacheResult::Collapsed => "mono-proxy; hit; collapsed",

@@ -20,6 +20,8 @@ use crate::upstream::Fetched;
 pub enum Filled {
     /// A 200, now cached.
     Stored(Arc<CachedBody>),
+    /// A body another replica fetched, taken from the shared tier and now cached here.
+    Shared(Arc<CachedBody>),
     /// Anything else, passed through uncached.
     Uncacheable(Arc<Fetched>),
 }

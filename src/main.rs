@@ -112,6 +112,13 @@ fn check(path: Option<PathBuf>) -> ExitCode {
                 "config ok: listen {}, upstream {}",
                 c.listen, c.upstream.base_url
             );
+            println!("store: {}", c.store.describe());
+            if c.cache.shared {
+                println!(
+                    "cache: shared tier in redis, entries up to {}",
+                    bytesize::ByteSize(c.cache.shared_max_entry)
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

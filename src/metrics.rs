@@ -68,6 +68,7 @@ pub struct Metrics {
     polls: Family<OutcomeLabel, Counter>,
     secret_reloads: Family<OutcomeLabel, Counter>,
     not_stored: Family<NotStoredLabels, Counter>,
+    shared_cache: Family<OutcomeLabel, Counter>,
     cost_per_call_micros: AtomicU64,
 }
 
@@ -163,8 +164,15 @@ impl Metrics {
             "Mono answers passed through without being stored: 200s outside Mono's JSON envelope (not_json, not_envelope), realtime answers with an invalid x-job-id (bad_job_id)",
             not_stored.clone(),
         );
+        let shared_cache = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "shared_cache",
+            "Shared (Redis) cache tier lookups on an in-process miss, by outcome: hit, fill (this replica fetched for the fleet), waited (another replica's fill answered), wait_timeout, skipped (Redis degraded or slow), too_large",
+            shared_cache.clone(),
+        );
         Metrics {
             registry,
+            shared_cache,
             requests,
             upstream,
             upstream_seconds,
@@ -184,6 +192,13 @@ impl Metrics {
                 cost_per_call.map_or(0, |c| (c * 1_000_000.0) as u64),
             ),
         }
+    }
+
+    /// Counts a shared cache tier outcome.
+    pub fn shared_cache(&self, outcome: &'static str) {
+        self.shared_cache
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
 
     /// Counts an answered request.

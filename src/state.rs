@@ -66,7 +66,7 @@ impl State {
         let secrets = Secrets::load(&config)?;
         let metrics = Arc::new(Metrics::new(config.realtime.cost_per_call));
         let upstream = Upstream::new(&config.upstream, Arc::clone(&metrics))?;
-        let store = Store::open(&config.store, config.realtime.window).await?;
+        let store = Store::open(&config.store, &config.cache, config.realtime.window).await?;
         let (polls, poll_rx) = PollQueue::new(config.jobs.poll);
         let state = Arc::new(State {
             cache: ResponseCache::new(&config.cache),

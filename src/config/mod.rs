@@ -78,6 +78,8 @@ pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_STORE_PREFIX: &str = "mono-proxy";
 /// Redis operations give up after this long: Redis is a local hop, not worth waiting on.
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(50);
+/// Largest body kept in the shared (Redis) cache tier.
+pub const DEFAULT_SHARED_MAX_ENTRY: u64 = 1024 * 1024;
 
 /// What to do with a `mono-sec-key` an app sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,6 +204,10 @@ pub struct CacheConfig {
     pub max_bytes: u64,
     /// Fetch the balance once when a sync finishes so the next read is a hit.
     pub refresh_ahead: bool,
+    /// Keep bodies in Redis too (the fleet's shared tier), behind the in-process cache.
+    pub shared: bool,
+    /// Bodies larger than this stay out of the shared tier.
+    pub shared_max_entry: u64,
 }
 
 /// Job poller settings.
@@ -247,6 +253,93 @@ pub struct StoreConfig {
     pub timeout: Duration,
     /// Serve from local state when Redis is down (true) or answer 503 (false).
     pub fail_open: bool,
+    /// Extra trusted CA certificates (PEM) for `rediss://`; replaces the built-in web roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS.
+    pub client_key: Option<PathBuf>,
+    /// The Redis password when not in the URL: `password_file` or `MONO_PROXY_REDIS_PASSWORD`.
+    pub password: SecretSource,
+    /// Redis Cluster seed nodes; when set, `redis_url` is not used.
+    pub cluster_nodes: Vec<String>,
+    /// Sentinel addresses; when set, the master named `sentinel_master` is followed.
+    pub sentinels: Vec<String>,
+    /// The master name the sentinels monitor.
+    pub sentinel_master: Option<String>,
+}
+
+/// How the proxy reaches Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    /// One server (or a managed endpoint that looks like one).
+    Single,
+    /// Redis Cluster, from seed nodes.
+    Cluster,
+    /// A master found through Sentinel.
+    Sentinel,
+}
+
+impl StoreConfig {
+    /// Which form of Redis the config names.
+    pub fn topology(&self) -> Topology {
+        if !self.cluster_nodes.is_empty() {
+            Topology::Cluster
+        } else if !self.sentinels.is_empty() {
+            Topology::Sentinel
+        } else {
+            Topology::Single
+        }
+    }
+
+    /// The data-node URLs this config connects to (the sentinels' own for Sentinel).
+    pub fn urls(&self) -> Vec<&str> {
+        match self.topology() {
+            Topology::Single => vec![self.redis_url.as_str()],
+            Topology::Cluster => self.cluster_nodes.iter().map(String::as_str).collect(),
+            Topology::Sentinel => self.sentinels.iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// Whether the connection uses TLS.
+    pub fn tls(&self) -> bool {
+        self.urls().iter().any(|u| u.starts_with("rediss://"))
+    }
+
+    /// One line saying what the store connects to, passwords redacted (for `check` and logs).
+    pub fn describe(&self) -> String {
+        if self.backend == Backend::Memory {
+            return "memory (this process only)".to_string();
+        }
+        let urls: Vec<String> = self.urls().iter().map(|u| redact_url(u)).collect();
+        let mut line = match self.topology() {
+            Topology::Single => format!("redis {}", urls.join(", ")),
+            Topology::Cluster => format!("redis cluster, seeds {}", urls.join(", ")),
+            Topology::Sentinel => format!(
+                "redis sentinel, master {:?} via {}",
+                self.sentinel_master.as_deref().unwrap_or_default(),
+                urls.join(", ")
+            ),
+        };
+        if self.tls() {
+            match &self.ca_file {
+                Some(ca) => line.push_str(&format!("; TLS, CA {}", ca.display())),
+                None => line.push_str("; TLS, web PKI roots"),
+            }
+            if let Some(cert) = &self.client_cert {
+                line.push_str(&format!(", client certificate {}", cert.display()));
+            }
+        }
+        match &self.password {
+            SecretSource::File(p) => {
+                line.push_str(&format!("; password from {}", p.display()));
+            }
+            SecretSource::Value(_) => line.push_str("; password from MONO_PROXY_REDIS_PASSWORD"),
+            SecretSource::None => {}
+        }
+        line.push_str(&format!("; prefix {:?}", self.prefix));
+        line
+    }
 }
 
 // By hand: the Redis URL may carry a password, and `Debug` output ends up in logs.
@@ -258,6 +351,27 @@ impl fmt::Debug for StoreConfig {
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .field("fail_open", &self.fail_open)
+            .field("ca_file", &self.ca_file)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
+            .field("password", &self.password)
+            .field(
+                "cluster_nodes",
+                &self
+                    .cluster_nodes
+                    .iter()
+                    .map(|u| redact_url(u))
+                    .collect::<Vec<_>>(),
+            )
+            .field(
+                "sentinels",
+                &self
+                    .sentinels
+                    .iter()
+                    .map(|u| redact_url(u))
+                    .collect::<Vec<_>>(),
+            )
+            .field("sentinel_master", &self.sentinel_master)
             .finish()
     }
 }

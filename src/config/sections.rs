@@ -38,10 +38,10 @@ pub(super) fn build_config(root: &Table, env: &dyn Env, errors: &mut Vec<String>
     let server = server(section(root, "server", errors), errors);
     let upstream = upstream(section(root, "upstream", errors), env, errors);
     let realtime = realtime(section(root, "realtime", errors), errors);
-    let cache = cache(section(root, "cache", errors), &realtime, errors);
     let jobs = jobs(section(root, "jobs", errors), errors);
     let webhook = webhook(section(root, "webhook", errors), env, errors);
     let store = store(section(root, "store", errors), env, errors);
+    let cache = cache(section(root, "cache", errors), &realtime, &store, errors);
     let log = log(section(root, "log", errors), env, errors);
     let clients = clients(root.get("clients"), env, errors);
     Config {
@@ -161,15 +161,25 @@ fn realtime(table: Option<&Table>, errors: &mut Vec<String>) -> RealtimeConfig {
 fn cache(
     table: Option<&Table>,
     realtime: &RealtimeConfig,
+    store: &StoreConfig,
     errors: &mut Vec<String>,
 ) -> CacheConfig {
     let mut f = Fields::new("cache", table, errors);
+    let redis = store.backend == Backend::Redis;
     let c = CacheConfig {
         ttl: f.duration("ttl", realtime.window),
         max_stale: f.duration("max_stale", DEFAULT_MAX_STALE),
         max_bytes: f.size("max_bytes", DEFAULT_CACHE_MAX_BYTES),
         refresh_ahead: f.bool("refresh_ahead", false),
+        shared: f.bool("shared", redis),
+        shared_max_entry: f.size("shared_max_entry", DEFAULT_SHARED_MAX_ENTRY),
     };
+    if c.shared && !redis {
+        f.problem(
+            "shared",
+            "the shared cache tier lives in Redis: set [store] backend = \"redis\"",
+        );
+    }
     f.finish();
     c
 }
@@ -219,39 +229,134 @@ fn webhook(table: Option<&Table>, env: &dyn Env, errors: &mut Vec<String>) -> We
 
 fn store(table: Option<&Table>, env: &dyn Env, errors: &mut Vec<String>) -> StoreConfig {
     let mut f = Fields::new("store", table, errors);
-    let backend = f.choice(
+    let backend_given = table.is_some_and(|t| t.contains_key("backend"))
+        || env.var("MONO_PROXY_STORE_BACKEND").is_some();
+    let mut backend = f.choice(
         "backend",
-        None,
+        env.var("MONO_PROXY_STORE_BACKEND"),
         &[("memory", Backend::Memory), ("redis", Backend::Redis)],
     );
     let redis_url = f
         .env_or_string("redis_url", env.var("MONO_PROXY_REDIS_URL"))
         .unwrap_or_else(|| DEFAULT_REDIS_URL.to_string());
-    if !["redis://", "rediss://", "redis+unix://", "unix://"]
-        .iter()
-        .any(|scheme| redis_url.starts_with(scheme))
-    {
-        let shown = redact_url(&redis_url);
-        f.problem(
-            "redis_url",
-            format!("{shown:?} is not a redis:// or rediss:// URL"),
-        );
+    redis_url_problem(&mut f, "redis_url", &redis_url);
+    let cluster_nodes = f.strings("cluster_nodes").unwrap_or_default();
+    for node in &cluster_nodes {
+        redis_url_problem(&mut f, "cluster_nodes", node);
     }
+    let sentinels = f.strings("sentinels").unwrap_or_default();
+    for sentinel in &sentinels {
+        redis_url_problem(&mut f, "sentinels", sentinel);
+    }
+    let sentinel_master = f.string("sentinel_master");
     let prefix = f
         .string("prefix")
         .unwrap_or_else(|| DEFAULT_STORE_PREFIX.to_string());
-    if prefix.is_empty() || prefix.contains(char::is_whitespace) {
-        f.problem("prefix", "must be non-empty without spaces");
+    if prefix.is_empty() || prefix.contains(char::is_whitespace) || prefix.contains(['{', '}']) {
+        f.problem("prefix", "must be non-empty, without spaces or braces");
     }
-    let s = StoreConfig {
+    let password = f.secret("password_file", env.var("MONO_PROXY_REDIS_PASSWORD"));
+    let mut s = StoreConfig {
         backend,
         redis_url,
         prefix,
         timeout: f.duration("timeout", DEFAULT_STORE_TIMEOUT),
         fail_open: f.bool("fail_open", true),
+        ca_file: f.string("ca_file").map(PathBuf::from),
+        client_cert: f.string("client_cert").map(PathBuf::from),
+        client_key: f.string("client_key").map(PathBuf::from),
+        password,
+        cluster_nodes,
+        sentinels,
+        sentinel_master,
     };
+    // Naming a cluster or sentinels is asking for Redis; an explicit "memory" is a contradiction.
+    let fleet = !s.cluster_nodes.is_empty() || !s.sentinels.is_empty();
+    if fleet && !backend_given {
+        backend = Backend::Redis;
+        s.backend = backend;
+    }
+    store_problems(&mut f, &s);
     f.finish();
     s
+}
+
+/// A Redis URL must say `redis://` or `rediss://` (or a unix socket).
+fn redis_url_problem(f: &mut Fields<'_, '_>, key: &str, url: &str) {
+    if !["redis://", "rediss://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|scheme| url.starts_with(scheme))
+    {
+        let shown = redact_url(url);
+        f.problem(key, format!("{shown:?} is not a redis:// or rediss:// URL"));
+    }
+}
+
+/// The combinations of `[store]` keys that cannot work together, and unreadable files.
+fn store_problems(f: &mut Fields<'_, '_>, s: &StoreConfig) {
+    let fleet = !s.cluster_nodes.is_empty() || !s.sentinels.is_empty();
+    if fleet && s.backend == Backend::Memory {
+        f.problem(
+            "backend",
+            "\"memory\" contradicts cluster_nodes / sentinels; use backend = \"redis\"",
+        );
+    }
+    if !s.cluster_nodes.is_empty() && !s.sentinels.is_empty() {
+        f.problem(
+            "sentinels",
+            "cluster_nodes and sentinels are exclusive: Redis Cluster does not use Sentinel",
+        );
+    }
+    match (&s.sentinel_master, s.sentinels.is_empty()) {
+        (None, false) => f.problem(
+            "sentinel_master",
+            "required with sentinels: the master name the sentinels monitor",
+        ),
+        (Some(_), true) => f.problem("sentinel_master", "set sentinels as well"),
+        _ => {}
+    }
+    if s.sentinel_master.as_deref().is_some_and(str::is_empty) {
+        f.problem("sentinel_master", "must not be empty");
+    }
+    let urls = s.urls();
+    let tls = urls.iter().filter(|u| u.starts_with("rediss://")).count();
+    if tls != 0 && tls != urls.len() {
+        f.problem(
+            "cluster_nodes",
+            "mixes redis:// and rediss://; every node must use the same scheme",
+        );
+    }
+    if tls == 0 && s.backend == Backend::Redis {
+        for (key, set) in [
+            ("ca_file", s.ca_file.is_some()),
+            ("client_cert", s.client_cert.is_some()),
+        ] {
+            if set {
+                f.problem(key, "takes effect only with rediss:// (TLS) URLs");
+            }
+        }
+    }
+    if s.client_cert.is_some() != s.client_key.is_some() {
+        f.problem("client_key", "client_cert and client_key go together");
+    }
+    for (key, path) in [
+        ("ca_file", &s.ca_file),
+        ("client_cert", &s.client_cert),
+        ("client_key", &s.client_key),
+    ] {
+        if let Some(path) = path {
+            if let Err(e) = std::fs::metadata(path) {
+                f.problem(key, format!("cannot read {}: {e}", path.display()));
+            }
+        }
+    }
+    let url_passwords = urls.iter().any(|u| url_password(u).is_some());
+    if url_passwords && s.password != SecretSource::None {
+        f.problem(
+            "password_file",
+            "the URL holds a password too; give it in one place (MONO_PROXY_REDIS_PASSWORD, password_file or the URL)",
+        );
+    }
 }
 
 fn log(table: Option<&Table>, env: &dyn Env, errors: &mut Vec<String>) -> LogConfig {

@@ -14,6 +14,7 @@ use crate::inflight::Filled;
 use crate::request::context::AccountRead;
 use crate::singleflight::Outcome;
 use crate::state::State;
+use crate::store::{BodyKey, SharedBody, SharedLookup};
 use crate::upstream::Fetched;
 
 /// Answers a cached read: hit → answer; miss → fill (collapsed); failure → stale if allowed.
@@ -43,6 +44,18 @@ pub async fn serve(
     match (filled, stale) {
         (Ok(Filled::Stored(body)), _) => {
             let ttl = state.cache.ttl().as_secs() as i64;
+            Ok((respond(&body, result, Some(ttl)), result))
+        }
+        (Ok(Filled::Shared(body)), _) => {
+            let result = if led {
+                CacheResult::SharedHit
+            } else {
+                CacheResult::Collapsed
+            };
+            let ttl = match state.cache.freshness(&body) {
+                Freshness::Fresh(ttl) => ttl,
+                _ => 0,
+            };
             Ok((respond(&body, result, Some(ttl)), result))
         }
         (Ok(Filled::Uncacheable(f)), Some((body, past))) if f.status.is_server_error() => Ok((
@@ -86,29 +99,134 @@ pub async fn fill(state: &Arc<State>, read: &AccountRead) -> (Result<Filled, Pro
     (result, led)
 }
 
-/// The fill itself: a plain GET; a 200 is stored, anything else passed on.
+/// The fill itself. With the shared tier, Redis is asked first: a body another replica fetched
+/// is taken as is; a fill already running elsewhere is waited for (bounded); otherwise this
+/// replica fetches for the whole fleet and hands the body to the tier.
 async fn fetch_and_store(state: &State, read: &AccountRead) -> Result<Filled, ProxyError> {
-    let req = state
+    let key = BodyKey {
+        tenant: &read.tenant.id,
+        account: &read.account,
+        path: read.path_key(),
+    };
+    // The fleet's lease lasts as long as one fetch may: past it, the waiters fetch themselves.
+    let lease = state.config.upstream.timeout + Duration::from_secs(1);
+    let ticket = match state.store.shared_lookup(&key, lease).await {
+        SharedLookup::Hit(shared) => {
+            if let Some(filled) = adopt(state, read, shared) {
+                state.metrics.shared_cache("hit");
+                return Ok(filled);
+            }
+            None
+        }
+        SharedLookup::Wait => match state.store.shared_wait(&key, lease).await {
+            Some(shared) => {
+                if let Some(filled) = adopt(state, read, shared) {
+                    state.metrics.shared_cache("waited");
+                    return Ok(filled);
+                }
+                None
+            }
+            None => {
+                state.metrics.shared_cache("wait_timeout");
+                None
+            }
+        },
+        SharedLookup::Fill(ticket) => {
+            state.metrics.shared_cache("fill");
+            Some(ticket)
+        }
+        SharedLookup::Off => {
+            if state.config.cache.shared {
+                state.metrics.shared_cache("skipped");
+            }
+            None
+        }
+    };
+    let (filled, shared) = fetch(state, read).await;
+    if let Some(ticket) = ticket {
+        // Also when nothing was stored: the lease goes back and the waiters wake.
+        if shared
+            .as_ref()
+            .is_some_and(|b| b.body.len() as u64 > state.config.cache.shared_max_entry)
+        {
+            state.metrics.shared_cache("too_large");
+        }
+        state.store.shared_fill(&key, ticket, shared.as_ref()).await;
+    }
+    filled
+}
+
+/// A plain GET: a 200 is stored (and returned as Mono sent it, for the shared tier), anything
+/// else passed on.
+async fn fetch(
+    state: &State,
+    read: &AccountRead,
+) -> (Result<Filled, ProxyError>, Option<SharedBody>) {
+    let req = match state
         .upstream
-        .get(&read.target(), &read.tenant.key, &read.request_id, false)?;
-    let fetched = state
+        .get(&read.target(), &read.tenant.key, &read.request_id, false)
+    {
+        Ok(req) => req,
+        Err(e) => return (Err(e), None),
+    };
+    let fetched = match state
         .upstream
         .fetch("cached", req, state.config.upstream.timeout)
-        .await?;
+        .await
+    {
+        Ok(f) => f,
+        Err(e) => return (Err(e), None),
+    };
     if fetched.status != StatusCode::OK {
-        return Ok(Filled::Uncacheable(Arc::new(fetched)));
+        return (Ok(Filled::Uncacheable(Arc::new(fetched))), None);
     }
+    let raw = fetched.body.clone();
     let body = crate::pagination::rewrite(fetched.body, &state.pagination);
     let ct = fetched.headers.get(header::CONTENT_TYPE).cloned();
-    let stored = state
-        .cache
-        .store(&read.account_key(), read.path_key(), body.clone(), ct);
+    let stored = state.cache.store(
+        &read.account_key(),
+        read.path_key(),
+        body.clone(),
+        ct.clone(),
+    );
     match stored {
-        Ok(stored) => Ok(Filled::Stored(stored)),
+        Ok(stored) => {
+            let shared = SharedBody {
+                body: raw,
+                content_type: ct.and_then(|v| v.to_str().ok().map(str::to_string)),
+                stored_at_ms: crate::clock::now_ms(),
+            };
+            (Ok(Filled::Stored(stored)), Some(shared))
+        }
         Err(why) => {
             state.metrics.not_stored("cached", why.label());
             tracing::warn!(account = %read.account, reason = why.label(), "mono answered 200 with a body outside its JSON envelope; passed through, not cached");
-            Ok(Filled::Uncacheable(Arc::new(Fetched { body, ..fetched })))
+            (
+                Ok(Filled::Uncacheable(Arc::new(Fetched { body, ..fetched }))),
+                None,
+            )
+        }
+    }
+}
+
+/// Takes a body from the shared tier into this replica's cache, with the age it has.
+fn adopt(state: &State, read: &AccountRead, shared: SharedBody) -> Option<Filled> {
+    let age = Duration::from_millis(crate::clock::now_ms().saturating_sub(shared.stored_at_ms));
+    let body = crate::pagination::rewrite(shared.body, &state.pagination);
+    let ct = shared
+        .content_type
+        .and_then(|v| HeaderValue::from_str(&v).ok());
+    match state
+        .cache
+        .store_aged(&read.account_key(), read.path_key(), body, ct, age)
+    {
+        Ok(stored) => Some(Filled::Shared(stored)),
+        Err(why) => {
+            tracing::debug!(
+                reason = why.label(),
+                "ignoring an unusable shared cache entry"
+            );
+            None
         }
     }
 }

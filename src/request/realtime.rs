@@ -247,7 +247,7 @@ async fn from_record(
     let body = match held {
         Some(b) => b,
         None => match cached_read::fill(state, read).await.0? {
-            Filled::Stored(b) => b,
+            Filled::Stored(b) | Filled::Shared(b) => b,
             Filled::Uncacheable(f) => {
                 return Ok(RealtimeAnswer {
                     status: f.status,

@@ -80,9 +80,15 @@ pub async fn apply_to_account(
     Ok(())
 }
 
-/// A sync finished: drop the account's cached bodies here and on every replica.
+/// A sync finished: drop the account's cached bodies here, in the shared tier, and on every
+/// replica. The shared tier goes before the broadcast: a replica that drops its copy on the
+/// broadcast and misses at once must not find the pre-sync body in Redis.
 pub async fn invalidate(state: &Arc<State>, account: &str, has_new_data: Option<bool>) {
     invalidate_local(state, account, has_new_data);
+    if state.config.cache.shared {
+        let tenants = state.secrets.load().tenant_ids();
+        state.store.shared_invalidate(&tenants, account).await;
+    }
     let msg = Broadcast::Invalidate {
         account: account.to_string(),
         has_new_data,

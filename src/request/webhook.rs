@@ -14,13 +14,13 @@ use hyper::body::Incoming;
 use serde_json::Value;
 
 use crate::body::{collect_limited, Body, BrokenBody, CollectError};
-use crate::deliveries::EventKey;
+use crate::deliveries::{target_step, EventKey};
 use crate::error::{envelope, json_response, timestamp, ProxyError};
 use crate::headers::{strip_hop_by_hop, MONO_SEC_KEY, MONO_WEBHOOK_SECRET};
 use crate::request::sync;
 use crate::route::is_valid_id;
 use crate::state::State;
-use crate::store::{JobStatus, JobUpdate};
+use crate::store::{JobStatus, JobUpdate, StepClaim};
 
 /// Handles one delivery from Mono.
 pub async fn serve(
@@ -64,14 +64,40 @@ pub async fn serve(
     let progress = state.deliveries.progress(&key);
     // Held across the relay: a retry racing the first delivery waits for it instead of doubling it.
     let mut progress = progress.lock().await;
+    // The same steps fleet-wide: a retry that lands on another replica does only what is left.
+    let event_name = key.hex();
     if !progress.applied {
-        apply(state, &name, &event).await?;
+        match claim(state, &event_name, "apply").await {
+            StepClaim::Mine => match apply(state, &name, &event).await {
+                Ok(()) => {
+                    state.store.step_done(&event_name, "apply").await;
+                    state.metrics.webhook(&name, "applied");
+                }
+                Err(e) => {
+                    state.store.step_failed(&event_name, "apply").await;
+                    return Err(e);
+                }
+            },
+            StepClaim::Done => state.metrics.webhook(&name, "duplicate"),
+            StepClaim::Busy => {
+                return Err(ProxyError::Unavailable(
+                    "another replica is applying this event; retry",
+                ))
+            }
+        }
         progress.applied = true;
-        state.metrics.webhook(&name, "applied");
     }
     let targets = &state.config.webhook.forward_to;
     progress.delivered.resize(targets.len(), false);
-    let failed = relay(state, &name, &parts.headers, &body, &mut progress.delivered).await;
+    let failed = relay(
+        state,
+        &name,
+        &event_name,
+        &parts.headers,
+        &body,
+        &mut progress.delivered,
+    )
+    .await;
     if failed == 0 {
         Ok(json_response(
             StatusCode::OK,
@@ -177,10 +203,24 @@ fn account_id(data: &Value) -> Option<String> {
     Some(id.to_string())
 }
 
+/// Claims a step of an event for this replica; while another replica holds it, waits (a relay
+/// takes at most the webhook timeout) and asks again.
+async fn claim(state: &State, event: &str, step: &str) -> StepClaim {
+    let deadline = tokio::time::Instant::now() + state.config.webhook.timeout;
+    loop {
+        let claim = state.store.step_claim(event, step).await;
+        if claim != StepClaim::Busy || tokio::time::Instant::now() >= deadline {
+            return claim;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Relays to every target not yet delivered, concurrently; returns how many failed.
 async fn relay(
     state: &Arc<State>,
     name: &str,
+    event: &str,
     headers: &HeaderMap,
     body: &Bytes,
     delivered: &mut [bool],
@@ -199,7 +239,22 @@ async fn relay(
         .filter(|(_, (_, done))| !**done)
         .map(|(i, (target, _))| {
             let forward = &forward;
-            async move { (i, send(state, target, forward, body.clone(), timeout).await) }
+            async move {
+                let step = target_step(&target.to_string());
+                let result = match claim(state, event, &step).await {
+                    StepClaim::Mine => {
+                        let sent = send(state, target, forward, body.clone(), timeout).await;
+                        match &sent {
+                            Ok(()) => state.store.step_done(event, &step).await,
+                            Err(_) => state.store.step_failed(event, &step).await,
+                        }
+                        sent
+                    }
+                    StepClaim::Done => Ok(()),
+                    StepClaim::Busy => Err("another replica is relaying it; not confirmed".into()),
+                };
+                (i, result)
+            }
         });
     let results = futures_util::future::join_all(sends).await;
     let mut failed = 0;

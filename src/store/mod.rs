@@ -6,10 +6,11 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::config::{Backend, StoreConfig};
+use crate::config::{Backend, CacheConfig, StoreConfig};
 use crate::error::ProxyError;
 
 mod memory;
@@ -31,6 +32,60 @@ pub enum Claim {
     Lost,
     /// A record covering the window is already stored: answer from it.
     Windowed(JobRecord),
+}
+
+/// Where a body lives in the shared cache tier: a tenant's account and the normalised path.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyKey<'a> {
+    /// Tenant id.
+    pub tenant: &'a str,
+    /// Account id.
+    pub account: &'a str,
+    /// The path within the account (`balance`, `transactions?page=2`).
+    pub path: &'a str,
+}
+
+/// A cached body as the shared tier holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedBody {
+    /// The body bytes as served.
+    pub body: Bytes,
+    /// The upstream `Content-Type`.
+    pub content_type: Option<String>,
+    /// When it was fetched (unix ms, the fetching replica's clock).
+    pub stored_at_ms: u64,
+}
+
+/// What the shared tier said about an in-process miss.
+#[derive(Debug)]
+pub enum SharedLookup {
+    /// A fresh body: no upstream call.
+    Hit(SharedBody),
+    /// Nobody holds it: this replica fetches for the fleet, then calls [`Store::shared_fill`].
+    Fill(FillTicket),
+    /// Another replica is fetching it: wait with [`Store::shared_wait`].
+    Wait,
+    /// No shared tier now (in process, turned off, Redis degraded or slow): fetch as usual.
+    Off,
+}
+
+/// The right to fill a shared entry, with the account's invalidation generation at lookup time:
+/// the body is stored only if no sync invalidated the account meanwhile.
+#[derive(Debug)]
+pub struct FillTicket {
+    pub(crate) generation: String,
+}
+
+/// Who handles one step of a webhook delivery (applying it, or relaying it to one target) when
+/// a Mono retry may land on any replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepClaim {
+    /// This replica does it, then reports [`Store::step_done`] or [`Store::step_failed`].
+    Mine,
+    /// Done already, here or on another replica.
+    Done,
+    /// Another replica is doing it now.
+    Busy,
 }
 
 /// A message every replica applies to its local state.
@@ -98,12 +153,16 @@ pub enum Store {
 }
 
 impl Store {
-    /// Opens the configured backend for realtime windows of `window`; Redis starts degraded
-    /// (and recovers) when it is down.
-    pub async fn open(cfg: &StoreConfig, window: Duration) -> Result<Store, StoreOpenError> {
+    /// Opens the configured backend for realtime windows of `window` (and, with Redis, the
+    /// shared cache tier `cache` asks for); Redis starts degraded (and recovers) when it is down.
+    pub async fn open(
+        cfg: &StoreConfig,
+        cache: &CacheConfig,
+        window: Duration,
+    ) -> Result<Store, StoreOpenError> {
         Ok(match cfg.backend {
             Backend::Memory => Store::Memory(MemoryStore::new()),
-            Backend::Redis => Store::Redis(RedisStore::open(cfg, window).await?),
+            Backend::Redis => Store::Redis(RedisStore::open(cfg, cache, window).await?),
         })
     }
 
@@ -214,6 +273,73 @@ impl Store {
         match self {
             Store::Memory(_) => None,
             Store::Redis(r) => Some(r.subscribe()),
+        }
+    }
+
+    /// Looks a body up in the shared tier after an in-process miss, taking the fleet's fill
+    /// lease (for `lease`) when nobody holds the body.
+    pub async fn shared_lookup(&self, key: &BodyKey<'_>, lease: Duration) -> SharedLookup {
+        match self {
+            Store::Memory(_) => SharedLookup::Off,
+            Store::Redis(r) => r.shared_lookup(key, lease).await,
+        }
+    }
+
+    /// Waits up to `timeout` for another replica's fill; `None` when it stored nothing in time.
+    pub async fn shared_wait(&self, key: &BodyKey<'_>, timeout: Duration) -> Option<SharedBody> {
+        match self {
+            Store::Memory(_) => None,
+            Store::Redis(r) => r.shared_wait(key, timeout).await,
+        }
+    }
+
+    /// Ends a fill: stores `body` (when given, not too large, and the account was not
+    /// invalidated since the lookup), gives the lease back and wakes the waiting replicas.
+    pub async fn shared_fill(
+        &self,
+        key: &BodyKey<'_>,
+        ticket: FillTicket,
+        body: Option<&SharedBody>,
+    ) {
+        if let Store::Redis(r) = self {
+            r.shared_fill(key, Some(ticket), body).await;
+        }
+    }
+
+    /// Stores a body fetched outside a fill (a realtime call's answer).
+    pub async fn shared_put(&self, key: &BodyKey<'_>, body: &SharedBody) {
+        if let Store::Redis(r) = self {
+            r.shared_fill(key, None, Some(body)).await;
+        }
+    }
+
+    /// Drops an account's shared bodies for each tenant (a sync finished).
+    pub async fn shared_invalidate(&self, tenants: &[std::sync::Arc<str>], account: &str) {
+        if let Store::Redis(r) = self {
+            r.shared_invalidate(tenants, account).await;
+        }
+    }
+
+    /// Claims one step (`apply`, or a relay target) of webhook event `event` for this replica.
+    pub async fn step_claim(&self, event: &str, step: &str) -> StepClaim {
+        match self {
+            // One process: the delivery memory's lock already serialises retries.
+            Store::Memory(_) => StepClaim::Mine,
+            Store::Redis(r) => r.step_claim(event, step).await,
+        }
+    }
+
+    /// Records a step done, fleet-wide.
+    pub async fn step_done(&self, event: &str, step: &str) {
+        if let Store::Redis(r) = self {
+            r.step_done(event, step).await;
+        }
+    }
+
+    /// Gives a failed step back so a retry (on any replica) does it again.
+    pub async fn step_failed(&self, event: &str, step: &str) {
+        if let Store::Redis(r) = self {
+            r.step_failed(event, step).await;
         }
     }
 

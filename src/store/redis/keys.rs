@@ -1,15 +1,24 @@
 //! The Redis key layout and the encoding of every value and message stored there.
 //!
+//! Everything one script touches shares the hash tag `{<tenant>:<account>}`, so on a Redis
+//! Cluster each script runs on one node; what starts from a job id or an event alone goes
+//! through a key of its own.
+//!
 //! | key | value |
 //! |---|---|
-//! | `<prefix>:v1:<tenant>:lease:<account>:<kind>` | `<replica>:<claimed unix ms>`, `SET NX PX` |
-//! | `<prefix>:v1:<tenant>:rec:<account>:<kind>` | the job record as JSON, `"v":1` |
-//! | `<prefix>:v1:job:<job_id>` | `{"v":1,"tenant","account","kind"}`: where the record lives |
-//! | `<prefix>:v1:<tenant>:rl:<account>:<kind>` | 429 deadline (unix ms), `PX` until then |
+//! | `<prefix>:v2:{<tenant>:<account>}:lease:<kind>` | `<replica>:<claimed unix ms>`, `SET NX PX` |
+//! | `<prefix>:v2:{<tenant>:<account>}:rec:<kind>` | the job record as JSON, `"v":2` |
+//! | `<prefix>:v2:{<tenant>:<account>}:rl:<kind>` | 429 deadline (unix ms), `PX` until then |
+//! | `<prefix>:v2:{<tenant>:<account>}:body:<path>` | a cached body: a JSON header line, then the bytes |
+//! | `<prefix>:v2:{<tenant>:<account>}:fill:<path>` | the fleet's fill lease of that body |
+//! | `<prefix>:v2:{<tenant>:<account>}:bodies` | set of the account's body keys (for invalidation) |
+//! | `<prefix>:v2:{<tenant>:<account>}:gen` | invalidation counter: a fill stores only if unchanged |
+//! | `<prefix>:v2:job:{<job_id>}` | `{"v":2,"tenant","account","kind"}`: where the record lives |
+//! | `<prefix>:v2:evt:{<event digest>}:<step>` | `busy:<replica>` or `done`: webhook delivery memory |
 //!
-//! Channels: `<prefix>:v1:events` carries [`Broadcast`]s, `<prefix>:v1:stored` says a record was
-//! stored so replicas that lost a claim wake at once. Every key, value and message carries the
-//! layout version so a later format can live beside this one.
+//! Channels: `<prefix>:v2:events` carries [`Broadcast`]s, `<prefix>:v2:stored` says a record or a
+//! body was stored so replicas waiting on it wake at once. Every key, value and message carries
+//! the layout version so a later format can live beside this one.
 
 use serde::{Deserialize, Serialize};
 
@@ -17,9 +26,9 @@ use crate::route::Kind;
 use crate::store::{Broadcast, JobRecord, RecordKey};
 
 /// Version of the key layout and of every stored value and message.
-pub(super) const VERSION: u32 = 1;
+pub(super) const VERSION: u32 = 2;
 
-/// Key and channel names under `<prefix>:v1`.
+/// Key and channel names under `<prefix>:v2`.
 #[derive(Debug, Clone)]
 pub(super) struct Keys {
     base: String,
@@ -32,14 +41,17 @@ impl Keys {
         }
     }
 
+    /// `<base>:{<tenant>:<account>}:`: the part every key of one account starts with.
+    pub(super) fn account(&self, tenant: &str, account: &str) -> String {
+        format!("{}:{{{tenant}:{account}}}:", self.base)
+    }
+
     fn scoped(&self, what: &str, key: &RecordKey) -> String {
-        format!(
-            "{}:{}:{what}:{}:{}",
-            self.base,
-            key.tenant,
-            key.account,
-            key.kind.as_str()
-        )
+        let mut k = self.account(&key.tenant, &key.account);
+        k.push_str(what);
+        k.push(':');
+        k.push_str(key.kind.as_str());
+        k
     }
 
     pub(super) fn lease(&self, key: &RecordKey) -> String {
@@ -55,7 +67,12 @@ impl Keys {
     }
 
     pub(super) fn job(&self, job_id: &str) -> String {
-        format!("{}:job:{job_id}", self.base)
+        format!("{}:job:{{{job_id}}}", self.base)
+    }
+
+    /// A delivery step of a webhook event (`apply`, `relay:<target digest>`).
+    pub(super) fn event_step(&self, event: &str, step: &str) -> String {
+        format!("{}:evt:{{{event}}}:{step}", self.base)
     }
 
     pub(super) fn events(&self) -> String {
@@ -167,15 +184,25 @@ mod tests {
     #[test]
     fn keys_are_versioned_and_scoped_by_prefix_and_tenant() {
         let k = Keys::new("mono-proxy");
-        assert_eq!(k.lease(&key()), "mono-proxy:v1:0123abcd:lease:acc1:balance");
-        assert_eq!(k.record(&key()), "mono-proxy:v1:0123abcd:rec:acc1:balance");
+        assert_eq!(
+            k.lease(&key()),
+            "mono-proxy:v2:{0123abcd:acc1}:lease:balance"
+        );
+        assert_eq!(
+            k.record(&key()),
+            "mono-proxy:v2:{0123abcd:acc1}:rec:balance"
+        );
         assert_eq!(
             k.rate_limit(&key()),
-            "mono-proxy:v1:0123abcd:rl:acc1:balance"
+            "mono-proxy:v2:{0123abcd:acc1}:rl:balance"
         );
-        assert_eq!(k.job("j1"), "mono-proxy:v1:job:j1");
-        assert_eq!(k.events(), "mono-proxy:v1:events");
-        assert_eq!(k.stored(), "mono-proxy:v1:stored");
+        assert_eq!(k.job("j1"), "mono-proxy:v2:job:{j1}");
+        assert_eq!(
+            k.event_step("ab12", "apply"),
+            "mono-proxy:v2:evt:{ab12}:apply"
+        );
+        assert_eq!(k.events(), "mono-proxy:v2:events");
+        assert_eq!(k.stored(), "mono-proxy:v2:stored");
     }
 
     #[test]
@@ -192,12 +219,12 @@ mod tests {
         };
         let text = encode_record("t1", &record);
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(json["v"], 1);
+        assert_eq!(json["v"], 2);
         assert_eq!(json["tenant"], "t1");
         assert_eq!(json["kind"], "transactions");
         let back = decode_record(&text).unwrap();
         assert_eq!(back.record, record);
-        let other = text.replacen("\"v\":1", "\"v\":2", 1);
+        let other = text.replacen("\"v\":2", "\"v\":3", 1);
         assert!(decode_record(&other).is_none());
         assert!(decode_record("not json").is_none());
     }
@@ -207,7 +234,7 @@ mod tests {
         let text = JobRef::encode(&key());
         assert_eq!(JobRef::decode(&text), Some(key()));
         assert_eq!(
-            JobRef::decode(&text.replacen("\"v\":1", "\"v\":9", 1)),
+            JobRef::decode(&text.replacen("\"v\":2", "\"v\":9", 1)),
             None
         );
     }

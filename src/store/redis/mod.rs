@@ -1,7 +1,9 @@
 //! Shared state in Redis: the realtime window, job records and invalidations across replicas.
 //!
-//! The key layout is in [`keys`], the atomic multi-key changes in [`scripts`], the operations in
-//! [`ops`] and the background tasks (health ping, pub/sub) in [`tasks`].
+//! The connection forms (one server, Cluster, Sentinel; TLS) are in [`connect`], the key layout
+//! in [`keys`], the atomic multi-key changes in [`scripts`], the record operations in [`ops`],
+//! the shared cache tier in [`shared`], webhook delivery memory in [`deliveries`] and the
+//! background tasks (health ping, pub/sub) in [`tasks`].
 //!
 //! Failure semantics: every operation has a short timeout. On a broken connection, or two health
 //! pings in a row without an answer, the store turns degraded: it logs once, counts the error,
@@ -17,18 +19,22 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, FromRedisValue, RedisResult};
+use arc_swap::ArcSwapOption;
+use redis::{FromRedisValue, RedisResult};
 use tokio::sync::{broadcast, watch, Notify};
 
-use crate::config::{redact_url, url_password, StoreConfig};
+use crate::config::{redact_url, url_password, CacheConfig, SecretError, StoreConfig};
 use crate::store::{Broadcast, MemoryStore, StoreError, StoreResult, StoreStatus};
 
+mod connect;
+mod deliveries;
 mod keys;
 mod ops;
 mod scripts;
+mod shared;
 mod tasks;
 
+use connect::{Connector, Link, Timeouts};
 use keys::Keys;
 
 /// `open` waits at most this long for a first answer before starting degraded.
@@ -38,22 +44,51 @@ const MIN_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Broadcasts buffered per local subscriber.
 const BROADCAST_CAPACITY: usize = 1024;
 
-/// Why the Redis store could not even be set up (a bad URL; an unreachable Redis is not this).
+/// Why the Redis store could not even be set up: a bad URL, an unreadable file, or a Redis that
+/// refused our certificate check or credentials. An unreachable Redis is not this: the proxy
+/// starts degraded and recovers when Redis comes.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreOpenError {
     /// The URL does not parse as a Redis connection.
-    #[error("store.redis_url {url}: {source}")]
+    #[error("[store] redis {url}: {source}")]
     BadUrl {
         /// The URL with its password redacted.
         url: String,
         /// What the redis client said.
         source: redis::RedisError,
     },
+    /// A TLS file named in `[store]` cannot be read.
+    #[error("[store] {key} {}: {source}", path.display())]
+    File {
+        /// The config key.
+        key: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// What reading it returned.
+        source: std::io::Error,
+    },
+    /// The password file cannot be read.
+    #[error("[store] password_file: {0}")]
+    Password(#[from] SecretError),
+    /// Redis answered, but the TLS handshake or the login failed: a config problem that
+    /// waiting will not fix.
+    #[error("[store] redis at {url} refused the connection: {reason}")]
+    Refused {
+        /// What was connected to, passwords redacted.
+        url: String,
+        /// Why, with any password scrubbed, and a hint.
+        reason: String,
+    },
 }
 
 /// Shared by the store handle and its background tasks.
 struct Inner {
-    conn: ConnectionManager,
+    /// The connection; `None` until a first connection (Sentinel found no master yet).
+    link: ArcSwapOption<Link>,
+    /// Makes connections (again, when a Sentinel master moves).
+    connector: Connector,
+    /// Connection timeouts.
+    timeouts: Timeouts,
     keys: Keys,
     timeout: Duration,
     fail_open: bool,
@@ -81,6 +116,8 @@ struct Inner {
     _shutdown: watch::Sender<()>,
     /// Asks the health task to ping now (an operation timed out).
     check: Arc<Notify>,
+    /// The shared cache tier's settings; `None` when `[cache] shared = false`.
+    shared: Option<shared::Tier>,
 }
 
 /// How one Redis operation failed.
@@ -103,6 +140,16 @@ impl OpError {
 }
 
 impl Inner {
+    /// The current connection.
+    fn link(&self) -> Result<Link, OpError> {
+        match self.link.load().as_deref() {
+            Some(link) => Ok(link.clone()),
+            None => Err(OpError::Down(
+                self.reason().unwrap_or_else(|| "not connected yet".into()),
+            )),
+        }
+    }
+
     /// Runs one Redis operation under the timeout; skipped while degraded.
     async fn run<T>(
         &self,
@@ -153,7 +200,7 @@ impl Inner {
         op: &'static str,
         cmd: &redis::Cmd,
     ) -> Result<T, OpError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link()?;
         self.run(op, cmd.query_async(&mut conn)).await
     }
 
@@ -163,7 +210,7 @@ impl Inner {
         op: &'static str,
         pipe: &redis::Pipeline,
     ) -> Result<T, OpError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link()?;
         self.run(op, pipe.query_async(&mut conn)).await
     }
 
@@ -173,7 +220,7 @@ impl Inner {
         op: &'static str,
         call: &redis::ScriptInvocation<'_>,
     ) -> Result<T, OpError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link()?;
         self.run(op, call.invoke_async(&mut conn)).await
     }
 
@@ -231,9 +278,43 @@ impl Inner {
     }
 }
 
-/// Whether an error means Redis could not be reached (rather than that it answered "no").
+/// Whether an error means Redis could not be reached (rather than that it answered "no"). A
+/// demoted master (READONLY), a cluster without quorum, or a master Sentinel has not yet
+/// replaced count as unreachable: the data cannot be written there.
 fn is_connection_error(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
+    use redis::{ErrorKind, ServerErrorKind};
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::ReadOnly
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::TryAgain
+            )
+        )
+}
+
+/// Whether a failed first connection is a config problem (credentials, certificates) that no
+/// amount of waiting fixes, with a hint naming the setting to check.
+fn config_problem(e: &redis::RedisError) -> Option<&'static str> {
+    let text = e.to_string();
+    if e.kind() == redis::ErrorKind::AuthenticationFailed
+        || text.contains("WRONGPASS")
+        || text.contains("NOAUTH")
+        || text.contains("NOPERM")
+    {
+        return Some("check the user and password (URL, password_file or MONO_PROXY_REDIS_PASSWORD) and the ACL");
+    }
+    if text.contains("certificate")
+        || text.contains("Certificate")
+        || text.contains("CertificateRequired")
+    {
+        return Some("the TLS handshake failed: check [store] ca_file (the CA that signed the server's certificate) and client_cert / client_key");
+    }
+    None
 }
 
 /// The Redis-backed store (spec §7): a cheap handle over the connection and its tasks.
@@ -243,35 +324,41 @@ pub struct RedisStore {
 
 impl RedisStore {
     /// Connects to Redis as the shared store; never blocks startup for more than about a second
-    /// and starts degraded when Redis is down (it recovers by itself).
-    pub async fn open(cfg: &StoreConfig, window: Duration) -> Result<RedisStore, StoreOpenError> {
-        let shown = redact_url(&cfg.redis_url);
-        let client =
-            Client::open(cfg.redis_url.as_str()).map_err(|source| StoreOpenError::BadUrl {
-                url: shown.clone(),
-                source,
-            })?;
+    /// and starts degraded when Redis is down (it recovers by itself). Refuses to start when
+    /// Redis answers but rejects the certificates or the credentials.
+    pub async fn open(
+        cfg: &StoreConfig,
+        cache: &CacheConfig,
+        window: Duration,
+    ) -> Result<RedisStore, StoreOpenError> {
+        let shown = cfg
+            .urls()
+            .iter()
+            .map(|u| redact_url(u))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let secret = cfg.password.read()?;
+        let password = secret.as_ref().map(|s| s.expose().to_string()).or_else(|| {
+            cfg.urls()
+                .iter()
+                .find_map(|u| url_password(u))
+                .map(str::to_string)
+        });
+        let connector = Connector::new(cfg, secret.as_ref())?;
         // Each operation bounds itself with `cfg.timeout`; the connection's own response
         // timeout only catches what nothing else waits on, and must not cut the health ping
         // (which allows itself longer) short.
-        let manager = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(cfg.timeout.max(tasks::HEALTH_TIMEOUT)))
-            .set_connection_timeout(Some(cfg.timeout.max(MIN_CONNECT_TIMEOUT)))
-            .set_number_of_retries(3)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1));
-        let conn =
-            ConnectionManager::new_lazy_with_config(client.clone(), manager).map_err(|source| {
-                StoreOpenError::BadUrl {
-                    url: shown.clone(),
-                    source,
-                }
-            })?;
+        let timeouts = Timeouts {
+            connect: cfg.timeout.max(MIN_CONNECT_TIMEOUT),
+            response: cfg.timeout.max(tasks::HEALTH_TIMEOUT),
+        };
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
         let (stored, _) = broadcast::channel(BROADCAST_CAPACITY);
         let (shutdown, shutdown_rx) = watch::channel(());
         let inner = Arc::new(Inner {
-            conn,
+            link: ArcSwapOption::empty(),
+            connector,
+            timeouts,
             keys: Keys::new(&cfg.prefix),
             timeout: cfg.timeout,
             fail_open: cfg.fail_open,
@@ -284,29 +371,38 @@ impl RedisStore {
             errors: AtomicU64::new(0),
             events,
             stored,
-            password: url_password(&cfg.redis_url).map(str::to_string),
+            password,
             _shutdown: shutdown,
             check: Arc::default(),
+            shared: cache.shared.then(|| shared::Tier::new(cache)),
         });
 
-        let mut conn = inner.conn.clone();
-        let ping = redis::cmd("PING");
-        match tokio::time::timeout(CONNECT_BUDGET, ping.query_async::<String>(&mut conn)).await {
-            Ok(Ok(_)) => {
-                tracing::info!(redis = %shown, prefix = %cfg.prefix, replica = %inner.replica, "shared store: redis");
-                let load = scripts::load_scripts(&mut conn);
-                if let Ok(Err(e)) = tokio::time::timeout(CONNECT_BUDGET, load).await {
-                    tracing::warn!(error = %e, "could not preload redis scripts");
-                }
+        let first = tokio::time::timeout(CONNECT_BUDGET, async {
+            let link = inner.connector.connect(timeouts).await?;
+            inner.link.store(Some(Arc::new(link.clone())));
+            let mut conn = link;
+            redis::cmd("PING").query_async::<String>(&mut conn).await?;
+            scripts::load_scripts(&mut conn).await
+        })
+        .await;
+        match first {
+            Ok(Ok(())) => {
+                tracing::info!(redis = %cfg.describe(), replica = %inner.replica, "shared store: redis");
             }
             Ok(Err(e)) => {
+                if let Some(hint) = config_problem(&e) {
+                    return Err(StoreOpenError::Refused {
+                        url: shown,
+                        reason: inner.scrub(format!("{e}; {hint}")),
+                    });
+                }
                 inner.fail("connect", &e.to_string());
             }
             Err(_) => {
                 inner.fail("connect", &format!("no answer within {CONNECT_BUDGET:?}"));
             }
         }
-        tasks::spawn(client, &inner, shutdown_rx);
+        tasks::spawn(&inner, shutdown_rx);
         Ok(RedisStore { inner })
     }
 

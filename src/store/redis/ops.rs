@@ -125,7 +125,6 @@ impl RedisStore {
         s.local.put(key, record);
         let rk = s.keys.record(key);
         let value = encode_record(&key.tenant, record);
-        let index = JobRef::encode(key);
         let retention = ttl.max(RECORD_RETENTION).as_millis() as u64;
         let window_left = (record.started_at + ttl.as_millis() as u64)
             .saturating_sub(now_ms())
@@ -137,10 +136,8 @@ impl RedisStore {
         })
         .unwrap_or_default();
         let mut call = PUT.key(&rk);
-        call.key(s.keys.job(&record.job_id))
-            .key(s.keys.lease(key))
+        call.key(s.keys.lease(key))
             .arg(&value)
-            .arg(&index)
             .arg(retention)
             .arg(s.owner())
             .arg(window_left)
@@ -149,7 +146,11 @@ impl RedisStore {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match s.script::<i64>("put", &call).await {
+            // The index and the record go out together: two round trips would be one too many
+            // on the realtime leader's path, and the index is harmless before the record.
+            let (put, index) =
+                tokio::join!(s.script::<i64>("put", &call), index_job(s, key, record));
+            match put.and(index) {
                 Ok(_) => return Ok(()),
                 Err(OpError::Slow(_)) if attempts < PUT_ATTEMPTS => {
                     tokio::time::sleep(CLAIM_RETRY_MIN * attempts).await;
@@ -402,21 +403,39 @@ fn newest(remote: Option<JobRecord>, local: Option<JobRecord>) -> Option<JobReco
 fn seed_call<'a>(s: &Inner, key: &RecordKey, record: &JobRecord) -> redis::ScriptInvocation<'a> {
     let retention = s.window.max(RECORD_RETENTION).as_millis() as u64;
     let mut call = SEED.key(s.keys.record(key));
-    call.key(s.keys.job(&record.job_id))
-        .key(s.keys.lease(key))
+    call.key(s.keys.lease(key))
         .arg(encode_record(&key.tenant, record))
         .arg(record.started_at)
         .arg(retention)
-        .arg(JobRef::encode(key))
         .arg(format!("{}{}", s.owner(), record.started_at))
         .arg(s.window.as_millis() as u64)
         .arg(now_ms());
     call
 }
 
-/// Puts one record back into Redis unless Redis holds a better one (see [`SEED`]).
+/// Puts one record back into Redis unless Redis holds a better one (see [`SEED`]), and its job
+/// index when it did.
 async fn seed(s: &Inner, key: &RecordKey, record: &JobRecord) -> Result<i64, OpError> {
-    s.script::<i64>("seed", &seed_call(s, key, record)).await
+    let written = s.script::<i64>("seed", &seed_call(s, key, record)).await?;
+    if written == 1 {
+        index_job(s, key, record).await?;
+    }
+    Ok(written)
+}
+
+/// Points the job id at its record. A key of its own (the job id is its hash tag): webhooks name
+/// the job alone, and on a cluster the record and the index live on different nodes.
+async fn index_job(s: &Inner, key: &RecordKey, record: &JobRecord) -> Result<(), OpError> {
+    let retention = s.window.max(RECORD_RETENTION).as_millis() as u64;
+    s.cmd::<()>(
+        "index_job",
+        redis::cmd("SET")
+            .arg(s.keys.job(&record.job_id))
+            .arg(JobRef::encode(key))
+            .arg("PX")
+            .arg(retention),
+    )
+    .await
 }
 
 /// After Redis comes back (or turns out to have restarted empty), puts back every record this

@@ -1,9 +1,13 @@
 //! The Lua scripts that make multi-key changes atomic, and their preloading.
+//!
+//! Every script touches keys of one hash tag only (one tenant and account), so each runs on one
+//! node of a Redis Cluster; the job index, which starts from a job id alone, is written apart.
 
 use std::sync::LazyLock;
 
-use redis::aio::ConnectionManager;
 use redis::{RedisResult, Script};
+
+use super::Link;
 
 /// Claims the window of a key atomically: a stored record whose window is still open wins over
 /// any claim (answered with the record), a lease already ours is ours (a retry of a claim whose
@@ -33,14 +37,14 @@ return {1, ''}
 /// Puts back a record that Redis lost (a restart, an outage), unless Redis holds a better one:
 /// the earliest start among records whose window is still open, else the latest. While the
 /// window is open it also holds the lease, so no replica claims inside it.
-/// KEYS: record, job index, lease. ARGV: record JSON, started_at, retention ms, index JSON,
-/// lease value, window ms, now ms.
+/// KEYS: record, lease. ARGV: record JSON, started_at, retention ms, lease value, window ms,
+/// now ms. Returns 1 when it wrote (the caller then writes the job index).
 pub(super) static SEED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local started = tonumber(ARGV[2])
-local window = tonumber(ARGV[6])
-local now = tonumber(ARGV[7])
+local window = tonumber(ARGV[5])
+local now = tonumber(ARGV[6])
 local ours_open = now - started < window
 local cur = redis.call('GET', KEYS[1])
 if cur then
@@ -53,9 +57,8 @@ if cur then
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
 if ours_open then
-  redis.call('SET', KEYS[3], ARGV[5], 'PX', math.max(1, started + window - now), 'NX')
+  redis.call('SET', KEYS[2], ARGV[4], 'PX', math.max(1, started + window - now), 'NX')
 end
 return 1
 "#,
@@ -75,20 +78,19 @@ return 0
     )
 });
 
-/// Stores the record and its job index, shortens our lease to the rest of the window (so the
-/// next window can be claimed when this one ends), and announces the record.
-/// KEYS: record, job index, lease. ARGV: record JSON, index JSON, retention ms, `<replica>:`,
-/// window left ms, stored channel, stored message.
+/// Stores the record, shortens our lease to the rest of the window (so the next window can be
+/// claimed when this one ends), and announces the record.
+/// KEYS: record, lease. ARGV: record JSON, retention ms, `<replica>:`, window left ms, stored
+/// channel, stored message.
 pub(super) static PUT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-local v = redis.call('GET', KEYS[3])
-if v and string.sub(v, 1, string.len(ARGV[4])) == ARGV[4] then
-  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local v = redis.call('GET', KEYS[2])
+if v and string.sub(v, 1, string.len(ARGV[3])) == ARGV[3] then
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
 end
-redis.call('PUBLISH', ARGV[6], ARGV[7])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
 return 1
 "#,
     )
@@ -107,9 +109,108 @@ return 0
     )
 });
 
-/// Loads the scripts so their first use is one round trip (Redis forgets them on restart).
-pub(super) async fn load_scripts(conn: &mut ConnectionManager) -> RedisResult<()> {
-    for script in [&*CLAIM, &*SEED, &*RELEASE, &*PUT, &*SWAP] {
+/// Shared cache lookup: a fresh body is answered; otherwise (absent or stale) the fill lease is
+/// taken if free. KEYS: body, fill lease, generation. ARGV: lease value, lease ms, max_stale ms.
+/// Returns `{state, body, generation}`: state 1 = fresh hit (with the body), 0 = this replica
+/// fills, 2 = another replica fills (with the generation to hand back to [`FILL`]).
+pub(super) static LOOKUP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local b = redis.call('GET', KEYS[1])
+if b and redis.call('PTTL', KEYS[1]) > tonumber(ARGV[3]) then
+  return {1, b, ''}
+end
+local g = redis.call('GET', KEYS[3]) or '0'
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {0, '', g}
+end
+return {2, '', g}
+"#,
+    )
+});
+
+/// Ends a fill: stores the body unless the account was invalidated since the lookup (the
+/// generation moved), gives the lease back if ours, and wakes the replicas waiting on it.
+/// KEYS: body, fill lease, generation, body index. ARGV: generation seen ('' = store
+/// regardless), body ('' = nothing to store), expiry ms, `<replica>:`, index expiry ms, stored
+/// channel, stored message. Returns 1 when stored.
+pub(super) static FILL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local stored = 0
+if ARGV[2] ~= '' and (ARGV[1] == '' or (redis.call('GET', KEYS[3]) or '0') == ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  redis.call('SADD', KEYS[4], KEYS[1])
+  redis.call('PEXPIRE', KEYS[4], ARGV[5])
+  stored = 1
+end
+local v = redis.call('GET', KEYS[2])
+if v and string.sub(v, 1, string.len(ARGV[4])) == ARGV[4] then
+  redis.call('DEL', KEYS[2])
+end
+redis.call('PUBLISH', ARGV[6], ARGV[7])
+return stored
+"#,
+    )
+});
+
+/// Drops every shared body of an account and moves its generation on, so a fill that started
+/// before the sync cannot store its pre-sync body afterwards.
+/// KEYS: body index, generation. ARGV: generation expiry ms. Returns the bodies dropped.
+pub(super) static INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local bodies = redis.call('SMEMBERS', KEYS[1])
+for _, k in ipairs(bodies) do redis.call('DEL', k) end
+redis.call('DEL', KEYS[1])
+redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return #bodies
+"#,
+    )
+});
+
+/// Claims one step of a webhook delivery (applying it, or relaying it to one target).
+/// KEYS: step. ARGV: `busy:<replica>`, busy lease ms. Returns `mine`, `done` or `busy`.
+pub(super) static STEP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local v = redis.call('GET', KEYS[1])
+if not v or v == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 'mine'
+end
+if v == 'done' then return 'done' end
+return 'busy'
+"#,
+    )
+});
+
+/// Gives a delivery step back when it failed, if it is still ours. KEYS: step. ARGV: value.
+pub(super) static UNSTEP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#,
+    )
+});
+
+/// Loads the scripts so their first use is one round trip (Redis forgets them on restart; on a
+/// cluster every master gets them).
+pub(super) async fn load_scripts(conn: &mut Link) -> RedisResult<()> {
+    for script in [
+        &*CLAIM,
+        &*SEED,
+        &*RELEASE,
+        &*PUT,
+        &*SWAP,
+        &*LOOKUP,
+        &*FILL,
+        &*INVALIDATE,
+        &*STEP,
+        &*UNSTEP,
+    ] {
         script.load_async(conn).await?;
     }
     Ok(())

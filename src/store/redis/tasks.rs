@@ -7,14 +7,14 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::{Client, RedisResult};
-use tokio::sync::{broadcast, watch, Notify};
+use redis::RedisResult;
+use tokio::sync::{watch, Notify};
 
-use super::keys::{Event, Keys, StoredNote, VERSION};
+use super::connect::{Connector, Link};
+use super::keys::{Event, StoredNote, VERSION};
 use super::ops::reseed;
 use super::scripts::load_scripts;
 use super::{Inner, CONNECT_BUDGET};
-use crate::store::Broadcast;
 
 /// The health task pings Redis this often.
 const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
@@ -29,20 +29,75 @@ const SUBSCRIBE_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const SUBSCRIBE_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Starts the subscriber and the health ping for a freshly opened store.
-pub(super) fn spawn(client: Client, inner: &Arc<Inner>, shutdown: watch::Receiver<()>) {
-    tokio::spawn(subscriber(
-        client,
-        inner.keys.clone(),
-        inner.replica.clone(),
-        inner.events.clone(),
-        inner.stored.clone(),
-        shutdown.clone(),
-    ));
+pub(super) fn spawn(inner: &Arc<Inner>, shutdown: watch::Receiver<()>) {
+    tokio::spawn(subscriber(Arc::downgrade(inner), shutdown.clone()));
     tokio::spawn(health(
         Arc::downgrade(inner),
         Arc::clone(&inner.check),
         shutdown,
     ));
+}
+
+/// What one health ping found.
+enum Ping {
+    /// Redis answered; its `run_id` when it told us.
+    Up(Option<String>),
+    /// It refused or broke the connection, or is no longer the master; why.
+    Down(String),
+    /// No answer in time.
+    Slow,
+}
+
+/// One ping: `INFO server` (for the `run_id`) on one server, `PING` on a cluster (every master
+/// must answer), and under Sentinel also `ROLE`: a demoted master is as good as gone.
+async fn ping(inner: &Inner, budget: Duration) -> Ping {
+    let Ok(mut conn) = inner.link() else {
+        return Ping::Down("not connected".into());
+    };
+    let probe = async {
+        match &conn {
+            Link::Cluster(_) => {
+                redis::cmd("PING").query_async::<String>(&mut conn).await?;
+                RedisResult::Ok((None, true))
+            }
+            Link::Single(_) => {
+                let info = redis::cmd("INFO")
+                    .arg("server")
+                    .query_async::<String>(&mut conn)
+                    .await?;
+                let master = if inner.connector.follows_master() {
+                    let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut conn).await?;
+                    matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master")
+                } else {
+                    true
+                };
+                Ok((server_run_id(&info), master))
+            }
+        }
+    };
+    match tokio::time::timeout(budget, probe).await {
+        Ok(Ok((_, false))) => Ping::Down("the server is no longer the master".into()),
+        Ok(Ok((run_id, true))) => Ping::Up(run_id),
+        Ok(Err(e)) if !e.is_timeout() => Ping::Down(e.to_string()),
+        Ok(Err(_)) | Err(_) => Ping::Slow,
+    }
+}
+
+/// Connects again when there is no connection yet, or (Sentinel) when the master may have
+/// moved: the sentinels name the master now.
+async fn reconnect(inner: &Inner) {
+    let first = inner.link.load().is_none();
+    if !first && !inner.connector.follows_master() {
+        // One server and a cluster reconnect by themselves.
+        return;
+    }
+    match tokio::time::timeout(CONNECT_BUDGET, inner.connector.connect(inner.timeouts)).await {
+        Ok(Ok(link)) => inner.link.store(Some(Arc::new(link))),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %inner.scrub(e.to_string()), "redis: cannot connect yet");
+        }
+        Err(_) => tracing::debug!("redis: connecting timed out"),
+    }
 }
 
 /// Pings Redis: turns the store degraded when it stops answering, healthy when it answers again.
@@ -58,22 +113,25 @@ async fn health(weak: Weak<Inner>, check: Arc<Notify>, mut shutdown: watch::Rece
             _ = check.notified() => {}
         }
         let Some(inner) = weak.upgrade() else { return };
-        let mut conn = inner.conn.clone();
+        if inner.link.load().is_none()
+            || (inner.degraded.load(Ordering::Acquire) && inner.connector.follows_master())
+        {
+            reconnect(&inner).await;
+        }
         let budget = inner.timeout.max(HEALTH_TIMEOUT);
-        let info = redis::cmd("INFO").arg("server").to_owned();
-        let ping = tokio::time::timeout(budget, info.query_async::<String>(&mut conn)).await;
-        match ping {
-            Ok(Ok(info)) => {
+        match ping(&inner, budget).await {
+            Ping::Up(now_id) => {
                 slow_pings = 0;
-                let now_id = server_run_id(&info);
                 let restarted = run_id.is_some() && now_id.is_some() && run_id != now_id;
                 let was_down = inner.degraded.load(Ordering::Acquire);
                 if now_id.is_some() {
                     run_id = now_id;
                 }
                 if was_down || restarted {
-                    // A restarted Redis has forgotten the scripts.
-                    let _ = tokio::time::timeout(budget, load_scripts(&mut conn)).await;
+                    // A restarted (or newly promoted) Redis may not hold the scripts.
+                    if let Ok(mut conn) = inner.link() {
+                        let _ = tokio::time::timeout(budget, load_scripts(&mut conn)).await;
+                    }
                 }
                 inner.recover();
                 if was_down || restarted || inner.unsynced.load(Ordering::Acquire) {
@@ -90,12 +148,15 @@ async fn health(weak: Weak<Inner>, check: Arc<Notify>, mut shutdown: watch::Rece
                     }
                 }
             }
-            Ok(Err(e)) if !e.is_timeout() => {
+            Ping::Down(why) => {
                 if !inner.degraded.load(Ordering::Acquire) {
-                    inner.fail("ping", &e.to_string());
+                    inner.fail("ping", &why);
+                }
+                if inner.connector.follows_master() {
+                    reconnect(&inner).await;
                 }
             }
-            Ok(Err(_)) | Err(_) => {
+            Ping::Slow => {
                 slow_pings += 1;
                 if slow_pings >= SLOW_PINGS_TO_DOWN && !inner.degraded.load(Ordering::Acquire) {
                     inner.fail(
@@ -109,30 +170,30 @@ async fn health(weak: Weak<Inner>, check: Arc<Notify>, mut shutdown: watch::Rece
 }
 
 /// Feeds other replicas' messages to local subscribers, on its own pub/sub connection,
-/// reconnecting with backoff until the store is dropped.
-async fn subscriber(
-    client: Client,
-    keys: Keys,
-    replica: String,
-    events: broadcast::Sender<Broadcast>,
-    stored: broadcast::Sender<Arc<str>>,
-    mut shutdown: watch::Receiver<()>,
-) {
-    let (events_channel, stored_channel) = (keys.events(), keys.stored());
+/// reconnecting with backoff (to the next node of a cluster, to the current master under
+/// Sentinel) until the store is dropped.
+async fn subscriber(weak: Weak<Inner>, mut shutdown: watch::Receiver<()>) {
     let mut backoff = SUBSCRIBE_BACKOFF_MIN;
+    let mut attempt = 0;
     loop {
-        let connect = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub
-                .subscribe(&[events_channel.as_str(), stored_channel.as_str()])
-                .await?;
-            RedisResult::Ok(pubsub)
-        };
-        let attempt = tokio::select! {
+        let Some(inner) = weak.upgrade() else { return };
+        let (events_channel, stored_channel) = (inner.keys.events(), inner.keys.stored());
+        let replica = inner.replica.clone();
+        let (events, stored) = (inner.events.clone(), inner.stored.clone());
+        let connect = subscribe(
+            &inner.connector,
+            attempt,
+            inner.timeouts,
+            [&events_channel, &stored_channel],
+        );
+        let attempt_result = tokio::select! {
             _ = shutdown.changed() => return,
             r = tokio::time::timeout(CONNECT_BUDGET, connect) => r,
         };
-        match attempt {
+        // Only the channels are needed while subscribed: the store may be dropped meanwhile.
+        drop(inner);
+        attempt += 1;
+        match attempt_result {
             Ok(Ok(mut pubsub)) => {
                 backoff = SUBSCRIBE_BACKOFF_MIN;
                 tracing::debug!("subscribed to shared store events");
@@ -170,6 +231,21 @@ async fn subscriber(
         }
         backoff = (backoff * 2).min(SUBSCRIBE_BACKOFF_MAX);
     }
+}
+
+/// A pub/sub connection subscribed to the store's channels.
+async fn subscribe(
+    connector: &Connector,
+    attempt: usize,
+    timeouts: super::Timeouts,
+    channels: [&String; 2],
+) -> RedisResult<redis::aio::PubSub> {
+    let client = connector.pubsub_client(attempt, timeouts).await?;
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub
+        .subscribe(&[channels[0].as_str(), channels[1].as_str()])
+        .await?;
+    Ok(pubsub)
 }
 
 /// The `run_id` line of `INFO server`: a new one means Redis restarted (and may be empty).
