@@ -21,6 +21,7 @@ use mono_proxy::config::Config;
 use mono_proxy::sandbox::{RunningSandbox, Sandbox, SandboxConfig};
 use serde_json::Value;
 use tokio::net::TcpListener;
+pub mod receiver;
 pub mod redis_kinds;
 
 /// The key the sandbox accepts and the proxy injects.
@@ -185,6 +186,13 @@ impl ProxyBuilder {
 
     /// Starts the proxy in process on 127.0.0.1:0 with a `public_base_url` of its real address.
     pub async fn start(self) -> TestProxy {
+        self.try_start()
+            .await
+            .unwrap_or_else(|e| panic!("proxy starts: {e}"))
+    }
+
+    /// Like [`ProxyBuilder::start`], returning why the start failed instead of panicking.
+    pub async fn try_start(self) -> Result<TestProxy, String> {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
         let addr = listener.local_addr().unwrap();
@@ -194,8 +202,8 @@ impl ProxyBuilder {
         }
         let running = mono_proxy::app::start(config, listener, admin)
             .await
-            .expect("proxy starts");
-        TestProxy { running }
+            .map_err(|e| e.to_string())?;
+        Ok(TestProxy { running })
     }
 }
 
