@@ -17,6 +17,10 @@ use crate::state::State;
 use crate::store::{BodyKey, SharedBody, SharedLookup};
 use crate::upstream::Fetched;
 
+/// Lookups of the shared tier per fill at most (each but the last ended by a fill elsewhere
+/// that stored nothing).
+const SHARED_ROUNDS: usize = 3;
+
 /// Answers a cached read: hit → answer; miss → fill (collapsed); failure → stale if allowed.
 pub async fn serve(
     state: &Arc<State>,
@@ -110,38 +114,49 @@ async fn fetch_and_store(state: &State, read: &AccountRead) -> Result<Filled, Pr
     };
     // The fleet's lease lasts as long as one fetch may: past it, the waiters fetch themselves.
     let lease = state.config.upstream.timeout + Duration::from_secs(1);
-    let ticket = match state.store.shared_lookup(&key, lease).await {
-        SharedLookup::Hit(shared) => {
-            if let Some(filled) = adopt(state, read, shared) {
-                state.metrics.shared_cache("hit");
-                return Ok(filled);
-            }
-            None
-        }
-        SharedLookup::Wait => match state.store.shared_wait(&key, lease).await {
-            Some(shared) => {
+    let deadline = tokio::time::Instant::now() + lease;
+    let mut ticket = None;
+    // A wait that ends without a body (that fill failed, or was not cacheable) looks again: the
+    // lease is free, so one of the waiting replicas takes it instead of all fetching at once.
+    for _ in 0..SHARED_ROUNDS {
+        match state.store.shared_lookup(&key, lease).await {
+            SharedLookup::Hit(shared) => {
                 if let Some(filled) = adopt(state, read, shared) {
-                    state.metrics.shared_cache("waited");
+                    state.metrics.shared_cache("hit");
                     return Ok(filled);
                 }
-                None
+                break;
             }
-            None => {
-                state.metrics.shared_cache("wait_timeout");
-                None
+            SharedLookup::Wait => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match state.store.shared_wait(&key, left).await {
+                    Some(shared) => {
+                        if let Some(filled) = adopt(state, read, shared) {
+                            state.metrics.shared_cache("waited");
+                            return Ok(filled);
+                        }
+                        break;
+                    }
+                    None if left.is_zero() || tokio::time::Instant::now() >= deadline => {
+                        state.metrics.shared_cache("wait_timeout");
+                        break;
+                    }
+                    None => {}
+                }
             }
-        },
-        SharedLookup::Fill(ticket) => {
-            state.metrics.shared_cache("fill");
-            Some(ticket)
+            SharedLookup::Fill(t) => {
+                state.metrics.shared_cache("fill");
+                ticket = Some(t);
+                break;
+            }
+            SharedLookup::Off => {
+                if state.config.cache.shared {
+                    state.metrics.shared_cache("skipped");
+                }
+                break;
+            }
         }
-        SharedLookup::Off => {
-            if state.config.cache.shared {
-                state.metrics.shared_cache("skipped");
-            }
-            None
-        }
-    };
+    }
     let (filled, shared) = fetch(state, read).await;
     if let Some(ticket) = ticket {
         // Also when nothing was stored: the lease goes back and the waiters wake.

@@ -102,6 +102,9 @@ struct Inner {
     degraded: AtomicBool,
     /// A record put failed: Redis is missing something this replica holds (re-seeded later).
     unsynced: AtomicBool,
+    /// A write was refused with READONLY: the endpoint now leads to a replica (a managed
+    /// failover moved the primary's DNS name, or Sentinel promoted another): connect afresh.
+    relink: AtomicBool,
     /// Why the store is degraded (set once per outage).
     reason: Mutex<Option<String>>,
     /// Failed Redis operations since start.
@@ -165,6 +168,10 @@ impl Inner {
             // The connection's own response timeout: as slow as ours, not down.
             Ok(Err(e)) if e.is_timeout() => Err(self.slow(op)),
             Ok(Err(e)) if is_connection_error(&e) => {
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) {
+                    self.relink.store(true, Ordering::Release);
+                    self.check.notify_one();
+                }
                 Err(OpError::Down(self.fail(op, &e.to_string())))
             }
             Ok(Err(e)) => {
@@ -367,6 +374,7 @@ impl RedisStore {
             local: MemoryStore::new(),
             degraded: AtomicBool::new(false),
             unsynced: AtomicBool::new(false),
+            relink: AtomicBool::new(false),
             reason: Mutex::new(None),
             errors: AtomicU64::new(0),
             events,

@@ -110,7 +110,8 @@ return 0
 });
 
 /// Shared cache lookup: a fresh body is answered; otherwise (absent or stale) the fill lease is
-/// taken if free. KEYS: body, fill lease, generation. ARGV: lease value, lease ms, max_stale ms.
+/// taken if free (or recognised as ours: a retry of a lookup whose answer was lost).
+/// KEYS: body, fill lease, generation. ARGV: lease value, lease ms, max_stale ms.
 /// Returns `{state, body, generation}`: state 1 = fresh hit (with the body), 0 = this replica
 /// fills, 2 = another replica fills (with the generation to hand back to [`FILL`]).
 pub(super) static LOOKUP: LazyLock<Script> = LazyLock::new(|| {
@@ -121,7 +122,8 @@ if b and redis.call('PTTL', KEYS[1]) > tonumber(ARGV[3]) then
   return {1, b, ''}
 end
 local g = redis.call('GET', KEYS[3]) or '0'
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+if redis.call('GET', KEYS[2]) == ARGV[1]
+   or redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {0, '', g}
 end
 return {2, '', g}

@@ -19,6 +19,11 @@ use crate::store::{BodyKey, FillTicket, SharedBody, SharedLookup};
 const WAIT_REREAD: Duration = Duration::from_millis(100);
 /// The invalidation counter outlives any fill that read it by far.
 const GENERATION_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// An unanswered lookup is retried (with the same lease value) for this long at most.
+const LOOKUP_BUDGET: Duration = Duration::from_secs(1);
+/// A generation no counter ever holds: the fill of a lookup whose outcome stayed unknown
+/// stores nothing, but still gives back the lease it may hold and wakes the waiters.
+const UNKNOWN_GENERATION: &str = "-";
 
 /// The tier's settings, from `[cache]`.
 #[derive(Debug, Clone, Copy)]
@@ -82,7 +87,9 @@ fn decode(raw: &[u8]) -> Option<SharedBody> {
 }
 
 impl RedisStore {
-    /// One script: a fresh body, or the fill lease, or "someone else fills".
+    /// One script: a fresh body, or the fill lease, or "someone else fills". A lookup Redis
+    /// does not answer in time is retried with the same lease value; if it stays unknown this
+    /// replica fills without storing (it may hold the lease: giving it back wakes the others).
     pub async fn shared_lookup(&self, key: &BodyKey<'_>, lease: Duration) -> SharedLookup {
         let s = &*self.inner;
         let Some(tier) = s.shared else {
@@ -95,19 +102,34 @@ impl RedisStore {
             .arg(format!("{}{}", s.owner(), uuid::Uuid::new_v4().simple()))
             .arg((lease.as_millis() as u64).max(1))
             .arg(tier.max_stale.as_millis() as u64);
-        match s
-            .script::<(i64, Vec<u8>, String)>("shared_lookup", &call)
-            .await
-        {
-            Ok((1, raw, _)) => match decode(&raw) {
-                Some(body) => SharedLookup::Hit(body),
-                None => SharedLookup::Off,
-            },
-            Ok((0, _, generation)) => SharedLookup::Fill(FillTicket { generation }),
-            Ok(_) => SharedLookup::Wait,
-            Err(e) => {
-                tracing::debug!(error = %e.reason(), "shared cache lookup skipped");
-                SharedLookup::Off
+        let deadline = Instant::now() + LOOKUP_BUDGET.min(lease);
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let answer = s
+                .script::<(i64, Vec<u8>, String)>("shared_lookup", &call)
+                .await;
+            match answer {
+                Ok((1, raw, _)) => {
+                    return match decode(&raw) {
+                        Some(body) => SharedLookup::Hit(body),
+                        None => SharedLookup::Off,
+                    }
+                }
+                Ok((0, _, generation)) => return SharedLookup::Fill(FillTicket { generation }),
+                Ok(_) => return SharedLookup::Wait,
+                Err(OpError::Slow(_)) if Instant::now() + backoff < deadline => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(200));
+                }
+                Err(OpError::Slow(_)) => {
+                    return SharedLookup::Fill(FillTicket {
+                        generation: UNKNOWN_GENERATION.into(),
+                    })
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e.reason(), "shared cache lookup skipped");
+                    return SharedLookup::Off;
+                }
             }
         }
     }

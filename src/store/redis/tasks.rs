@@ -83,12 +83,12 @@ async fn ping(inner: &Inner, budget: Duration) -> Ping {
     }
 }
 
-/// Connects again when there is no connection yet, or (Sentinel) when the master may have
-/// moved: the sentinels name the master now.
-async fn reconnect(inner: &Inner) {
+/// Connects again: when there is no connection yet, when (Sentinel) the master may have moved
+/// (the sentinels name the master now), or when `force`d because writes reached a replica.
+/// Otherwise one server and a cluster reconnect by themselves.
+async fn reconnect(inner: &Inner, force: bool) {
     let first = inner.link.load().is_none();
-    if !first && !inner.connector.follows_master() {
-        // One server and a cluster reconnect by themselves.
+    if !first && !force && !inner.connector.follows_master() {
         return;
     }
     match tokio::time::timeout(CONNECT_BUDGET, inner.connector.connect(inner.timeouts)).await {
@@ -113,10 +113,12 @@ async fn health(weak: Weak<Inner>, check: Arc<Notify>, mut shutdown: watch::Rece
             _ = check.notified() => {}
         }
         let Some(inner) = weak.upgrade() else { return };
-        if inner.link.load().is_none()
+        let relink = inner.relink.swap(false, Ordering::AcqRel);
+        if relink
+            || inner.link.load().is_none()
             || (inner.degraded.load(Ordering::Acquire) && inner.connector.follows_master())
         {
-            reconnect(&inner).await;
+            reconnect(&inner, relink).await;
         }
         let budget = inner.timeout.max(HEALTH_TIMEOUT);
         match ping(&inner, budget).await {
@@ -153,7 +155,7 @@ async fn health(weak: Weak<Inner>, check: Arc<Notify>, mut shutdown: watch::Rece
                     inner.fail("ping", &why);
                 }
                 if inner.connector.follows_master() {
-                    reconnect(&inner).await;
+                    reconnect(&inner, false).await;
                 }
             }
             Ping::Slow => {
