@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
@@ -118,8 +119,8 @@ impl Sandbox {
     }
 }
 
-/// Parses `{"kind": "latency|status|reset|hang|reply|none", "ms", "status", "headers",
-/// "body", "times", "route"}`.
+/// Parses `{"kind": "latency|status|reset|hang|reply|headers|none", "ms", "status",
+/// "headers", "body", "times", "route"}`.
 fn parse_fault(body: &[u8]) -> Result<Option<FaultSpec>, String> {
     let req: FaultRequest = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let fault = match req.kind.as_str() {
@@ -141,6 +142,20 @@ fn parse_fault(body: &[u8]) -> Result<Option<FaultSpec>, String> {
             headers: req.headers,
             body: req.body,
         }),
+        "headers" => {
+            if req.headers.is_empty() {
+                return Err("headers fault needs \"headers\": [[name, value], …]".to_owned());
+            }
+            // Refused here rather than skipped later, so a typo is a 400, not a silent no-op.
+            for (name, value) in &req.headers {
+                if HeaderName::from_bytes(name.as_bytes()).is_err()
+                    || HeaderValue::from_str(value).is_err()
+                {
+                    return Err(format!("invalid header {name:?}: {value:?}"));
+                }
+            }
+            Fault::Headers(req.headers)
+        }
         other => return Err(format!("unknown fault kind {other:?}")),
     };
     if req.times == Some(0) {
@@ -167,5 +182,14 @@ mod tests {
         assert_eq!(parse_fault(br#"{"kind":"none"}"#).unwrap(), None);
         assert!(parse_fault(br#"{"kind":"latency"}"#).is_err());
         assert!(parse_fault(br#"{"kind":"boom"}"#).is_err());
+        let spec = parse_fault(
+            br#"{"kind":"headers","headers":[["cache-control","private"]],"route":"identity"}"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(spec.fault, Fault::headers(&[("cache-control", "private")]));
+        assert_eq!(spec.route.as_deref(), Some("identity"));
+        assert!(parse_fault(br#"{"kind":"headers"}"#).is_err());
+        assert!(parse_fault(br#"{"kind":"headers","headers":[["a b","x"]]}"#).is_err());
     }
 }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::StatusCode;
 
 use super::reply::{failed, Resp};
@@ -26,6 +27,11 @@ pub enum Fault {
     /// Answer exactly this, whatever was asked: a CDN's HTML page, a 429 with some
     /// `Retry-After`, a body with odd headers.
     Reply(CannedReply),
+    /// Answer normally (same status and body), with these headers added: a
+    /// `Cache-Control: private` on an ordinary 200, say. A name the sandbox already sets
+    /// (`content-type`) is replaced; a name given twice is sent twice. Whatever the normal
+    /// answer is gets them, a 401 or 404 too, so limit it with a route (and `times`).
+    Headers(Vec<(String, String)>),
 }
 
 /// A response the sandbox answers verbatim (see [`Fault::Reply`]).
@@ -63,8 +69,8 @@ impl CannedReply {
             StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         for (name, value) in &self.headers {
             if let (Ok(n), Ok(v)) = (
-                hyper::header::HeaderName::from_bytes(name.as_bytes()),
-                hyper::header::HeaderValue::from_str(value),
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
             ) {
                 resp.headers_mut().append(n, v);
             }
@@ -73,7 +79,47 @@ impl CannedReply {
     }
 }
 
+/// What [`Sandbox::inject_fault`] leaves the request to.
+pub(super) enum Injected {
+    /// Answer normally, then add these headers with [`add_headers`] (usually none).
+    Proceed(Vec<(String, String)>),
+    /// Answer this instead.
+    Answer(Resp),
+}
+
+/// Adds a [`Fault::Headers`] list to a normal answer: the first value given for a name
+/// replaces what the sandbox set, later ones are appended. Invalid pairs are skipped (the
+/// control route refuses them up front; the Rust API trusts the test).
+pub(super) fn add_headers(resp: &mut Resp, headers: &[(String, String)]) {
+    let mut replaced: Vec<HeaderName> = Vec::new();
+    for (name, value) in headers {
+        let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) else {
+            tracing::warn!(header = %name, "sandbox header fault skips an invalid header");
+            continue;
+        };
+        if !replaced.contains(&n) {
+            resp.headers_mut().remove(&n);
+            replaced.push(n.clone());
+        }
+        resp.headers_mut().append(n, v);
+    }
+}
+
 impl Fault {
+    /// A [`Fault::Headers`] from borrowed pairs, e.g.
+    /// `Fault::headers(&[("cache-control", "private")])`.
+    pub fn headers(pairs: &[(&str, &str)]) -> Fault {
+        Fault::Headers(
+            pairs
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
+
     /// This fault on every API request until cleared.
     pub fn always(self) -> FaultSpec {
         FaultSpec {
@@ -87,6 +133,12 @@ impl Fault {
     pub fn times(self, n: u32) -> FaultSpec {
         self.always().times(n)
     }
+
+    /// This fault on one route name or path prefix only (see [`FaultSpec::route`]), until
+    /// cleared: `Fault::headers(&[("cache-control", "private")]).route("identity")`.
+    pub fn route(self, route: impl Into<String>) -> FaultSpec {
+        self.always().route(route)
+    }
 }
 
 /// A fault with its limits: how many requests it hits and which route.
@@ -97,8 +149,11 @@ pub struct FaultSpec {
     /// `Some(n)`: only the next `n` matching requests; `None`: until cleared.
     pub times: Option<u32>,
     /// Only requests whose path starts with this (when it starts with `/`) or whose route
-    /// name equals it (`details`, `balance`, `transactions`, `job`, `echo`, `other`,
-    /// `not_found`); `None` matches every API request.
+    /// name equals it: `details`, `balance`, `transactions`, `job`, `echo`, `other`,
+    /// `not_found`, or one of the account-data names `node_details`, `node_transactions`,
+    /// `node_identity`, `identity`, `income`, `statements`, `earnings`, `assets` (which
+    /// `other` also still matches, as it did before they had names) and `bvn_initiate`;
+    /// `None` matches every API request.
     pub route: Option<String>,
 }
 
@@ -141,15 +196,16 @@ impl Sandbox {
         lock(&self.shared.fault).clone()
     }
 
-    /// Takes one use of the armed fault if it matches this request.
-    fn take_fault(&self, route: &str, path: &str) -> Option<Fault> {
+    /// Takes one use of the armed fault if it matches this request; `routes` are the names
+    /// the request answers to (its own, then any older alias).
+    fn take_fault(&self, routes: &[&str], path: &str) -> Option<Fault> {
         let mut armed = lock(&self.shared.fault);
         let spec = armed.as_mut()?;
         if let Some(want) = &spec.route {
             let hit = if want.starts_with('/') {
                 path.starts_with(want.as_str())
             } else {
-                want == route
+                routes.contains(&want.as_str())
             };
             if !hit {
                 return None;
@@ -165,15 +221,16 @@ impl Sandbox {
         Some(fault)
     }
 
-    /// Applies the armed fault if it matches: `Ok(None)` lets the request go on (after any
-    /// injected latency), `Ok(Some)` is the injected answer, `Err` drops the connection.
+    /// Applies the armed fault if it matches: [`Injected::Proceed`] lets the request go on
+    /// (after any injected latency, with any headers to add), [`Injected::Answer`] is the
+    /// injected answer, `Err` drops the connection.
     pub(super) async fn inject_fault(
         &self,
-        route: &str,
+        routes: &[&str],
         path: &str,
-    ) -> Result<Option<Resp>, ResetFault> {
-        let Some(fault) = self.take_fault(route, path) else {
-            return Ok(None);
+    ) -> Result<Injected, ResetFault> {
+        let Some(fault) = self.take_fault(routes, path) else {
+            return Ok(Injected::Proceed(Vec::new()));
         };
         self.bump("faulted");
         match fault {
@@ -184,14 +241,15 @@ impl Sandbox {
                 let message = status
                     .canonical_reason()
                     .unwrap_or("sandbox injected fault");
-                return Ok(Some(failed(status, message)));
+                return Ok(Injected::Answer(failed(status, message)));
             }
             Fault::Reset => return Err(ResetFault),
-            Fault::Reply(reply) => return Ok(Some(reply.response())),
+            Fault::Reply(reply) => return Ok(Injected::Answer(reply.response())),
+            Fault::Headers(headers) => return Ok(Injected::Proceed(headers)),
             // The connection task is dropped when the sandbox shuts down.
             Fault::Hang => std::future::pending::<()>().await,
         }
-        Ok(None)
+        Ok(Injected::Proceed(Vec::new()))
     }
 }
 
@@ -204,16 +262,53 @@ mod tests {
     fn limited_fault_expires_and_route_filter_applies() {
         let sb = Sandbox::new(SandboxConfig::default());
         sb.set_fault_spec(Some(Fault::Reset.times(2).route("/v2/accounts/a/")));
-        assert_eq!(sb.take_fault("balance", "/v2/accounts/b/balance"), None);
+        assert_eq!(sb.take_fault(&["balance"], "/v2/accounts/b/balance"), None);
         assert_eq!(
-            sb.take_fault("balance", "/v2/accounts/a/balance"),
+            sb.take_fault(&["balance"], "/v2/accounts/a/balance"),
             Some(Fault::Reset)
         );
         assert_eq!(
-            sb.take_fault("balance", "/v2/accounts/a/balance"),
+            sb.take_fault(&["balance"], "/v2/accounts/a/balance"),
             Some(Fault::Reset)
         );
-        assert_eq!(sb.take_fault("balance", "/v2/accounts/a/balance"), None);
+        assert_eq!(sb.take_fault(&["balance"], "/v2/accounts/a/balance"), None);
         assert_eq!(sb.fault(), None);
+    }
+
+    #[test]
+    fn named_routes_match_their_own_name_and_their_alias() {
+        let sb = Sandbox::new(SandboxConfig::default());
+        sb.set_fault_spec(Some(Fault::Reset.route("other")));
+        let path = "/v2/accounts/a/identity";
+        assert_eq!(sb.take_fault(&["balance"], path), None);
+        assert_eq!(
+            sb.take_fault(&["identity", "other"], path),
+            Some(Fault::Reset)
+        );
+        sb.set_fault_spec(Some(Fault::Reset.route("identity")));
+        assert_eq!(sb.take_fault(&["income", "other"], path), None);
+        assert_eq!(
+            sb.take_fault(&["identity", "other"], path),
+            Some(Fault::Reset)
+        );
+    }
+
+    #[test]
+    fn header_faults_replace_then_append() {
+        let mut resp = failed(StatusCode::OK, "ok");
+        add_headers(
+            &mut resp,
+            &[
+                ("Content-Type".to_owned(), "text/plain".to_owned()),
+                ("cache-control".to_owned(), "private".to_owned()),
+                ("cache-control".to_owned(), "max-age=0".to_owned()),
+                ("bad header".to_owned(), "x".to_owned()),
+            ],
+        );
+        let h = resp.headers();
+        assert_eq!(h.get("content-type").unwrap(), "text/plain");
+        let cc: Vec<_> = h.get_all("cache-control").iter().collect();
+        assert_eq!(cc, ["private", "max-age=0"]);
+        assert_eq!(h.len(), 3);
     }
 }

@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,21 +13,22 @@ use hyper::{Method, Request, StatusCode};
 use serde::Serialize;
 use serde_json::json;
 
-use super::fault::ResetFault;
+use super::fault::{add_headers, Injected, ResetFault};
 use super::model::{is_missing, valid_id};
 use super::reply::{failed, json_ok, mono_envelope, query_param, read_body, PageMeta, Resp};
-use super::seed::{self, Account, Transaction};
+use super::seed::{self, Account, Portfolio, Profile};
 use super::{lock, JobKind, JobState, RecordedRequest, Sandbox, SandboxJob};
+use super::{node, products};
 use super::{MAX_RECORDED_BODY, MAX_REQUEST_BODY};
 
 /// Mono's success message, typo included, so bodies match the real API byte for byte.
-const OK_MESSAGE: &str = "Request was succesfully completed";
+pub(super) const OK_MESSAGE: &str = "Request was succesfully completed";
 /// Transactions per page when the client sends no `limit` / `perPage`.
 pub const DEFAULT_PAGE_SIZE: usize = 20;
 /// Largest page a client may ask for.
 const MAX_PAGE_SIZE: usize = 500;
 /// Pagination links are absolute Mono URLs; the proxy rewrites them.
-const MONO_BASE: &str = "https://api.withmono.com";
+pub(super) const MONO_BASE: &str = "https://api.withmono.com";
 
 /// What an API request asks for, decided from method and path alone.
 #[derive(Debug, Clone, Copy)]
@@ -35,10 +37,52 @@ enum Endpoint<'a> {
     Balance(&'a str),
     Transactions(&'a str),
     Job(&'a str, &'a str),
+    /// A named account read beyond the core four (identity, income, the v1 routes…).
+    Data(DataRoute, &'a str),
+    /// `POST /v2/lookup/bvn/initiate`.
+    BvnInitiate,
     Echo,
     /// Any other Mono endpoint; carries the account id when the path has one.
     Other(Option<&'a str>),
     NotFound,
+}
+
+/// The account reads that once answered as `other` and now have their own data, counter
+/// and fault name, so route rules for them can be tested against the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DataRoute {
+    /// `GET /accounts/{id}`: v1 details, as the mono-node SDK calls it.
+    NodeDetails,
+    /// `GET /accounts/{id}/transactions`.
+    NodeTransactions,
+    /// `GET /accounts/{id}/identity`.
+    NodeIdentity,
+    /// `GET /v2/accounts/{id}/identity`.
+    Identity,
+    /// `GET /v2/accounts/{id}/income`.
+    Income,
+    /// `GET /v2/accounts/{id}/statement`.
+    Statement,
+    /// `GET /v2/accounts/{id}/earnings`.
+    Earnings,
+    /// `GET /v2/accounts/{id}/assets`.
+    Assets,
+}
+
+impl DataRoute {
+    /// Counter and fault name.
+    fn name(self) -> &'static str {
+        match self {
+            DataRoute::NodeDetails => "node_details",
+            DataRoute::NodeTransactions => "node_transactions",
+            DataRoute::NodeIdentity => "node_identity",
+            DataRoute::Identity => "identity",
+            DataRoute::Income => "income",
+            DataRoute::Statement => "statements",
+            DataRoute::Earnings => "earnings",
+            DataRoute::Assets => "assets",
+        }
+    }
 }
 
 impl Endpoint<'_> {
@@ -49,9 +93,20 @@ impl Endpoint<'_> {
             Endpoint::Balance(_) => "balance",
             Endpoint::Transactions(_) => "transactions",
             Endpoint::Job(..) => "job",
+            Endpoint::Data(route, _) => route.name(),
+            Endpoint::BvnInitiate => "bvn_initiate",
             Endpoint::Echo => "echo",
             Endpoint::Other(_) => "other",
             Endpoint::NotFound => "not_found",
+        }
+    }
+
+    /// The older name this endpoint still answers to: the [`DataRoute`]s were all `other`
+    /// before they had names, and tests and dashboards count and fault them by it.
+    fn alias(&self) -> Option<&'static str> {
+        match self {
+            Endpoint::Data(..) => Some("other"),
+            _ => None,
         }
     }
 }
@@ -85,8 +140,25 @@ fn parse_endpoint<'a>(method: &Method, path: &'a str) -> Endpoint<'a> {
                 Endpoint::NotFound
             }
         }
+        // Only GET has a named route: other methods on these paths stay `other`, as before.
+        ["v2", "accounts", id, read] if get && valid_id(id) => match *read {
+            "identity" => Endpoint::Data(DataRoute::Identity, id),
+            "income" => Endpoint::Data(DataRoute::Income, id),
+            "statement" => Endpoint::Data(DataRoute::Statement, id),
+            "earnings" => Endpoint::Data(DataRoute::Earnings, id),
+            "assets" => Endpoint::Data(DataRoute::Assets, id),
+            _ => Endpoint::Other(Some(id)),
+        },
+        ["v2", "lookup", "bvn", "initiate"] if method == Method::POST => Endpoint::BvnInitiate,
         ["v2", "accounts", id, _, ..] if valid_id(id) => Endpoint::Other(Some(id)),
         ["v1" | "v3", _, ..] => Endpoint::Other(None),
+        ["accounts", id] if get && valid_id(id) => Endpoint::Data(DataRoute::NodeDetails, id),
+        ["accounts", id, "transactions"] if get && valid_id(id) => {
+            Endpoint::Data(DataRoute::NodeTransactions, id)
+        }
+        ["accounts", id, "identity"] if get && valid_id(id) => {
+            Endpoint::Data(DataRoute::NodeIdentity, id)
+        }
         ["accounts", id, ..] if valid_id(id) => Endpoint::Other(Some(id)),
         ["account", _, ..] => Endpoint::Other(None),
         _ => Endpoint::NotFound,
@@ -156,9 +228,13 @@ impl Sandbox {
         let endpoint = parse_endpoint(&parts.method, parts.uri.path());
         tracing::debug!(method = %parts.method, path = parts.uri.path(), route = endpoint.name(), "sandbox request");
 
-        if let Some(resp) = self.inject_fault(endpoint.name(), parts.uri.path()).await? {
-            return Ok(resp);
-        }
+        let route = endpoint.name();
+        // A repeated name is harmless: faults only ask whether theirs is among them.
+        let routes = [route, endpoint.alias().unwrap_or(route)];
+        let extra_headers = match self.inject_fault(&routes, parts.uri.path()).await? {
+            Injected::Answer(resp) => return Ok(resp),
+            Injected::Proceed(headers) => headers,
+        };
         let latency = self.shared.cfg.latency;
         if latency > Duration::ZERO {
             tokio::time::sleep(latency).await;
@@ -167,14 +243,14 @@ impl Sandbox {
             .headers
             .get("mono-sec-key")
             .is_some_and(|k| k.as_bytes() == self.shared.cfg.secret_key.as_bytes());
-        if !key_ok {
+        let mut resp = if key_ok {
+            self.answer(endpoint, &parts, &body)
+        } else {
             self.bump("unauthorized");
-            return Ok(failed(
-                StatusCode::UNAUTHORIZED,
-                "Invalid or missing mono-sec-key",
-            ));
-        }
-        Ok(self.answer(endpoint, &parts, &body))
+            failed(StatusCode::UNAUTHORIZED, "Invalid or missing mono-sec-key")
+        };
+        add_headers(&mut resp, &extra_headers);
+        Ok(resp)
     }
 
     /// Answers an authorised API request.
@@ -195,6 +271,21 @@ impl Sandbox {
                     return account_not_found();
                 }
                 self.job_status(id, job_id)
+            }
+            Endpoint::Data(route, id) => {
+                self.bump(route.name());
+                // They answered as `other` before they had names; keep that count meaning
+                // what it did for the tests and dashboards that read it.
+                self.bump("other");
+                if is_missing(id) {
+                    return account_not_found();
+                }
+                self.account_data(route, id, parts.uri.query())
+            }
+            Endpoint::BvnInitiate => {
+                // Counted even when refused: Mono bills failed lookups too.
+                self.bump("bvn_initiate");
+                products::bvn_initiate(body)
             }
             Endpoint::Echo => {
                 self.bump("echo");
@@ -250,6 +341,22 @@ impl Sandbox {
             set_job_headers(resp.headers_mut(), &job);
         }
         resp
+    }
+
+    /// The named account reads, from the same seeded account the core routes use.
+    fn account_data(&self, route: DataRoute, id: &str, query: Option<&str>) -> Resp {
+        let mut world = lock(&self.shared.world);
+        let a = world.account(id);
+        match route {
+            DataRoute::NodeDetails => node::details(a),
+            DataRoute::NodeTransactions => node::transactions(a, query),
+            DataRoute::NodeIdentity => node::identity(&Profile::seed(a)),
+            DataRoute::Identity => products::identity(a, &Profile::seed(a)),
+            DataRoute::Income => products::income(a),
+            DataRoute::Statement => products::statement(a, query),
+            DataRoute::Earnings => products::earnings(a, &Portfolio::seed(id)),
+            DataRoute::Assets => products::assets(a, &Portfolio::seed(id)),
+        }
     }
 
     fn details(&self, id: &str) -> Resp {
@@ -310,16 +417,6 @@ impl Sandbox {
                 "mono_url": format!("https://connect.mono.co/?reference={}", seed::random_hex16()),
                 "customer": seed::random_hex16(),
             }),
-            (Some(id), Some("identity")) => {
-                let mut world = lock(&self.shared.world);
-                let a = world.account(id);
-                json!({
-                    "full_name": a.name,
-                    "bvn": a.bvn,
-                    "email": format!("{}@example.com", a.id.to_ascii_lowercase()),
-                    "phone": "08030000000",
-                })
-            }
             _ => json!({ "method": parts.method.as_str(), "path": path }),
         };
         mono_envelope(StatusCode::OK, OK_MESSAGE, &now, data, None)
@@ -361,8 +458,26 @@ fn balance_body(a: &Account) -> Resp {
 
 /// One page of transactions with Mono's `meta` and absolute pagination links.
 fn transactions_body(a: &Account, query: Option<&str>) -> Resp {
+    let base = format!("{MONO_BASE}/v2/accounts/{}/transactions", a.id);
+    let (range, meta) = page_window(a.transactions.len(), query, &base);
+    mono_envelope(
+        StatusCode::OK,
+        OK_MESSAGE,
+        &a.timestamp,
+        &a.transactions[range],
+        Some(meta),
+    )
+}
+
+/// The part of a `total`-long transaction list a query asks for (`paginate=false`, `page`,
+/// `limit` or `perPage`), with the `meta` (v2) / `paging` (v1) document; its links are
+/// `link_base?page=N`, plus the client's `limit` when it chose one.
+pub(super) fn page_window(
+    total: usize,
+    query: Option<&str>,
+    link_base: &str,
+) -> (Range<usize>, PageMeta) {
     let query = query.unwrap_or("");
-    let total = a.transactions.len();
     let paginate = query_param(query, "paginate") != Some("false");
     let limit = query_param(query, "limit")
         .or_else(|| query_param(query, "perPage"))
@@ -380,15 +495,14 @@ fn transactions_body(a: &Account, query: Option<&str>) -> Resp {
             previous: None,
             next: None,
         };
-        let data: &[Transaction] = &a.transactions;
-        return mono_envelope(StatusCode::OK, OK_MESSAGE, &a.timestamp, data, Some(meta));
+        return (0..total, meta);
     }
     let start = (page - 1).saturating_mul(per_page).min(total);
     let end = start.saturating_add(per_page).min(total);
     let pages = total.div_ceil(per_page);
     // Keep a client-chosen page size in the links so following them stays consistent.
     let link = |p: usize| {
-        let mut url = format!("{MONO_BASE}/v2/accounts/{}/transactions?page={p}", a.id);
+        let mut url = format!("{link_base}?page={p}");
         if let Some(n) = limit {
             url.push_str(&format!("&limit={n}"));
         }
@@ -400,13 +514,7 @@ fn transactions_body(a: &Account, query: Option<&str>) -> Resp {
         previous: (page > 1).then(|| link(page - 1)),
         next: (page < pages).then(|| link(page + 1)),
     };
-    mono_envelope(
-        StatusCode::OK,
-        OK_MESSAGE,
-        &a.timestamp,
-        &a.transactions[start..end],
-        Some(meta),
-    )
+    (start..end, meta)
 }
 
 fn echo(parts: &Parts, body: &Bytes) -> Resp {
@@ -459,7 +567,47 @@ mod tests {
         ));
         assert!(matches!(
             parse_endpoint(&get, "/v2/accounts/abc/identity"),
+            Endpoint::Data(DataRoute::Identity, "abc")
+        ));
+        assert!(matches!(
+            parse_endpoint(&Method::POST, "/v2/accounts/abc/identity"),
             Endpoint::Other(Some("abc"))
+        ));
+        assert!(matches!(
+            parse_endpoint(&get, "/v2/accounts/abc/statement"),
+            Endpoint::Data(DataRoute::Statement, "abc")
+        ));
+        assert!(matches!(
+            parse_endpoint(&get, "/v2/accounts/abc/statement/jobs/j1"),
+            Endpoint::Other(Some("abc"))
+        ));
+        assert!(matches!(
+            parse_endpoint(&get, "/v2/accounts/abc/income-records"),
+            Endpoint::Other(Some("abc"))
+        ));
+        assert!(matches!(
+            parse_endpoint(&get, "/accounts/abc"),
+            Endpoint::Data(DataRoute::NodeDetails, "abc")
+        ));
+        assert!(matches!(
+            parse_endpoint(&get, "/accounts/abc/transactions"),
+            Endpoint::Data(DataRoute::NodeTransactions, "abc")
+        ));
+        assert!(matches!(
+            parse_endpoint(&get, "/accounts/abc/identity"),
+            Endpoint::Data(DataRoute::NodeIdentity, "abc")
+        ));
+        assert!(matches!(
+            parse_endpoint(&Method::POST, "/accounts/abc/sync"),
+            Endpoint::Other(Some("abc"))
+        ));
+        assert!(matches!(
+            parse_endpoint(&Method::POST, "/v2/lookup/bvn/initiate"),
+            Endpoint::BvnInitiate
+        ));
+        assert!(matches!(
+            parse_endpoint(&get, "/v2/lookup/bvn/initiate"),
+            Endpoint::NotFound
         ));
         assert!(matches!(
             parse_endpoint(&Method::POST, "/v2/accounts/auth"),

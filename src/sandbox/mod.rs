@@ -6,6 +6,11 @@
 //! sends Mono's two webhooks when a job ends, checks `mono-sec-key`, injects faults, and counts
 //! every call so tests can assert how many requests reached "Mono".
 //!
+//! It also answers the other reads proxy route rules name, each with its own counter (see
+//! [`COUNTERS`]): the unversioned `/accounts/{id}`, `…/transactions` and `…/identity` the
+//! mono-node SDK calls (v1 bodies, no envelope); v2 `identity`, `income`, `statement`,
+//! `earnings` and `assets`; and `POST /v2/lookup/bvn/initiate`.
+//!
 //! Special account ids: `reauth…` (jobs fail with `reauth_required`), `fail…` (jobs fail),
 //! `missing…` (every route answers 404). Any other id matching `[A-Za-z0-9._-]{1,64}` exists.
 //!
@@ -17,8 +22,9 @@
 //! - `POST /__sandbox/fault` with `{"kind":"status","status":503,"times":2}`,
 //!   `{"kind":"latency","ms":200}`, `{"kind":"reset"}`, `{"kind":"hang"}`,
 //!   `{"kind":"reply","status":200,"headers":[["content-type","text/html"]],"body":"<html>…"}`
-//!   (answered verbatim) or `{"kind":"none"}`; `times` and `route` (see [`FaultSpec::route`])
-//!   are optional on every kind;
+//!   (answered verbatim), `{"kind":"headers","headers":[["cache-control","private"]]}` (the
+//!   normal answer plus these headers, see [`Fault::Headers`]) or `{"kind":"none"}`; `times`
+//!   and `route` (see [`FaultSpec::route`]) are optional on every kind;
 //! - `GET /__sandbox/requests` → `[{"method","path","query","headers":[[name,value]…],"body"}]`
 //!   with `mono-sec-key` values shown as `[redacted]`;
 //! - `POST /__sandbox/balance` with `{"account":"abc","balance":100,"staged":true}`
@@ -31,13 +37,17 @@
 //! This file holds the handle ([`Sandbox`], a cheap clone over shared state), its config,
 //! counters and recorded requests. The rest, one job a file: `model` (accounts, jobs, the
 //! realtime window), `fault` (injected failures), `server` (plain and TLS listeners),
-//! `handler` (the Mono API routes), `control` (the `/__sandbox/*` routes), `reply` (Mono's
-//! envelope and JSON replies), `seed` (deterministic account data), `webhook` (job webhooks).
+//! `handler` (the Mono API routes), `node` (the v1 routes' bodies), `products` (identity,
+//! income, statement, earnings, assets, BVN lookup), `control` (the `/__sandbox/*` routes),
+//! `reply` (Mono's envelope and JSON replies), `seed` (deterministic account data),
+//! `webhook` (job webhooks).
 
 mod control;
 mod fault;
 mod handler;
 mod model;
+mod node;
+mod products;
 mod reply;
 mod seed;
 mod server;
@@ -74,6 +84,11 @@ pub const MAX_RECORDED_BODY: usize = 256 * 1024;
 pub const MAX_REQUEST_BODY: usize = 16 * 1024 * 1024;
 
 /// Every counter name the sandbox keeps; [`Sandbox::counts`] always lists all of them.
+///
+/// Route counters are also the names faults match on ([`FaultSpec::route`]). `other` counts
+/// every endpoint without a core counter, as it always has, so it also counts the account
+/// reads `node_details` … `assets` (one call bumps both); `bvn_initiate` was `not_found`
+/// before it had a route and is counted only under its own name.
 pub const COUNTERS: &[&str] = &[
     "total",
     "balance",
@@ -84,6 +99,15 @@ pub const COUNTERS: &[&str] = &[
     "balance_realtime_repeat",
     "transactions_realtime_repeat",
     "job",
+    "node_details",
+    "node_transactions",
+    "node_identity",
+    "identity",
+    "income",
+    "statements",
+    "earnings",
+    "assets",
+    "bvn_initiate",
     "echo",
     "other",
     "not_found",

@@ -12,15 +12,15 @@ use super::seed;
 /// Every sandbox reply: a buffered JSON body.
 pub(super) type Resp = Response<Full<Bytes>>;
 
-/// Mono's envelope; `meta` only on transactions.
+/// Mono's envelope; `meta` only on lists (pages of transactions, statements).
 #[derive(Serialize)]
-struct MonoEnvelope<'a, T: Serialize> {
+struct MonoEnvelope<'a, T: Serialize, M: Serialize> {
     status: &'a str,
     message: &'a str,
     timestamp: &'a str,
     data: T,
     #[serde(skip_serializing_if = "Option::is_none")]
-    meta: Option<PageMeta>,
+    meta: Option<M>,
 }
 
 /// Mono's pagination `meta` on transactions: links are absolute Mono URLs.
@@ -71,6 +71,17 @@ pub(super) fn mono_envelope<T: Serialize>(
     timestamp: &str,
     data: T,
     meta: Option<PageMeta>,
+) -> Resp {
+    mono_envelope_meta(status, message, timestamp, data, meta)
+}
+
+/// [`mono_envelope`] with any `meta` document (a statement's `{"count": n}`, say).
+pub(super) fn mono_envelope_meta<T: Serialize, M: Serialize>(
+    status: StatusCode,
+    message: &str,
+    timestamp: &str,
+    data: T,
+    meta: Option<M>,
 ) -> Resp {
     let kind = if status.is_success() {
         "successful"

@@ -10,6 +10,7 @@ pub const SEED_TRANSACTIONS: usize = 25;
 /// 2024-07-01T00:00:00Z: seed dates count back from here so a restart gives identical bytes.
 const SEED_EPOCH_SECS: u64 = 1_719_792_000;
 
+/// Alternately male and female, so a profile's gender follows from the name's position.
 const FIRST_NAMES: &[&str] = &[
     "Samuel", "Adaeze", "Tunde", "Chioma", "Ibrahim", "Ngozi", "Emeka", "Funke", "Musa", "Zainab",
     "Olumide", "Amaka",
@@ -30,6 +31,37 @@ const CREDITS: &[(&str, &str)] = &[
     ("SALARY PAYMENT ACME LTD", "income"),
     ("TRANSFER FROM ADEBAYO T", "transfer"),
     ("REFUND JUMIA ORDER", "refund"),
+];
+
+const STREETS: &[&str] = &[
+    "Admiralty Way",
+    "Awolowo Road",
+    "Herbert Macaulay Way",
+    "Allen Avenue",
+    "Adeola Odeku Street",
+    "Aminu Kano Crescent",
+    "Ogui Road",
+    "Trans-Amadi Road",
+];
+const AREAS: &[&str] = &[
+    "Lekki, Lagos",
+    "Ikoyi, Lagos",
+    "Yaba, Lagos",
+    "Ikeja, Lagos",
+    "Victoria Island, Lagos",
+    "Wuse II, Abuja",
+    "Independence Layout, Enugu",
+    "Port Harcourt, Rivers",
+];
+/// Symbol, name and asset type of the investments a seeded portfolio picks from.
+const INSTRUMENTS: &[(&str, &str, &str)] = &[
+    ("DANGCEM", "Dangote Cement Plc", "stock"),
+    ("MTNN", "MTN Nigeria Communications Plc", "stock"),
+    ("ZENITHBANK", "Zenith Bank Plc", "stock"),
+    ("GTCO", "Guaranty Trust Holding Company Plc", "stock"),
+    ("SEPLAT", "Seplat Energy Plc", "stock"),
+    ("SIBTC-MMF", "Stanbic IBTC Money Market Fund", "mutual_fund"),
+    ("FGN2034", "FGN Bond March 2034", "bond"),
 ];
 
 /// One transaction in Mono's `/transactions` shape.
@@ -148,6 +180,193 @@ impl Account {
     }
 }
 
+/// The account holder's personal data for the identity routes.
+///
+/// Derived from the account (name, BVN) and its id alone, with its own hash salt so adding it
+/// left every existing account's seed bytes unchanged.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// The account name, as the bank holds it.
+    pub full_name: String,
+    /// `first.last<n>@example.com`.
+    pub email: String,
+    /// Eleven digits, `080…`.
+    pub phone: String,
+    /// `Male` or `Female`.
+    pub gender: &'static str,
+    /// `YYYY-MM-DD`.
+    pub dob: String,
+    /// The account's BVN, so identity and details agree.
+    pub bvn: String,
+    /// `Single` or `Married`.
+    pub marital_status: &'static str,
+    /// House number and street.
+    pub address_line1: String,
+    /// Area and state.
+    pub address_line2: String,
+    /// When the bank recorded the identity (before the seed epoch).
+    pub created_at: String,
+    /// Last change, between `created_at` and the seed epoch.
+    pub updated_at: String,
+}
+
+impl Profile {
+    /// The profile of `account`'s holder.
+    pub fn seed(account: &Account) -> Profile {
+        let mut rng = SplitMix(fnv1a(&format!("profile:{}", account.id)));
+        let (first, last) = account
+            .name
+            .split_once(' ')
+            .unwrap_or((account.name.as_str(), ""));
+        let gender = match FIRST_NAMES.iter().position(|n| *n == first) {
+            Some(i) if i % 2 == 1 => "Female",
+            _ => "Male",
+        };
+        let email = format!(
+            "{}.{}{}@example.com",
+            first.to_ascii_lowercase(),
+            last.to_ascii_lowercase(),
+            rng.below(100)
+        );
+        let phone = format!("080{:08}", rng.below(100_000_000));
+        let dob = format!(
+            "{:04}-{:02}-{:02}",
+            1965 + rng.below(39),
+            1 + rng.below(12),
+            1 + rng.below(28)
+        );
+        let marital_status = if rng.below(2) == 0 {
+            "Single"
+        } else {
+            "Married"
+        };
+        let address_line1 = format!(
+            "{} {}",
+            1 + rng.below(120),
+            STREETS[rng.below(STREETS.len() as u64) as usize]
+        );
+        let address_line2 = AREAS[rng.below(AREAS.len() as u64) as usize].to_owned();
+        let created_days_back = 30 + rng.below(900);
+        let updated_days_back = rng.below(created_days_back);
+        let at = |days_back: u64| {
+            rfc3339_millis(UNIX_EPOCH + Duration::from_secs(SEED_EPOCH_SECS - days_back * 86_400))
+        };
+        Profile {
+            full_name: account.name.clone(),
+            email,
+            phone,
+            gender,
+            dob,
+            bvn: account.bvn.clone(),
+            marital_status,
+            address_line1,
+            address_line2,
+            created_at: at(created_days_back),
+            updated_at: at(updated_days_back),
+        }
+    }
+}
+
+/// One investment a seeded portfolio holds.
+#[derive(Debug, Clone)]
+pub struct Holding {
+    /// Ticker, e.g. `MTNN`.
+    pub symbol: &'static str,
+    /// Instrument name.
+    pub name: &'static str,
+    /// `stock`, `mutual_fund` or `bond`.
+    pub kind: &'static str,
+    /// Units held.
+    pub quantity: i64,
+    /// What the whole position cost.
+    pub cost: i64,
+    /// Current price of one unit.
+    pub price: i64,
+}
+
+impl Holding {
+    /// What the position is worth now.
+    pub fn value(&self) -> i64 {
+        self.quantity * self.price
+    }
+}
+
+/// A payout from a holding (dividend, coupon, interest).
+#[derive(Debug, Clone)]
+pub struct Earning {
+    /// 24 hex characters.
+    pub id: String,
+    /// Amount paid out.
+    pub amount: i64,
+    /// `DIVIDEND MTNN`, `COUPON FGN2034`, …
+    pub narration: String,
+    /// RFC 3339, within 180 days before the seed epoch.
+    pub date: String,
+    /// Index into [`Portfolio::holdings`].
+    pub holding: usize,
+}
+
+/// An account's investments for the assets and earnings routes.
+#[derive(Debug, Clone)]
+pub struct Portfolio {
+    /// Two to four distinct instruments.
+    pub holdings: Vec<Holding>,
+    /// Newest first.
+    pub earnings: Vec<Earning>,
+}
+
+impl Portfolio {
+    /// The portfolio behind account `id` (its own hash salt, like [`Profile`]).
+    pub fn seed(id: &str) -> Portfolio {
+        let mut rng = SplitMix(fnv1a(&format!("portfolio:{id}")));
+        let mut picks: Vec<usize> = (0..INSTRUMENTS.len()).collect();
+        let count = 2 + rng.below(3) as usize;
+        // Partial Fisher-Yates: distinct instruments in a seeded order.
+        for i in 0..count {
+            let j = i + rng.below((picks.len() - i) as u64) as usize;
+            picks.swap(i, j);
+        }
+        let holdings: Vec<Holding> = picks[..count]
+            .iter()
+            .map(|&i| {
+                let (symbol, name, kind) = INSTRUMENTS[i];
+                let quantity = 10 + rng.below(2_000) as i64;
+                let price = 50 + rng.below(5_000) as i64;
+                // Bought within 25 % either side of today's price.
+                let paid = price * (75 + rng.below(51) as i64) / 100;
+                Holding {
+                    symbol,
+                    name,
+                    kind,
+                    quantity,
+                    cost: quantity * paid.max(1),
+                    price,
+                }
+            })
+            .collect();
+        let mut earnings = Vec::with_capacity(holdings.len());
+        for (i, h) in holdings.iter().enumerate() {
+            let days_back = 1 + rng.below(180);
+            let what = match h.kind {
+                "bond" => "COUPON",
+                "mutual_fund" => "INTEREST",
+                _ => "DIVIDEND",
+            };
+            earnings.push(Earning {
+                id: rng.hex(24),
+                amount: h.quantity * (1 + rng.below(20) as i64),
+                narration: format!("{what} {}", h.symbol),
+                date: rfc3339_millis(
+                    UNIX_EPOCH + Duration::from_secs(SEED_EPOCH_SECS - days_back * 86_400),
+                ),
+                holding: i,
+            });
+        }
+        earnings.sort_by(|a, b| b.date.cmp(&a.date));
+        Portfolio { holdings, earnings }
+    }
+}
+
 /// Formats a time as Mono does: RFC 3339 with milliseconds and `Z`.
 pub fn rfc3339_millis(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
@@ -156,6 +375,11 @@ pub fn rfc3339_millis(t: SystemTime) -> String {
 /// The current time in Mono's timestamp format.
 pub fn now_rfc3339() -> String {
     rfc3339_millis(SystemTime::now())
+}
+
+/// Sixteen hex characters that depend only on `s` (stable ids for seeded documents).
+pub fn stable_hex(s: &str) -> String {
+    format!("{:016x}", fnv1a(s))
 }
 
 /// FNV-1a: a stable hash, so seeds do not change between Rust releases.
@@ -212,6 +436,33 @@ mod tests {
         assert_eq!(a.transactions.len(), SEED_TRANSACTIONS);
         assert_eq!(a.transactions[0].balance, a.balance);
         assert_eq!(a.account_number.len(), 10);
+    }
+
+    #[test]
+    fn profiles_and_portfolios_are_stable_per_id() {
+        let a = Account::seed("666b166ce06be73");
+        let p = Profile::seed(&a);
+        let q = Profile::seed(&Account::seed("666b166ce06be73"));
+        assert_eq!(p.email, q.email);
+        assert_eq!(p.dob, q.dob);
+        assert_eq!(p.phone.len(), 11);
+        assert_eq!(p.bvn, a.bvn);
+        assert!(p.updated_at >= p.created_at);
+        let first = a.name.split(' ').next().unwrap();
+        let i = FIRST_NAMES.iter().position(|n| *n == first).unwrap();
+        assert_eq!(p.gender == "Female", i % 2 == 1);
+
+        let f = Portfolio::seed("666b166ce06be73");
+        assert!((2..=4).contains(&f.holdings.len()));
+        assert_eq!(f.earnings.len(), f.holdings.len());
+        let mut symbols: Vec<_> = f.holdings.iter().map(|h| h.symbol).collect();
+        symbols.sort_unstable();
+        symbols.dedup();
+        assert_eq!(symbols.len(), f.holdings.len());
+        assert_eq!(
+            f.holdings[0].cost,
+            Portfolio::seed("666b166ce06be73").holdings[0].cost
+        );
     }
 
     #[test]
