@@ -7,10 +7,12 @@
 
 use std::hint::black_box;
 use std::net::TcpListener;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use http::header::HeaderValue;
+use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Uri};
 use mono_proxy::cache::{self, CachedBody};
 use mono_proxy::config::Config;
@@ -18,7 +20,8 @@ use mono_proxy::headers::{self, CacheResult};
 use mono_proxy::pagination::{self, Rewrite};
 use mono_proxy::request::context::{self, AccountRead};
 use mono_proxy::request::{cached_read, sync};
-use mono_proxy::route::{self, Kind};
+use mono_proxy::route::{self, Rules};
+use mono_proxy::routes::Routes;
 use mono_proxy::state::State;
 
 /// A balance body shaped like Mono's (and the sandbox's).
@@ -47,8 +50,20 @@ fn transactions_page() -> Bytes {
     ))
 }
 
+/// The built-in route table over the default cache config.
+fn routes() -> Routes {
+    let config = Config::parse_runnable("", &[("MONO_SEC_KEY", "k")]).expect("default config");
+    Routes::new(&config.routes, &config.cache)
+}
+
 fn classify(c: &mut Criterion) {
     let hosts = vec!["api.withmono.com".to_string()];
+    let routes = routes();
+    let rules = Rules {
+        webhook_path: "/webhooks/mono",
+        accept_hosts: &hosts,
+        routes: &routes,
+    };
     let mut g = c.benchmark_group("classify");
     let cases: [(&str, &str, Option<&str>); 4] = [
         (
@@ -68,6 +83,14 @@ fn classify(c: &mut Criterion) {
         ),
         ("passthrough", "/v2/accounts/666b166ce06b042/identity", None),
     ];
+    let cases = cases.into_iter().chain([
+        (
+            "node_transactions",
+            "/accounts/666b166ce06b042/transactions?paginate=true&",
+            None,
+        ),
+        ("unmatched", "/v3/institutions", None),
+    ]);
     for (name, target, realtime) in cases {
         let uri: Uri = target.parse().unwrap();
         let mut h = HeaderMap::new();
@@ -82,8 +105,7 @@ fn classify(c: &mut Criterion) {
                     black_box(&Method::GET),
                     black_box(&uri),
                     black_box(&h),
-                    "/webhooks/mono",
-                    &hosts,
+                    &rules,
                 )
             });
         });
@@ -100,12 +122,13 @@ fn cache_keys(c: &mut Criterion) {
         b.iter(|| context::normalize_query(black_box(Some("page=2&limit=50&paginate=true&"))));
     });
     g.bench_function("path_key_balance", |b| {
-        b.iter(|| context::path_key(black_box(Kind::Balance), black_box(None)));
+        b.iter(|| context::path_key(black_box("balance"), "", black_box(None)));
     });
     g.bench_function("path_key_transactions_query", |b| {
         b.iter(|| {
             context::path_key(
-                black_box(Kind::Transactions),
+                black_box("transactions"),
+                "",
                 black_box(Some("start=01-01-2024&end=31-01-2024&page=2")),
             )
         });
@@ -114,7 +137,7 @@ fn cache_keys(c: &mut Criterion) {
 }
 
 /// A state whose upstream is a loopback port nobody listens on (bound, read, dropped).
-fn bench_state(rt: &tokio::runtime::Runtime) -> std::sync::Arc<State> {
+fn bench_state(rt: &tokio::runtime::Runtime) -> Arc<State> {
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -137,18 +160,27 @@ fn cache_hit(c: &mut Criterion) {
     let state = bench_state(&rt);
     let tenant = state.secrets.load().default.clone();
     let request_id = headers::new_request_id();
+    let balance = Arc::clone(state.routes.by_name("balance").expect("the balance route"));
+    let target: PathAndQuery = "/v2/accounts/acc/balance".parse().unwrap();
     let read = AccountRead::new(
         tenant.clone(),
         "acc".into(),
-        Kind::Balance,
-        None,
+        Arc::clone(&balance),
+        "",
+        target.clone(),
         request_id.clone(),
     );
     let akey = read.account_key();
     let ct = Some(HeaderValue::from_static("application/json; charset=utf-8"));
     state
         .cache
-        .store(&akey, "balance", Bytes::from_static(BALANCE), ct.clone())
+        .store(
+            &akey,
+            "balance",
+            Bytes::from_static(BALANCE),
+            ct.clone(),
+            balance.storing(std::time::Duration::ZERO),
+        )
         .expect("a storable body");
 
     // Sanity: this really is the hit path (a miss would try the dead upstream and fail).
@@ -169,8 +201,9 @@ fn cache_hit(c: &mut Criterion) {
             AccountRead::new(
                 tenant.clone(),
                 black_box("666b166ce06b042").to_string(),
-                Kind::Balance,
-                black_box(None),
+                Arc::clone(&balance),
+                "",
+                target.clone(),
                 request_id.clone(),
             )
         });
@@ -190,6 +223,7 @@ fn header_synthesis(c: &mut Criterion) {
         body: Bytes::from_static(BALANCE),
         content_type: Some(HeaderValue::from_static("application/json; charset=utf-8")),
         stored_at: tokio::time::Instant::now(),
+        ttl: std::time::Duration::from_secs(300),
         hash: cache::data_hash(BALANCE).expect("an envelope"),
         has_new_data: false,
     };
@@ -209,7 +243,7 @@ fn header_synthesis(c: &mut Criterion) {
         );
     });
     g.bench_function("respond_hit", |b| {
-        b.iter(|| cached_read::respond(black_box(&body), CacheResult::Hit, Some(299)));
+        b.iter(|| cached_read::respond(black_box(&body), CacheResult::Hit, Some(299), true));
     });
     g.finish();
 }

@@ -36,6 +36,8 @@ pub struct CachedBody {
     pub content_type: Option<HeaderValue>,
     /// When it was fetched.
     pub stored_at: Instant,
+    /// Its route's freshness lifetime.
+    pub ttl: Duration,
     /// Hash of the envelope's `data`, to tell whether a sync changed anything.
     pub hash: u64,
     /// The synthesized `x-has-new-data` for this body.
@@ -90,6 +92,29 @@ fn upsert<T>(list: &mut Vec<(Box<str>, T)>, key: &str, value: T) {
     }
 }
 
+/// How a body is stored: its route's freshness, its age when it arrives (a body another replica
+/// fetched), and whether its route answers in Mono's v2 envelope.
+#[derive(Debug, Clone, Copy)]
+pub struct Storing {
+    /// The route's freshness lifetime.
+    pub ttl: Duration,
+    /// How old the body already is.
+    pub age: Duration,
+    /// The route answers in Mono's envelope (`data`): anything else is refused.
+    pub enveloped: bool,
+}
+
+impl Storing {
+    /// A body fetched just now for a route of `ttl`.
+    pub fn fresh(ttl: Duration, enveloped: bool) -> Storing {
+        Storing {
+            ttl,
+            age: Duration::ZERO,
+            enveloped,
+        }
+    }
+}
+
 /// Freshness of a cached body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Freshness {
@@ -104,30 +129,24 @@ pub enum Freshness {
 /// The bounded response cache.
 pub struct ResponseCache {
     entries: moka::sync::Cache<Arc<str>, Arc<AccountEntry>>,
-    ttl: Duration,
     max_stale: Duration,
 }
 
 impl ResponseCache {
-    /// A cache bounded by `max_bytes`, keeping entries for `ttl + max_stale`.
-    pub fn new(cfg: &CacheConfig) -> ResponseCache {
+    /// A cache bounded by `max_bytes`, keeping account groups for the longest route freshness
+    /// (`max_ttl`, at least `ttl`) plus `max_stale`.
+    pub fn new(cfg: &CacheConfig, max_ttl: Duration) -> ResponseCache {
         let entries = moka::sync::Cache::builder()
             .max_capacity(cfg.max_bytes)
             .weigher(|k: &Arc<str>, v: &Arc<AccountEntry>| {
                 (k.len() + v.weight()).try_into().unwrap_or(u32::MAX)
             })
-            .time_to_live(cfg.ttl + cfg.max_stale)
+            .time_to_live(cfg.ttl.max(max_ttl) + cfg.max_stale)
             .build();
         ResponseCache {
             entries,
-            ttl: cfg.ttl,
             max_stale: cfg.max_stale,
         }
-    }
-
-    /// The freshness lifetime of a stored body.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
     }
 
     /// The body cached for a path of an account, whatever its age.
@@ -147,39 +166,35 @@ impl ResponseCache {
     /// How fresh a body is now.
     pub fn freshness(&self, body: &CachedBody) -> Freshness {
         let age = body.stored_at.elapsed();
-        if age < self.ttl {
-            Freshness::Fresh((self.ttl - age).as_secs() as i64)
-        } else if age < self.ttl + self.max_stale {
-            Freshness::Stale((age - self.ttl).as_secs() as i64)
+        let ttl = body.ttl;
+        if age < ttl {
+            Freshness::Fresh((ttl - age).as_secs() as i64)
+        } else if age < ttl + self.max_stale {
+            Freshness::Stale((age - ttl).as_secs() as i64)
         } else {
             Freshness::Expired
         }
     }
 
-    /// Stores a 200 body in Mono's envelope and works out its `x-has-new-data`; anything else
-    /// (a CDN's HTML page, a maintenance notice) is refused, never served for a whole TTL.
+    /// Stores a 200 body and works out its `x-has-new-data`; a body its route's rule refuses
+    /// (a CDN's HTML page, a maintenance notice outside Mono's envelope) is never served for a
+    /// whole TTL.
     pub fn store(
         &self,
         account_key: &str,
         path: &str,
         body: Bytes,
         content_type: Option<HeaderValue>,
+        how: Storing,
     ) -> Result<Arc<CachedBody>, NotStored> {
-        self.store_aged(account_key, path, body, content_type, Duration::ZERO)
-    }
-
-    /// [`ResponseCache::store`] for a body fetched `age` ago (by another replica).
-    pub fn store_aged(
-        &self,
-        account_key: &str,
-        path: &str,
-        body: Bytes,
-        content_type: Option<HeaderValue>,
-        age: Duration,
-    ) -> Result<Arc<CachedBody>, NotStored> {
+        let Storing {
+            ttl,
+            age,
+            enveloped,
+        } = how;
         let now = Instant::now();
         let stored_at = now.checked_sub(age).unwrap_or(now);
-        let hash = storable(content_type.as_ref(), &body)?;
+        let hash = storable(content_type.as_ref(), &body, enveloped)?;
         // Bodies and header values parsed by hyper are slices of the connection's read buffer
         // (8 KiB or more) and would pin all of it for as long as the entry lives (measured:
         // ~9 KiB per cached balance instead of ~0.9 KiB): keep exact copies instead.
@@ -217,11 +232,14 @@ impl ResponseCache {
                 body,
                 content_type,
                 stored_at,
+                ttl,
                 hash,
                 has_new_data,
             });
-            let keep = self.ttl + self.max_stale;
-            inner.paths.retain(|(_, b)| b.stored_at.elapsed() < keep);
+            let max_stale = self.max_stale;
+            inner
+                .paths
+                .retain(|(_, b)| b.stored_at.elapsed() < b.ttl + max_stale);
             // Query variants are client-chosen: bound them so one account cannot grow a long
             // list that every read of that account scans. The oldest variant goes first.
             if inner.paths.len() >= MAX_PATHS_PER_ACCOUNT
@@ -237,8 +255,14 @@ impl ResponseCache {
         Ok(cached)
     }
 
-    /// Drops an account's bodies after a finished sync, remembering their hashes.
-    pub fn invalidate(&self, account_key: &str, has_new_data: Option<bool>) {
+    /// Drops an account's bodies after a finished sync (those whose path `drops` says), and
+    /// remembers their hashes.
+    pub fn invalidate(
+        &self,
+        account_key: &str,
+        has_new_data: Option<bool>,
+        drops: &dyn Fn(&str) -> bool,
+    ) {
         let Some(entry) = self.entries.get(account_key) else {
             if let Some(forced) = has_new_data {
                 let entry = Arc::new(AccountEntry::default());
@@ -256,7 +280,9 @@ impl ResponseCache {
                 .inner
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let dropped: Vec<_> = inner.paths.drain(..).collect();
+            let (dropped, kept): (Vec<_>, Vec<_>) =
+                inner.paths.drain(..).partition(|(path, _)| drops(path));
+            inner.paths = kept;
             for (path, body) in dropped {
                 upsert(&mut inner.presync, &path, body.hash);
             }
@@ -286,6 +312,7 @@ impl ResponseCache {
                     body: body.body.clone(),
                     content_type: body.content_type.clone(),
                     stored_at: body.stored_at,
+                    ttl: body.ttl,
                     hash: body.hash,
                     has_new_data: false,
                 });
@@ -325,14 +352,39 @@ impl NotStored {
     }
 }
 
-/// Whether a 200 may be stored: a JSON body in Mono's envelope. Returns the hash of its `data`.
-pub fn storable(content_type: Option<&HeaderValue>, body: &[u8]) -> Result<u64, NotStored> {
+/// Whether a 200 may be stored: a JSON body in Mono's envelope (for v2 routes; the unversioned
+/// API answers bare JSON objects, never `"status": "failed"`). Returns the hash of its `data`
+/// (of the whole body when there is no envelope).
+pub fn storable(
+    content_type: Option<&HeaderValue>,
+    body: &[u8],
+    enveloped: bool,
+) -> Result<u64, NotStored> {
     if let Some(ct) = content_type {
         if !is_json(ct.as_bytes()) {
             return Err(NotStored::NotJson);
         }
     }
-    data_hash(body).ok_or(NotStored::NotEnvelope)
+    match data_hash(body) {
+        Some(h) => Ok(h),
+        None if !enveloped && is_answer_object(body) => {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            body.hash(&mut h);
+            Ok(h.finish())
+        }
+        None => Err(NotStored::NotEnvelope),
+    }
+}
+
+/// A JSON object that is not a failure envelope.
+fn is_answer_object(body: &[u8]) -> bool {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(o)) => !o
+            .get("status")
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(|s| s.eq_ignore_ascii_case("failed")),
+        _ => false,
+    }
 }
 
 /// `application/json` or any `+json` type, parameters aside.
@@ -368,9 +420,24 @@ pub fn data_hash(body: &[u8]) -> Option<u64> {
     Some(h.finish())
 }
 
+/// A small cache config for unit tests.
+#[cfg(test)]
+pub(crate) fn tests_config() -> CacheConfig {
+    CacheConfig {
+        ttl: Duration::from_secs(300),
+        max_stale: Duration::from_secs(60),
+        max_bytes: 1 << 20,
+        refresh_ahead: false,
+        shared: false,
+        shared_max_entry: 1024,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MIN: Duration = Duration::from_secs(60);
 
     fn cfg(max_bytes: u64) -> CacheConfig {
         CacheConfig {
@@ -396,53 +463,93 @@ mod tests {
     fn only_json_in_monos_envelope_is_storable() {
         let json = HeaderValue::from_static("application/json; charset=utf-8");
         let ok = br#"{"status":"successful","data":{"balance":1}}"#;
-        assert!(storable(Some(&json), ok).is_ok());
-        assert!(storable(None, ok).is_ok());
+        assert!(storable(Some(&json), ok, true).is_ok());
+        assert!(storable(None, ok, true).is_ok());
         let problem = HeaderValue::from_static("application/problem+json");
-        assert!(storable(Some(&problem), ok).is_ok());
+        assert!(storable(Some(&problem), ok, true).is_ok());
         let html = HeaderValue::from_static("text/html");
-        assert_eq!(storable(Some(&html), ok), Err(NotStored::NotJson));
+        assert_eq!(storable(Some(&html), ok, true), Err(NotStored::NotJson));
         let page = b"<html><body>Down for maintenance</body></html>";
-        assert_eq!(storable(Some(&json), page), Err(NotStored::NotEnvelope));
-        assert_eq!(storable(None, b"[1,2]"), Err(NotStored::NotEnvelope));
         assert_eq!(
-            storable(None, br#"{"status":"successful","message":"no data"}"#),
+            storable(Some(&json), page, true),
+            Err(NotStored::NotEnvelope)
+        );
+        assert_eq!(storable(None, b"[1,2]", true), Err(NotStored::NotEnvelope));
+        assert_eq!(
+            storable(
+                None,
+                br#"{"status":"successful","message":"no data"}"#,
+                true
+            ),
             Err(NotStored::NotEnvelope)
         );
         assert_eq!(
-            storable(None, br#"{"status":"FAILED","data":null}"#),
+            storable(None, br#"{"status":"FAILED","data":null}"#, true),
             Err(NotStored::NotEnvelope)
         );
-        let cache = ResponseCache::new(&cfg(1 << 20));
+        // The unversioned API answers bare objects: stored, unless they are a failure.
+        let bare = br#"{"meta":{"data_status":"AVAILABLE"},"account":{"_id":"a"}}"#;
+        assert!(storable(Some(&json), bare, false).is_ok());
+        assert_eq!(
+            storable(Some(&json), bare, true),
+            Err(NotStored::NotEnvelope)
+        );
+        assert_eq!(
+            storable(None, br#"{"status":"failed","message":"x"}"#, false),
+            Err(NotStored::NotEnvelope)
+        );
+        assert_eq!(
+            storable(Some(&json), page, false),
+            Err(NotStored::NotEnvelope)
+        );
+        let cache = ResponseCache::new(&cfg(1 << 20), MIN);
         assert!(cache
-            .store("t:a", "balance", Bytes::from_static(page), Some(html))
+            .store(
+                "t:a",
+                "balance",
+                Bytes::from_static(page),
+                Some(html),
+                Storing::fresh(MIN, true)
+            )
             .is_err());
         assert!(cache.lookup("t:a", "balance").is_none());
     }
 
     #[tokio::test]
     async fn has_new_data_follows_syncs() {
-        let cache = ResponseCache::new(&cfg(1 << 20));
+        let cache = ResponseCache::new(&cfg(1 << 20), MIN);
         let v1 = Bytes::from_static(br#"{"data":{"balance":1}}"#);
         let v2 = Bytes::from_static(br#"{"data":{"balance":2}}"#);
         assert!(
             !cache
-                .store("t:a", "balance", v1.clone(), None)
+                .store(
+                    "t:a",
+                    "balance",
+                    v1.clone(),
+                    None,
+                    Storing::fresh(MIN, true)
+                )
                 .unwrap()
                 .has_new_data
         );
-        cache.invalidate("t:a", None);
+        cache.invalidate("t:a", None, &|_| true);
         assert!(cache.lookup("t:a", "balance").is_none());
         assert!(
             cache
-                .store("t:a", "balance", v2.clone(), None)
+                .store(
+                    "t:a",
+                    "balance",
+                    v2.clone(),
+                    None,
+                    Storing::fresh(MIN, true)
+                )
                 .unwrap()
                 .has_new_data
         );
-        cache.invalidate("t:a", None);
+        cache.invalidate("t:a", None, &|_| true);
         assert!(
             !cache
-                .store("t:a", "balance", v2, None)
+                .store("t:a", "balance", v2, None, Storing::fresh(MIN, true))
                 .unwrap()
                 .has_new_data
         );
@@ -452,7 +559,7 @@ mod tests {
 
     #[tokio::test]
     async fn stored_entry_does_not_pin_the_buffer_it_was_sliced_from() {
-        let cache = ResponseCache::new(&cfg(1 << 20));
+        let cache = ResponseCache::new(&cfg(1 << 20), MIN);
         // Like hyper's read buffer: one large allocation, the body and header slices of it.
         let mut buf = vec![0u8; 8192];
         buf[..10].copy_from_slice(br#"{"data":1}"#);
@@ -462,7 +569,13 @@ mod tests {
         let ct = HeaderValue::from_maybe_shared(buf.slice(10..26)).unwrap();
         assert!(range.contains(&(ct.as_bytes().as_ptr() as usize)));
         let stored = cache
-            .store("t:a", "balance", buf.slice(..10), Some(ct))
+            .store(
+                "t:a",
+                "balance",
+                buf.slice(..10),
+                Some(ct),
+                Storing::fresh(MIN, true),
+            )
             .unwrap();
         assert_eq!(&stored.body[..], br#"{"data":1}"#);
         assert!(!range.contains(&(stored.body.as_ptr() as usize)));
@@ -473,11 +586,17 @@ mod tests {
 
     #[tokio::test]
     async fn query_variants_per_account_are_bounded() {
-        let cache = ResponseCache::new(&cfg(1 << 24));
+        let cache = ResponseCache::new(&cfg(1 << 24), MIN);
         for i in 0..(MAX_PATHS_PER_ACCOUNT + 10) {
             let path = format!("transactions?x={i}");
             cache
-                .store("t:a", &path, Bytes::from_static(br#"{"data":[]}"#), None)
+                .store(
+                    "t:a",
+                    &path,
+                    Bytes::from_static(br#"{"data":[]}"#),
+                    None,
+                    Storing::fresh(MIN, true),
+                )
                 .unwrap();
         }
         assert!(cache.lookup("t:a", "transactions?x=0").is_none());
@@ -487,23 +606,41 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_job_drops_the_pending_comparison_of_the_last_sync() {
-        let cache = ResponseCache::new(&cfg(1 << 20));
+        let cache = ResponseCache::new(&cfg(1 << 20), MIN);
         cache
-            .store("t:a", "balance", Bytes::from_static(br#"{"data":1}"#), None)
+            .store(
+                "t:a",
+                "balance",
+                Bytes::from_static(br#"{"data":1}"#),
+                None,
+                Storing::fresh(MIN, true),
+            )
             .unwrap();
-        cache.invalidate("t:a", None);
+        cache.invalidate("t:a", None, &|_| true);
         cache.job_started("t:a");
         let b = cache
-            .store("t:a", "balance", Bytes::from_static(br#"{"data":2}"#), None)
+            .store(
+                "t:a",
+                "balance",
+                Bytes::from_static(br#"{"data":2}"#),
+                None,
+                Storing::fresh(MIN, true),
+            )
             .unwrap();
         assert!(!b.has_new_data);
     }
 
     #[tokio::test(start_paused = true)]
     async fn freshness_moves_from_fresh_to_stale_to_expired() {
-        let cache = ResponseCache::new(&cfg(1 << 20));
+        let cache = ResponseCache::new(&cfg(1 << 20), MIN);
         let b = cache
-            .store("t:a", "balance", Bytes::from_static(br#"{"data":1}"#), None)
+            .store(
+                "t:a",
+                "balance",
+                Bytes::from_static(br#"{"data":1}"#),
+                None,
+                Storing::fresh(MIN, true),
+            )
             .unwrap();
         assert_eq!(cache.freshness(&b), Freshness::Fresh(60));
         tokio::time::advance(Duration::from_secs(90)).await;

@@ -44,13 +44,29 @@ pub enum ProxyError {
     /// A bug or an invariant broken inside the proxy.
     #[error("internal error: {0}")]
     Internal(String),
+    /// `Cache-Control: only-if-cached` and nothing usable is stored.
+    #[error("only-if-cached: no stored response for this request")]
+    NotCached,
+    /// Mono answered 429 on this route and account: calls wait here until the cooldown ends.
+    #[error("too many requests: mono asked to wait {} s before calling this endpoint again", .0.as_millis().div_ceil(1000).max(1))]
+    CoolingDown(std::time::Duration),
+    /// A request field that would make Mono fail (and bill) a lookup.
+    #[error("{field}: {message}")]
+    InvalidField {
+        /// The JSON field.
+        field: &'static str,
+        /// What is wrong with it.
+        message: &'static str,
+    },
 }
 
 impl ProxyError {
     /// The HTTP status this error answers with.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::InvalidField { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::NotCached => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::CoolingDown(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -68,6 +84,9 @@ impl ProxyError {
     pub fn kind(&self) -> &'static str {
         match self {
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::InvalidField { .. } => "invalid_field",
+            ProxyError::NotCached => "not_cached",
+            ProxyError::CoolingDown(_) => "cooling_down",
             ProxyError::Unauthorized(_) => "unauthorized",
             ProxyError::Forbidden(_) => "forbidden",
             ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
@@ -87,6 +106,12 @@ impl ProxyError {
             ProxyError::Unavailable(_) => {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ProxyError::CoolingDown(left) => {
+                // Rounded up: a client that waits what it is told must not arrive early.
+                let secs = left.as_millis().div_ceil(1000).max(1) as u64;
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }
             // RFC 9110 §15.5.6: a 405 names the methods that are allowed.
             ProxyError::MethodNotAllowed { allow, .. } => {

@@ -85,6 +85,11 @@ pub enum CacheResult {
     Stale,
     /// Answered from another call's result (realtime window or single flight).
     Collapsed,
+    /// Fetched because the request's directives refused the stored answer (`no-cache`,
+    /// `max-age`), then stored.
+    Refetched,
+    /// Fetched and not stored, as the request asked (`no-store`).
+    Bypassed,
 }
 
 impl CacheResult {
@@ -95,6 +100,7 @@ impl CacheResult {
             CacheResult::Miss => "MISS",
             CacheResult::Stale => "STALE",
             CacheResult::Collapsed => "COLLAPSED",
+            CacheResult::Refetched | CacheResult::Bypassed => "MISS",
         }
     }
 
@@ -105,6 +111,8 @@ impl CacheResult {
             CacheResult::Miss => "miss",
             CacheResult::Stale => "stale",
             CacheResult::Collapsed => "collapsed",
+            CacheResult::Refetched => "refetch",
+            CacheResult::Bypassed => "bypass",
         }
     }
 }
@@ -117,6 +125,8 @@ pub fn set_cache_status(headers: &mut HeaderMap, result: CacheResult, ttl: Optio
         CacheResult::Miss => "mono-proxy; fwd=miss",
         CacheResult::Stale => "mono-proxy; fwd=stale",
         CacheResult::Collapsed => "mono-proxy; hit; collapsed",
+        CacheResult::Refetched => "mono-proxy; fwd=request; stored",
+        CacheResult::Bypassed => "mono-proxy; fwd=request; detail=no-store",
     };
     let value = match ttl {
         Some(t) => with_ttl(base, t),

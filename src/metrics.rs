@@ -15,6 +15,8 @@ struct RequestLabels {
     class: &'static str,
     cache: &'static str,
     status: u16,
+    // Last, so dashboards that match the labels before it keep working.
+    route: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -202,12 +204,19 @@ impl Metrics {
     }
 
     /// Counts an answered request.
-    pub fn request(&self, class: &'static str, cache: &'static str, status: u16) {
+    pub fn request(
+        &self,
+        class: &'static str,
+        route: &'static str,
+        cache: &'static str,
+        status: u16,
+    ) {
         self.requests
             .get_or_create(&RequestLabels {
                 class,
                 cache,
                 status,
+                route,
             })
             .inc();
     }
@@ -323,14 +332,14 @@ mod tests {
     #[test]
     fn counters_show_up_in_the_exposition() {
         let m = Metrics::new(Some(0.5));
-        m.request("cached", "hit", 200);
+        m.request("cached", "balance", "hit", 200);
         m.realtime("collapsed");
         m.realtime("rate_limited");
         m.realtime("forwarded");
         let text = m.encode(3, 1024);
         assert!(
             text.contains(
-                r#"mono_proxy_requests_total{class="cached",cache="hit",status="200"} 1"#
+                r#"mono_proxy_requests_total{class="cached",cache="hit",status="200",route="balance"} 1"#
             ),
             "{text}"
         );

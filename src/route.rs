@@ -4,9 +4,12 @@
 //! Validation happens here, before anything is forwarded: a request that names a bad id, uses
 //! dot-segments or points at a foreign authority never reaches the upstream.
 
+use std::sync::Arc;
+
 use http::{HeaderMap, Method, Uri};
 
 use crate::error::ProxyError;
+use crate::routes::{Route, Routes};
 
 /// The two account endpoints the proxy caches and collapses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -28,22 +31,24 @@ impl Kind {
     }
 }
 
-/// The class of a request (spec §2), with the validated ids it carries.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The class of a request (spec §2), with its route and the validated ids it carries.
+#[derive(Debug, Clone)]
 pub enum Class {
-    /// `GET` balance/transactions with `x-realtime: true`.
+    /// `GET` on a realtime route with `x-realtime: true`.
     Realtime {
+        /// The route (balance or transactions).
+        route: Arc<Route>,
         /// Account id.
         account: String,
-        /// Endpoint.
-        kind: Kind,
     },
-    /// `GET` balance/transactions without realtime.
+    /// `GET` on a cached route.
     Cached {
-        /// Account id.
+        /// The route.
+        route: Arc<Route>,
+        /// Account id (empty for a route without `{id}`).
         account: String,
-        /// Endpoint.
-        kind: Kind,
+        /// Other placeholders' values, for the cache key.
+        params: String,
     },
     /// `GET /v2/accounts/{id}/jobs/{job_id}`.
     JobStatus {
@@ -54,8 +59,13 @@ pub enum Class {
     },
     /// `POST` on the webhook path.
     Webhook,
-    /// Anything else: forwarded as-is.
-    Passthrough,
+    /// Anything else: forwarded as-is (named by its route when one matches).
+    Passthrough {
+        /// The matching route, if any.
+        route: Option<Arc<Route>>,
+        /// The account it names, when the route has `{id}`.
+        account: Option<String>,
+    },
 }
 
 impl Class {
@@ -66,7 +76,21 @@ impl Class {
             Class::Cached { .. } => "cached",
             Class::JobStatus { .. } => "job_status",
             Class::Webhook => "webhook",
-            Class::Passthrough => "passthrough",
+            Class::Passthrough { .. } => "passthrough",
+        }
+    }
+
+    /// The route name for logs and metrics: a configured or built-in name, `jobs`, `webhook`,
+    /// or `other`.
+    pub fn route_name(&self) -> &'static str {
+        match self {
+            Class::Realtime { route, .. } | Class::Cached { route, .. } => route.name,
+            Class::Passthrough {
+                route: Some(route), ..
+            } => route.name,
+            Class::JobStatus { .. } => "jobs",
+            Class::Webhook => "webhook",
+            Class::Passthrough { route: None, .. } => "other",
         }
     }
 }
@@ -88,13 +112,22 @@ pub const FORWARDED_METHODS: [Method; 6] = [
 /// [`FORWARDED_METHODS`] as an `Allow` header value.
 const ALLOW_FORWARDED: &str = "GET, HEAD, POST, PUT, PATCH, DELETE";
 
+/// Where a request is sent and what it may be: the parts of the config classification reads.
+pub struct Rules<'a> {
+    /// The webhook path.
+    pub webhook_path: &'a str,
+    /// Authorities accepted in absolute-form targets.
+    pub accept_hosts: &'a [String],
+    /// The route table.
+    pub routes: &'a Routes,
+}
+
 /// Classifies a request, refusing what must never be forwarded.
 pub fn classify(
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
-    webhook_path: &str,
-    accept_hosts: &[String],
+    rules: &Rules<'_>,
 ) -> Result<Class, ProxyError> {
     if method == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed {
@@ -109,12 +142,12 @@ pub fn classify(
             allow: ALLOW_FORWARDED,
         });
     }
-    check_authority(uri, accept_hosts)?;
+    check_authority(uri, rules.accept_hosts)?;
     let path = uri.path();
     check_path(path)?;
     let realtime = realtime_flag(headers)?;
 
-    if path == webhook_path {
+    if path == rules.webhook_path {
         return if method == Method::POST {
             Ok(Class::Webhook)
         } else {
@@ -125,42 +158,50 @@ pub fn classify(
         };
     }
 
+    // Account paths name an account id: a bad one is refused, never forwarded.
     let mut segments = path.split('/').skip(1);
-    if segments.next() != Some("v2") || segments.next() != Some("accounts") {
-        return Ok(Class::Passthrough);
-    }
-    let Some(account) = segments.next() else {
-        return Ok(Class::Passthrough);
-    };
-    if account.is_empty() {
-        return Ok(Class::Passthrough);
-    }
-    validate_id("account id", account)?;
-    let rest: [Option<&str>; 3] = [segments.next(), segments.next(), segments.next()];
-    if method != Method::GET {
-        return Ok(Class::Passthrough);
-    }
-    let account = account.to_string();
-    Ok(match rest {
-        [Some("balance"), None, _] => account_class(account, Kind::Balance, realtime),
-        [Some("transactions"), None, _] => account_class(account, Kind::Transactions, realtime),
-        [Some("jobs"), Some(job_id), None] => {
-            validate_id("job id", job_id)?;
-            Class::JobStatus {
-                account,
-                job_id: job_id.to_string(),
+    if segments.next() == Some("v2") && segments.next() == Some("accounts") {
+        if let Some(account) = segments.next().filter(|a| !a.is_empty()) {
+            validate_id("account id", account)?;
+            if let (Some("jobs"), Some(job_id), None) =
+                (segments.next(), segments.next(), segments.next())
+            {
+                validate_id("job id", job_id)?;
+                if method == Method::GET {
+                    return Ok(Class::JobStatus {
+                        account: account.to_string(),
+                        job_id: job_id.to_string(),
+                    });
+                }
             }
         }
-        _ => Class::Passthrough,
-    })
-}
-
-fn account_class(account: String, kind: Kind, realtime: bool) -> Class {
-    if realtime {
-        Class::Realtime { account, kind }
-    } else {
-        Class::Cached { account, kind }
     }
+
+    let Some(m) = rules.routes.find(method, path) else {
+        return Ok(Class::Passthrough {
+            route: None,
+            account: None,
+        });
+    };
+    let account = m.account.unwrap_or_default().to_string();
+    if method == Method::GET && realtime && m.route.realtime {
+        return Ok(Class::Realtime {
+            route: m.route,
+            account,
+        });
+    }
+    // An explicit realtime request on a route that does not collapse it goes to Mono as sent.
+    if method == Method::GET && m.route.cached() && !realtime {
+        return Ok(Class::Cached {
+            route: m.route,
+            account,
+            params: m.params,
+        });
+    }
+    Ok(Class::Passthrough {
+        route: Some(m.route),
+        account: m.account.map(str::to_string),
+    })
 }
 
 /// Absolute-form targets (`HTTPS_PROXY` clients) must name an accepted authority.
@@ -292,54 +333,80 @@ mod tests {
             headers.insert("x-realtime", v.parse().unwrap());
         }
         let hosts = vec!["api.withmono.com".to_string(), "127.0.0.1:9".to_string()];
+        let routes = Routes::new(&[], &crate::cache::tests_config());
+        let rules = Rules {
+            webhook_path: "/webhooks/mono",
+            accept_hosts: &hosts,
+            routes: &routes,
+        };
         classify(
             &method.parse().unwrap(),
             &target.parse().unwrap(),
             &headers,
-            "/webhooks/mono",
-            &hosts,
+            &rules,
         )
+    }
+
+    /// `(class, route, account)` of a request.
+    fn shape(c: &Class) -> (&'static str, &'static str, String) {
+        let account = match c {
+            Class::Realtime { account, .. }
+            | Class::Cached { account, .. }
+            | Class::JobStatus { account, .. } => account.clone(),
+            Class::Passthrough { account, .. } => account.clone().unwrap_or_default(),
+            Class::Webhook => String::new(),
+        };
+        (c.label(), c.route_name(), account)
     }
 
     #[test]
     fn classes_follow_the_spec_table() {
+        let c = |m, p, rt| shape(&class_of(m, p, rt).unwrap());
+        let s = |a: &'static str, b: &'static str, acc: &str| (a, b, acc.to_string());
         assert_eq!(
-            class_of("GET", "/v2/accounts/abc/balance", Some("TRUE")).unwrap(),
-            Class::Realtime {
-                account: "abc".into(),
-                kind: Kind::Balance
-            }
+            c("GET", "/v2/accounts/abc/balance", Some("TRUE")),
+            s("realtime", "balance", "abc")
         );
         assert_eq!(
-            class_of("GET", "/v2/accounts/abc/transactions?page=2", None).unwrap(),
-            Class::Cached {
-                account: "abc".into(),
-                kind: Kind::Transactions
-            }
+            c("GET", "/v2/accounts/abc/transactions?page=2", None),
+            s("cached", "transactions", "abc")
         );
         assert_eq!(
-            class_of("GET", "/v2/accounts/abc/jobs/jobs.accounts_1", None).unwrap(),
-            Class::JobStatus {
-                account: "abc".into(),
-                job_id: "jobs.accounts_1".into()
-            }
+            c("GET", "/v2/accounts/abc/jobs/jobs.accounts_1", None),
+            s("job_status", "jobs", "abc")
         );
         assert_eq!(
-            class_of("POST", "/webhooks/mono", None).unwrap(),
-            Class::Webhook
+            c("POST", "/webhooks/mono", None),
+            s("webhook", "webhook", "")
+        );
+        assert_eq!(
+            c("GET", "/v2/accounts/abc", None),
+            s("cached", "account", "abc")
+        );
+        assert_eq!(
+            c("GET", "/accounts/abc/transactions", None),
+            s("cached", "node_transactions", "abc")
+        );
+        assert_eq!(
+            c("GET", "/v2/accounts/abc/identity", None),
+            s("passthrough", "identity", "abc")
+        );
+        // An explicit realtime request on a route that does not collapse goes to Mono as sent.
+        assert_eq!(
+            c("GET", "/v2/accounts/abc", Some("true")),
+            s("passthrough", "account", "abc")
         );
         for p in [
             "/v1/x",
             "/v3/accounts/a",
             "/accounts/abc/balance",
             "/account/auth",
-            "/v2/accounts/abc/identity",
         ] {
-            assert_eq!(class_of("GET", p, None).unwrap(), Class::Passthrough, "{p}");
+            assert_eq!(c("GET", p, None), s("passthrough", "other", ""), "{p}");
         }
         assert_eq!(
-            class_of("POST", "/v2/accounts/abc/balance", None).unwrap(),
-            Class::Passthrough
+            c("POST", "/v2/accounts/abc/balance", None),
+            s("passthrough", "other", "")
         );
     }
 

@@ -18,8 +18,10 @@ use crate::config::ClientKeyPolicy;
 use crate::error::ProxyError;
 use crate::headers::{self, CacheResult, MONO_SEC_KEY, REQUEST_ID, X_PROXY_TOKEN};
 use crate::request::context::{AccountRead, JobRead};
+use crate::request::directives::Directives;
+use crate::request::passthrough::Named;
 use crate::request::{cached_read, job_status, passthrough, realtime, webhook};
-use crate::route::{self, Class};
+use crate::route::{self, Class, Rules};
 use crate::state::State;
 use crate::tenant::Tenant;
 
@@ -99,6 +101,7 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
 /// What the pipeline produced, for the summary event and metrics.
 struct Summary {
     class: &'static str,
+    route: &'static str,
     cache: Option<CacheResult>,
     error: Option<&'static str>,
 }
@@ -111,6 +114,7 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
     let uri = req.uri().clone();
     let mut summary = Summary {
         class: "invalid",
+        route: "other",
         cache: None,
         error: None,
     };
@@ -127,13 +131,16 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
     resp.headers_mut().insert(REQUEST_ID, request_id.clone());
     let status = resp.status().as_u16();
     let cache_label = summary.cache.map_or("none", CacheResult::label);
-    state.metrics.request(summary.class, cache_label, status);
+    state
+        .metrics
+        .request(summary.class, summary.route, cache_label, status);
     tracing::info!(
         target: "mono_proxy::access",
         request_id = request_id.to_str().unwrap_or("-"),
         method = %method,
         path = uri.path(),
         class = summary.class,
+        route = summary.route,
         status,
         cache = cache_label,
         error = summary.error.unwrap_or(""),
@@ -152,22 +159,46 @@ async fn pipeline(
 ) -> Result<Response<Body>, ProxyError> {
     let class = classify(state, &req)?;
     summary.class = class.label();
+    summary.route = class.route_name();
     let query = req.uri().query();
+    let target = || {
+        req.uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"))
+    };
     let (resp, result) = match class {
         // Mono authenticates its webhooks with their own secret; no client token applies.
         Class::Webhook => return webhook::serve(state, req).await,
-        Class::Passthrough => {
+        Class::Passthrough { route, account } => {
             let tenant = authorize(state, &req)?;
-            return passthrough::serve(state, &tenant, req, request_id).await;
+            let named = route.as_ref().map(|r| Named {
+                route: r.name,
+                account: account.as_deref().unwrap_or_default(),
+            });
+            return passthrough::serve(state, &tenant, req, request_id, named).await;
         }
-        Class::Cached { account, kind } => {
+        Class::Cached {
+            route,
+            account,
+            params,
+        } => {
             let tenant = authorize(state, &req)?;
-            let read = AccountRead::new(tenant, account, kind, query, request_id.clone());
+            let directives = Directives::parse(req.headers());
+            let read = AccountRead::new(
+                tenant,
+                account,
+                route,
+                &params,
+                target(),
+                request_id.clone(),
+            )
+            .with_directives(directives);
             cached_read::serve(state, &read).await?
         }
-        Class::Realtime { account, kind } => {
+        Class::Realtime { route, account } => {
             let tenant = authorize(state, &req)?;
-            let read = AccountRead::new(tenant, account, kind, query, request_id.clone());
+            let read = AccountRead::new(tenant, account, route, "", target(), request_id.clone());
             realtime::serve(state, &read).await?
         }
         Class::JobStatus { account, job_id } => {
@@ -204,13 +235,12 @@ fn classify(state: &State, req: &Request<Incoming>) -> Result<Class, ProxyError>
     } else {
         req.uri()
     };
-    route::classify(
-        req.method(),
-        uri,
-        req.headers(),
-        &state.config.webhook.path,
-        &state.config.upstream.accept_hosts,
-    )
+    let rules = Rules {
+        webhook_path: &state.config.webhook.path,
+        accept_hosts: &state.config.upstream.accept_hosts,
+        routes: &state.routes,
+    };
+    route::classify(req.method(), uri, req.headers(), &rules)
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host`, and no request carries two.

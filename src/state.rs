@@ -10,11 +10,13 @@ use arc_swap::ArcSwap;
 
 use crate::cache::ResponseCache;
 use crate::config::Config;
+use crate::cooldowns::Cooldowns;
 use crate::deliveries::Deliveries;
 use crate::inflight::InFlight;
 use crate::metrics::Metrics;
 use crate::pagination::Rewrite;
 use crate::polls::{PollQueue, PollReceiver};
+use crate::routes::Routes;
 use crate::store::{Store, StoreOpenError};
 use crate::tenant::{Secrets, SecretsError};
 use crate::upstream::{Upstream, UpstreamSetupError};
@@ -41,6 +43,10 @@ pub struct State {
     pub upstream: Upstream,
     /// Secrets, swapped on rotation.
     pub secrets: ArcSwap<Secrets>,
+    /// The route table.
+    pub routes: Routes,
+    /// Mono 429 cooldowns in force.
+    pub cooldowns: Cooldowns,
     /// Response cache storage.
     pub cache: ResponseCache,
     /// Cache fills and realtime calls in flight.
@@ -68,8 +74,11 @@ impl State {
         let upstream = Upstream::new(&config.upstream, Arc::clone(&metrics))?;
         let store = Store::open(&config.store, &config.cache, config.realtime.window).await?;
         let (polls, poll_rx) = PollQueue::new(config.jobs.poll);
+        let routes = Routes::new(&config.routes, &config.cache);
         let state = Arc::new(State {
-            cache: ResponseCache::new(&config.cache),
+            cache: ResponseCache::new(&config.cache, routes.max_ttl()),
+            routes,
+            cooldowns: Cooldowns::new(config.upstream.max_cooldown),
             inflight: InFlight::default(),
             polls,
             deliveries: Deliveries::new(config.webhook.memory, config.webhook.forward_to.len()),

@@ -202,7 +202,8 @@ async fn metrics_follow_hits_collapsed_calls_upstream_calls_and_saved_cost() {
         "{ctype}"
     );
     let before = scrape.text();
-    let hit = r#"mono_proxy_requests_total{class="cached",cache="hit",status="200"}"#;
+    let hit =
+        r#"mono_proxy_requests_total{class="cached",cache="hit",status="200",route="balance"}"#;
     assert_eq!(metric(&before, hit), 0.0);
     assert_eq!(metric(&before, "mono_proxy_realtime_saved_cost_total"), 0.0);
 
@@ -225,7 +226,7 @@ async fn metrics_follow_hits_collapsed_calls_upstream_calls_and_saved_cost() {
     assert_eq!(
         metric(
             &m,
-            r#"mono_proxy_requests_total{class="cached",cache="miss",status="200"}"#
+            r#"mono_proxy_requests_total{class="cached",cache="miss",status="200",route="balance"}"#
         ),
         1.0
     );
@@ -466,12 +467,12 @@ async fn rotating_to_another_key_changes_tenant_and_in_flight_requests_finish() 
     sb.sandbox.set_fault_spec(Some(
         Fault::Latency(Duration::from_secs(1))
             .times(4)
-            .route("details"),
+            .route("identity"),
     ));
     sb.sandbox.clear_requests();
     let mut in_flight = Vec::new();
     for _ in 0..4 {
-        let url = proxy.url("/v2/accounts/acc1");
+        let url = proxy.url("/v2/accounts/acc1/identity");
         in_flight.push(tokio::spawn(async move {
             try_send(Method::GET, &url, &[], Bytes::new()).await
         }));

@@ -87,6 +87,21 @@ impl<'t, 'e> Fields<'t, 'e> {
         }
     }
 
+    /// A humantime duration that may be zero (`"0s"` turns something off); `None` when unset.
+    pub(super) fn optional_duration(&mut self, key: &'static str) -> Option<Duration> {
+        let text = self.string(key)?;
+        match humantime::parse_duration(&text) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.problem(
+                    key,
+                    format!("invalid duration {text:?} ({e}); use e.g. \"300s\" or \"0s\""),
+                );
+                None
+            }
+        }
+    }
+
     /// A byte size above zero, e.g. `"256MiB"`.
     pub(super) fn size(&mut self, key: &'static str, default: u64) -> u64 {
         let Some(text) = self.string(key) else {

@@ -7,6 +7,7 @@
 //! from its table, `fields` reads typed values out of a table, `secret` keeps secrets unprinted.
 
 mod fields;
+mod routes;
 mod secret;
 mod sections;
 
@@ -18,6 +19,7 @@ use std::time::Duration;
 use http::Uri;
 use toml::Table;
 
+pub use routes::{check_template, RouteConfig};
 pub use secret::{redact_url, url_password, Secret, SecretError, SecretSource};
 
 /// Default proxy listen address: loopback only, as a sidecar.
@@ -78,6 +80,10 @@ pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_STORE_PREFIX: &str = "mono-proxy";
 /// Redis operations give up after this long: Redis is a local hop, not worth waiting on.
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(50);
+/// Cooldown after a Mono 429 that names no `Retry-After`.
+pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(30);
+/// Longest cooldown a 429's `Retry-After` may impose.
+pub const DEFAULT_MAX_COOLDOWN: Duration = Duration::from_secs(300);
 /// Largest body kept in the shared (Redis) cache tier.
 pub const DEFAULT_SHARED_MAX_ENTRY: u64 = 1024 * 1024;
 
@@ -135,6 +141,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Client tokens; empty means any local client is trusted.
     pub clients: Vec<ClientConfig>,
+    /// `[[route]]` tables, before the built-in routes.
+    pub routes: Vec<RouteConfig>,
 }
 
 /// Client-facing server limits.
@@ -179,6 +187,11 @@ pub struct UpstreamConfig {
     pub client_key: ClientKeyPolicy,
     /// Largest upstream body buffered for the cache.
     pub max_response_bytes: usize,
+    /// After a Mono 429 on a route, calls for that tenant, route and account are answered 429
+    /// locally for this long when Mono gives no `Retry-After`.
+    pub cooldown: Duration,
+    /// The longest cooldown a `Retry-After` may impose.
+    pub max_cooldown: Duration,
 }
 
 /// Realtime window settings.

@@ -9,8 +9,9 @@ use super::fields::{section, Fields};
 use super::*;
 
 /// The top-level keys that hold sections, read by their own builders.
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "server", "upstream", "realtime", "cache", "jobs", "webhook", "store", "log", "clients",
+    "route",
 ];
 
 /// The whole config: top-level keys first, then each section in file order of the docs.
@@ -44,6 +45,7 @@ pub(super) fn build_config(root: &Table, env: &dyn Env, errors: &mut Vec<String>
     let cache = cache(section(root, "cache", errors), &realtime, &store, errors);
     let log = log(section(root, "log", errors), env, errors);
     let clients = clients(root.get("clients"), env, errors);
+    let routes = routes::routes(root.get("route"), errors);
     Config {
         listen,
         admin_listen,
@@ -57,6 +59,7 @@ pub(super) fn build_config(root: &Table, env: &dyn Env, errors: &mut Vec<String>
         store,
         log,
         clients,
+        routes,
     }
 }
 
@@ -139,6 +142,8 @@ fn upstream(table: Option<&Table>, env: &dyn Env, errors: &mut Vec<String>) -> U
         pool_max_idle_per_host: f.count("pool_max_idle_per_host", DEFAULT_POOL_MAX_IDLE) as usize,
         client_key,
         max_response_bytes: f.size("max_response_bytes", DEFAULT_MAX_ENTRY_BYTES) as usize,
+        cooldown: f.duration("cooldown", DEFAULT_COOLDOWN),
+        max_cooldown: f.duration("max_cooldown", DEFAULT_MAX_COOLDOWN),
     };
     f.finish();
     u

@@ -1,10 +1,11 @@
-//! Cached read (spec §4): a fresh hit, or one collapsed upstream fetch, or stale on error.
+//! Cached read (spec §4): a fresh hit, or one collapsed upstream fetch, or stale on error; with
+//! the request's own cache directives (RFC 9111 §5.2.1) and Mono's 429 cooldowns honoured.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
-use http::{Response, StatusCode};
+use http::Response;
 
 use crate::body::Body;
 use crate::cache::{CachedBody, Freshness};
@@ -12,43 +13,55 @@ use crate::error::ProxyError;
 use crate::headers::{bool_value, set_cache_status, CacheResult, X_HAS_NEW_DATA};
 use crate::inflight::Filled;
 use crate::request::context::AccountRead;
+use crate::request::fill;
 use crate::singleflight::Outcome;
 use crate::state::State;
-use crate::store::{BodyKey, SharedBody, SharedLookup};
-use crate::upstream::Fetched;
-
-/// Lookups of the shared tier per fill at most (each but the last ended by a fill elsewhere
-/// that stored nothing).
-const SHARED_ROUNDS: usize = 3;
 
 /// Answers a cached read: hit → answer; miss → fill (collapsed); failure → stale if allowed.
 pub async fn serve(
     state: &Arc<State>,
     read: &AccountRead,
 ) -> Result<(Response<Body>, CacheResult), ProxyError> {
+    let directives = read.directives;
+    if directives.no_store {
+        return fill::bypass(state, read).await;
+    }
+    let data = read.kind().is_some();
     let mut stale = None;
     if let Some(body) = state.cache.lookup(&read.account_key(), read.path_key()) {
         match state.cache.freshness(&body) {
-            Freshness::Fresh(ttl) => {
+            Freshness::Fresh(ttl) if directives.accepts(body.stored_at.elapsed().as_secs()) => {
                 return Ok((
-                    respond(&body, CacheResult::Hit, Some(ttl)),
+                    respond(&body, CacheResult::Hit, Some(ttl), data),
                     CacheResult::Hit,
                 ))
             }
+            // Fresh, but the app asked for a newer answer: refetched below.
+            Freshness::Fresh(_) => {}
             Freshness::Stale(past) => stale = Some((body, past)),
             Freshness::Expired => {}
         }
     }
-    let (filled, led) = fill(state, read).await;
-    let result = if led {
-        CacheResult::Miss
-    } else {
-        CacheResult::Collapsed
+    if directives.only_if_cached {
+        return Err(ProxyError::NotCached);
+    }
+    if let Some(left) = state
+        .cooldowns
+        .remaining(&read.tenant.id, read.route.name, &read.account)
+    {
+        return Err(ProxyError::CoolingDown(left));
+    }
+    let refetch = directives.no_cache || directives.max_age.is_some();
+    let (filled, led) = collapsed_fill(state, read, refetch).await;
+    let result = match (led, refetch) {
+        (true, false) => CacheResult::Miss,
+        (true, true) => CacheResult::Refetched,
+        (false, _) => CacheResult::Collapsed,
     };
     match (filled, stale) {
         (Ok(Filled::Stored(body)), _) => {
-            let ttl = state.cache.ttl().as_secs() as i64;
-            Ok((respond(&body, result, Some(ttl)), result))
+            let ttl = body.ttl.as_secs() as i64;
+            Ok((respond(&body, result, Some(ttl), data), result))
         }
         (Ok(Filled::Shared(body)), _) => {
             let result = if led {
@@ -60,10 +73,10 @@ pub async fn serve(
                 Freshness::Fresh(ttl) => ttl,
                 _ => 0,
             };
-            Ok((respond(&body, result, Some(ttl)), result))
+            Ok((respond(&body, result, Some(ttl), data), result))
         }
         (Ok(Filled::Uncacheable(f)), Some((body, past))) if f.status.is_server_error() => Ok((
-            respond(&body, CacheResult::Stale, Some(-past)),
+            respond(&body, CacheResult::Stale, Some(-past), data),
             CacheResult::Stale,
         )),
         (Ok(Filled::Uncacheable(f)), _) => {
@@ -74,7 +87,7 @@ pub async fn serve(
         (Err(e), Some((body, past))) => {
             tracing::warn!(error = %e, account = %read.account, "upstream failed; serving stale");
             Ok((
-                respond(&body, CacheResult::Stale, Some(-past)),
+                respond(&body, CacheResult::Stale, Some(-past), data),
                 CacheResult::Stale,
             ))
         }
@@ -85,15 +98,30 @@ pub async fn serve(
 /// One upstream fetch per (tenant, account, path) however many callers miss at once.
 /// Returns the fill's result and whether this caller led it.
 pub async fn fill(state: &Arc<State>, read: &AccountRead) -> (Result<Filled, ProxyError>, bool) {
+    collapsed_fill(state, read, false).await
+}
+
+/// [`fill`], or with `refetch` a fetch that skips the shared tier (the app asked for a newer
+/// answer than any stored): collapsed with concurrent refetches only, since a fill already
+/// running may have started before the app asked.
+async fn collapsed_fill(
+    state: &Arc<State>,
+    read: &AccountRead,
+    refetch: bool,
+) -> (Result<Filled, ProxyError>, bool) {
     let timeout = state.config.upstream.timeout + Duration::from_secs(1);
-    let fill = || {
+    let call = || {
         let (state, read) = (Arc::clone(state), read.clone());
-        async move { fetch_and_store(&state, &read).await }
+        async move { fill::fetch_and_store(&state, &read, refetch).await }
     };
+    let mut key = read.fill_key();
+    if refetch {
+        key.push_str("#refetch");
+    }
     let (outcome, led) = state
         .inflight
         .fills
-        .lead_or_follow(&read.fill_key(), timeout, fill)
+        .lead_or_follow(&key, timeout, call)
         .await;
     let result = match outcome {
         Outcome::Done(r) => r,
@@ -103,151 +131,14 @@ pub async fn fill(state: &Arc<State>, read: &AccountRead) -> (Result<Filled, Pro
     (result, led)
 }
 
-/// The fill itself. With the shared tier, Redis is asked first: a body another replica fetched
-/// is taken as is; a fill already running elsewhere is waited for (bounded); otherwise this
-/// replica fetches for the whole fleet and hands the body to the tier.
-async fn fetch_and_store(state: &State, read: &AccountRead) -> Result<Filled, ProxyError> {
-    let key = BodyKey {
-        tenant: &read.tenant.id,
-        account: &read.account,
-        path: read.path_key(),
-    };
-    // The fleet's lease lasts as long as one fetch may: past it, the waiters fetch themselves.
-    let lease = state.config.upstream.timeout + Duration::from_secs(1);
-    let deadline = tokio::time::Instant::now() + lease;
-    let mut ticket = None;
-    // A wait that ends without a body (that fill failed, or was not cacheable) looks again: the
-    // lease is free, so one of the waiting replicas takes it instead of all fetching at once.
-    for _ in 0..SHARED_ROUNDS {
-        match state.store.shared_lookup(&key, lease).await {
-            SharedLookup::Hit(shared) => {
-                if let Some(filled) = adopt(state, read, shared) {
-                    state.metrics.shared_cache("hit");
-                    return Ok(filled);
-                }
-                break;
-            }
-            SharedLookup::Wait => {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                match state.store.shared_wait(&key, left).await {
-                    Some(shared) => {
-                        if let Some(filled) = adopt(state, read, shared) {
-                            state.metrics.shared_cache("waited");
-                            return Ok(filled);
-                        }
-                        break;
-                    }
-                    None if left.is_zero() || tokio::time::Instant::now() >= deadline => {
-                        state.metrics.shared_cache("wait_timeout");
-                        break;
-                    }
-                    None => {}
-                }
-            }
-            SharedLookup::Fill(t) => {
-                state.metrics.shared_cache("fill");
-                ticket = Some(t);
-                break;
-            }
-            SharedLookup::Off => {
-                if state.config.cache.shared {
-                    state.metrics.shared_cache("skipped");
-                }
-                break;
-            }
-        }
-    }
-    let (filled, shared) = fetch(state, read).await;
-    if let Some(ticket) = ticket {
-        // Also when nothing was stored: the lease goes back and the waiters wake.
-        if shared
-            .as_ref()
-            .is_some_and(|b| b.body.len() as u64 > state.config.cache.shared_max_entry)
-        {
-            state.metrics.shared_cache("too_large");
-        }
-        state.store.shared_fill(&key, ticket, shared.as_ref()).await;
-    }
-    filled
-}
-
-/// A plain GET: a 200 is stored (and returned as Mono sent it, for the shared tier), anything
-/// else passed on.
-async fn fetch(
-    state: &State,
-    read: &AccountRead,
-) -> (Result<Filled, ProxyError>, Option<SharedBody>) {
-    let req = match state
-        .upstream
-        .get(&read.target(), &read.tenant.key, &read.request_id, false)
-    {
-        Ok(req) => req,
-        Err(e) => return (Err(e), None),
-    };
-    let fetched = match state
-        .upstream
-        .fetch("cached", req, state.config.upstream.timeout)
-        .await
-    {
-        Ok(f) => f,
-        Err(e) => return (Err(e), None),
-    };
-    if fetched.status != StatusCode::OK {
-        return (Ok(Filled::Uncacheable(Arc::new(fetched))), None);
-    }
-    let raw = fetched.body.clone();
-    let body = crate::pagination::rewrite(fetched.body, &state.pagination);
-    let ct = fetched.headers.get(header::CONTENT_TYPE).cloned();
-    let stored = state.cache.store(
-        &read.account_key(),
-        read.path_key(),
-        body.clone(),
-        ct.clone(),
-    );
-    match stored {
-        Ok(stored) => {
-            let shared = SharedBody {
-                body: raw,
-                content_type: ct.and_then(|v| v.to_str().ok().map(str::to_string)),
-                stored_at_ms: crate::clock::now_ms(),
-            };
-            (Ok(Filled::Stored(stored)), Some(shared))
-        }
-        Err(why) => {
-            state.metrics.not_stored("cached", why.label());
-            tracing::warn!(account = %read.account, reason = why.label(), "mono answered 200 with a body outside its JSON envelope; passed through, not cached");
-            (
-                Ok(Filled::Uncacheable(Arc::new(Fetched { body, ..fetched }))),
-                None,
-            )
-        }
-    }
-}
-
-/// Takes a body from the shared tier into this replica's cache, with the age it has.
-fn adopt(state: &State, read: &AccountRead, shared: SharedBody) -> Option<Filled> {
-    let age = Duration::from_millis(crate::clock::now_ms().saturating_sub(shared.stored_at_ms));
-    let body = crate::pagination::rewrite(shared.body, &state.pagination);
-    let ct = shared
-        .content_type
-        .and_then(|v| HeaderValue::from_str(&v).ok());
-    match state
-        .cache
-        .store_aged(&read.account_key(), read.path_key(), body, ct, age)
-    {
-        Ok(stored) => Some(Filled::Shared(stored)),
-        Err(why) => {
-            tracing::debug!(
-                reason = why.label(),
-                "ignoring an unusable shared cache entry"
-            );
-            None
-        }
-    }
-}
-
-/// Builds the response for a cached body.
-pub fn respond(body: &CachedBody, result: CacheResult, ttl: Option<i64>) -> Response<Body> {
+/// Builds the response for a cached body; `data` (balance and transactions) adds
+/// `x-has-new-data`.
+pub fn respond(
+    body: &CachedBody,
+    result: CacheResult,
+    ttl: Option<i64>,
+    data: bool,
+) -> Response<Body> {
     let mut resp = Response::new(Body::full(body.body.clone()));
     // Sized for what is added here and by the service (x-request-id): no regrowth per hit.
     *resp.headers_mut() = http::HeaderMap::with_capacity(8);
@@ -262,6 +153,8 @@ pub fn respond(body: &CachedBody, result: CacheResult, ttl: Option<i64>) -> Resp
             HeaderValue::from(body.stored_at.elapsed().as_secs()),
         );
     }
-    h.insert(X_HAS_NEW_DATA, bool_value(body.has_new_data));
+    if data {
+        h.insert(X_HAS_NEW_DATA, bool_value(body.has_new_data));
+    }
     resp
 }

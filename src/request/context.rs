@@ -6,27 +6,33 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use http::uri::PathAndQuery;
 use http::HeaderValue;
 
+use crate::request::directives::Directives;
 use crate::route::Kind;
+use crate::routes::Route;
 use crate::store::RecordKey;
 use crate::tenant::Tenant;
 
-/// One read of `/v2/accounts/{id}/balance|transactions`: who asks, for what, under which id.
+/// One read of a cached (or realtime) route: who asks, for what, under which id.
 #[derive(Debug, Clone)]
 pub struct AccountRead {
     /// Whose key it uses.
     pub tenant: Tenant,
-    /// The validated account id.
+    /// The validated account id (empty for a route without `{id}`).
     pub account: String,
-    /// Balance or transactions.
-    pub kind: Kind,
-    /// The query as the client sent it (forwarded upstream unchanged).
-    query: Option<String>,
-    /// The normalized path within the account's cache group: `balance`, `transactions?page=2`.
+    /// The route it matched.
+    pub route: Arc<Route>,
+    /// The path and query as the client sent them (forwarded upstream unchanged).
+    target: PathAndQuery,
+    /// The normalized key within the account's cache group: `balance`,
+    /// `transactions?page=2`, `statement_job/j1`.
     path_key: Cow<'static, str>,
     /// The request id sent upstream and logged.
     pub request_id: HeaderValue,
+    /// The request's own cache directives.
+    pub directives: Directives,
 }
 
 impl AccountRead {
@@ -34,18 +40,31 @@ impl AccountRead {
     pub fn new(
         tenant: Tenant,
         account: String,
-        kind: Kind,
-        query: Option<&str>,
+        route: Arc<Route>,
+        params: &str,
+        target: PathAndQuery,
         request_id: HeaderValue,
     ) -> AccountRead {
         AccountRead {
             tenant,
             account,
-            kind,
-            path_key: path_key(kind, query),
-            query: query.filter(|q| !q.is_empty()).map(str::to_string),
+            path_key: path_key(route.name, params, target.query()),
+            route,
+            target,
             request_id,
+            directives: Directives::default(),
         }
+    }
+
+    /// The same read with the request's directives.
+    pub fn with_directives(mut self, directives: Directives) -> AccountRead {
+        self.directives = directives;
+        self
+    }
+
+    /// Balance or transactions data (realtime, `x-has-new-data`), or neither.
+    pub fn kind(&self) -> Option<Kind> {
+        self.route.kind
     }
 
     /// The path within the account's cache group.
@@ -66,19 +85,17 @@ impl AccountRead {
         k
     }
 
-    /// The job record of this account endpoint, which is also the realtime flight's key.
-    pub fn record_key(&self) -> RecordKey {
-        RecordKey::new(&self.tenant.id, &self.account, self.kind)
+    /// The job record of this account endpoint, which is also the realtime flight's key; only
+    /// balance and transactions routes have one.
+    pub fn record_key(&self) -> Option<RecordKey> {
+        self.route
+            .kind
+            .map(|kind| RecordKey::new(&self.tenant.id, &self.account, kind))
     }
 
-    /// The upstream path and query, with the client's query as sent.
-    pub fn target(&self) -> String {
-        let mut target = format!("/v2/accounts/{}/{}", self.account, self.kind.as_str());
-        if let Some(q) = &self.query {
-            target.push('?');
-            target.push_str(q);
-        }
-        target
+    /// The upstream path and query, as the client sent them.
+    pub fn target(&self) -> &str {
+        self.target.as_str()
     }
 }
 
@@ -142,15 +159,30 @@ fn param_name(pair: &str) -> &str {
     pair.split_once('=').map_or(pair, |(name, _)| name)
 }
 
-/// The cache path key of an account endpoint: `balance` or `transactions?page=2`.
-/// Borrowed when there is no query, so the common hit allocates nothing for it.
-pub fn path_key(kind: Kind, query: Option<&str>) -> Cow<'static, str> {
+/// The cache path key of a route's answer: `balance`, `transactions?page=2`,
+/// `statement_job/j1`. Borrowed when there is neither parameter nor query, so the common hit
+/// allocates nothing for it.
+pub fn path_key(route: &'static str, params: &str, query: Option<&str>) -> Cow<'static, str> {
     let q = normalize_query(query);
-    if q.is_empty() {
-        Cow::Borrowed(kind.as_str())
-    } else {
-        Cow::Owned(format!("{}?{q}", kind.as_str()))
+    if q.is_empty() && params.is_empty() {
+        return Cow::Borrowed(route);
     }
+    let mut key = String::with_capacity(route.len() + params.len() + q.len() + 2);
+    key.push_str(route);
+    if !params.is_empty() {
+        key.push('/');
+        key.push_str(params);
+    }
+    if !q.is_empty() {
+        key.push('?');
+        key.push_str(&q);
+    }
+    Cow::Owned(key)
+}
+
+/// The route name a path key starts with.
+pub fn route_of(path_key: &str) -> &str {
+    path_key.split(['/', '?']).next().unwrap_or(path_key)
 }
 
 #[cfg(test)]
@@ -161,22 +193,42 @@ mod tests {
     fn read(query: Option<&str>) -> AccountRead {
         let tenant = Tenant::new(Secret::new("k"));
         let rid = HeaderValue::from_static("r1");
-        AccountRead::new(tenant, "abc".into(), Kind::Transactions, query, rid)
+        let routes = crate::routes::Routes::new(&[], &crate::cache::tests_config());
+        let route = Arc::clone(routes.by_name("transactions").unwrap());
+        let target = match query {
+            Some(q) => format!("/v2/accounts/abc/transactions?{q}"),
+            None => "/v2/accounts/abc/transactions".to_string(),
+        };
+        AccountRead::new(
+            tenant,
+            "abc".into(),
+            route,
+            "",
+            target.parse().unwrap(),
+            rid,
+        )
     }
 
     #[test]
     fn query_normalization_sorts_and_drops_empty_pairs() {
         assert_eq!(normalize_query(Some("paginate=true&")), "paginate=true");
         assert_eq!(normalize_query(Some("b=2&&a=1&")), "a=1&b=2");
-        assert_eq!(path_key(Kind::Balance, Some("&")), "balance");
+        assert_eq!(path_key("balance", "", Some("&")), "balance");
+        assert_eq!(
+            path_key("statement_job", "j1", Some("b=1")),
+            "statement_job/j1?b=1"
+        );
+        assert_eq!(route_of("statement_job/j1?b=1"), "statement_job");
+        assert_eq!(route_of("transactions?page=2"), "transactions");
+        assert_eq!(route_of("balance"), "balance");
         assert_eq!(normalize_query(Some("page=2&page=1")), "page=2&page=1");
         assert_ne!(
             normalize_query(Some("page=2&page=1")),
             normalize_query(Some("page=1&page=2"))
         );
         assert_ne!(
-            path_key(Kind::Transactions, Some("page=1")),
-            path_key(Kind::Transactions, Some("page=2"))
+            path_key("transactions", "", Some("page=1")),
+            path_key("transactions", "", Some("page=2"))
         );
     }
 
@@ -190,9 +242,11 @@ mod tests {
             r.fill_key(),
             format!("{tenant}:abc/transactions?limit=5&page=2")
         );
-        assert_eq!(r.record_key().flat(), format!("{tenant}:abc:transactions"));
+        assert_eq!(
+            r.record_key().unwrap().flat(),
+            format!("{tenant}:abc:transactions")
+        );
         assert_eq!(r.target(), "/v2/accounts/abc/transactions?page=2&limit=5&");
         assert_eq!(read(None).target(), "/v2/accounts/abc/transactions");
-        assert_eq!(read(Some("")).target(), "/v2/accounts/abc/transactions");
     }
 }

@@ -6,6 +6,9 @@
 
 pub mod cached_read;
 pub mod context;
+pub mod directives;
+pub mod fill;
+pub mod guards;
 pub mod job_status;
 pub mod passthrough;
 pub mod poller;

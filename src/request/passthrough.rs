@@ -1,16 +1,27 @@
-//! Passthrough: forwarded as-is with the key injected, streamed both ways, never cached.
+//! Passthrough: forwarded as-is with the key injected, streamed both ways, never cached;
+//! Mono's 429 cooldowns honoured on named routes, and billable lookups checked first.
 
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::body::Body;
+use crate::body::{collect_limited, Body, BrokenBody, CollectError};
 use crate::error::ProxyError;
 use crate::headers::X_PROXY_TOKEN;
+use crate::request::{guards, sync};
 use crate::state::State;
 use crate::tenant::Tenant;
+
+/// The route and account a forwarded request names, for its 429 cooldown.
+#[derive(Debug, Clone, Copy)]
+pub struct Named<'a> {
+    /// Route name.
+    pub route: &'static str,
+    /// Account id (empty when the route has none).
+    pub account: &'a str,
+}
 
 /// Forwards a request the proxy does not cache, within the request-body limit.
 pub async fn serve(
@@ -18,7 +29,13 @@ pub async fn serve(
     tenant: &Tenant,
     req: Request<Incoming>,
     request_id: &HeaderValue,
+    named: Option<Named<'_>>,
 ) -> Result<Response<Body>, ProxyError> {
+    if let Some(n) = named {
+        if let Some(left) = state.cooldowns.remaining(&tenant.id, n.route, n.account) {
+            return Err(ProxyError::CoolingDown(left));
+        }
+    }
     let limit = state.config.server.max_request_body;
     let (mut parts, body) = req.into_parts();
     let declared = parts
@@ -37,7 +54,14 @@ pub async fn serve(
     state
         .upstream
         .prepare(&mut parts, &tenant.key, request_id)?;
-    let body = if hyper::body::Body::is_end_stream(&body) {
+    let body = if guards::guarded(&parts.method, parts.uri.path()) {
+        let bytes = collect_limited(body, limit).await.map_err(|e| match e {
+            CollectError::TooLarge => ProxyError::PayloadTooLarge(limit),
+            CollectError::Read(_) => ProxyError::BadRequest(BrokenBody.to_string()),
+        })?;
+        guards::check(parts.uri.path(), &bytes)?;
+        Body::full(bytes)
+    } else if hyper::body::Body::is_end_stream(&body) {
         Body::empty()
     } else {
         Body::limited(body, limit)
@@ -50,6 +74,9 @@ pub async fn serve(
             state.config.upstream.timeout,
         )
         .await?;
+    if let (Some(n), StatusCode::TOO_MANY_REQUESTS) = (named, resp.status()) {
+        sync::cool_down(state, &tenant.id, n.route, n.account, resp.headers()).await;
+    }
     let (parts, body) = resp.into_parts();
     Ok(Response::from_parts(parts, Body::Stream(body)))
 }

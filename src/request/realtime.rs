@@ -22,7 +22,7 @@ use crate::request::{cached_read, sync};
 use crate::route::is_valid_id;
 use crate::singleflight::Outcome;
 use crate::state::State;
-use crate::store::{Claim, JobRecord, JobStatus};
+use crate::store::{Claim, JobRecord, JobStatus, RecordKey};
 use crate::upstream::Fetched;
 
 /// Realtime read: window → 429 memory → single flight → (claim → upstream | other replica).
@@ -30,7 +30,7 @@ pub async fn serve(
     state: &Arc<State>,
     read: &AccountRead,
 ) -> Result<(Response<Body>, CacheResult), ProxyError> {
-    let key = read.record_key();
+    let key = realtime_key(read)?;
     // Inside the window, or held back after a 429: answer from the record, never from Mono.
     let record = state.store.get(&key).await?;
     let windowed = record.as_ref().is_some_and(|r| in_window(state, r));
@@ -90,6 +90,14 @@ pub async fn serve(
     Ok((answer.into_response(result), result))
 }
 
+/// The record key of a realtime read; classification only makes realtime reads of routes that
+/// have one.
+fn realtime_key(read: &AccountRead) -> Result<RecordKey, ProxyError> {
+    read.record_key().ok_or_else(|| {
+        ProxyError::Internal("a realtime read of a route without balance or transactions".into())
+    })
+}
+
 fn in_window(state: &State, record: &JobRecord) -> bool {
     let window = state.config.realtime.window.as_millis() as u64;
     now_ms().saturating_sub(record.started_at) < window
@@ -97,7 +105,7 @@ fn in_window(state: &State, record: &JobRecord) -> bool {
 
 /// The flight leader: claim the window (shared store), then make the one realtime call.
 async fn lead(state: &Arc<State>, read: &AccountRead) -> Result<RealtimeAnswer, ProxyError> {
-    let key = read.record_key();
+    let key = realtime_key(read)?;
     // A flight that finished between this caller's record read and its join has stored its
     // record already (records are stored before a flight ends): answer from it rather than
     // calling Mono a second time inside the window.
@@ -135,7 +143,7 @@ async fn forward(
     let started_at = now_ms();
     let req = state
         .upstream
-        .get(&read.target(), &read.tenant.key, &read.request_id, true)?;
+        .get(read.target(), &read.tenant.key, &read.request_id, true)?;
     let fetched = state
         .upstream
         .fetch("realtime", req, state.config.upstream.realtime_timeout)
@@ -165,6 +173,14 @@ async fn forward(
         X_JOB_STATUS,
         HeaderValue::from_static(record.status.as_str()),
     );
+    // Every balance and transactions answer says whether there is new data; a job that just
+    // started has found none yet unless Mono says otherwise.
+    if answer.status.is_success() && !answer.headers.contains_key(X_HAS_NEW_DATA) {
+        answer.headers.insert(
+            X_HAS_NEW_DATA,
+            bool_value(record.has_new_data.unwrap_or(false)),
+        );
+    }
     Ok((answer, true))
 }
 
@@ -182,9 +198,9 @@ async fn hold_back(
         .min(realtime.max_retry_after);
     state
         .store
-        .set_rate_limit(&read.record_key(), now_ms() + wait.as_millis() as u64)
+        .set_rate_limit(&realtime_key(read)?, now_ms() + wait.as_millis() as u64)
         .await?;
-    tracing::warn!(account = %read.account, kind = read.kind.as_str(), wait_s = wait.as_secs(), "mono answered 429; holding realtime calls back");
+    tracing::warn!(account = %read.account, route = read.route.name, wait_s = wait.as_secs(), "mono answered 429; holding realtime calls back");
     Ok(())
 }
 
@@ -200,7 +216,7 @@ fn started_job(
         return None;
     }
     let content_type = fetched.headers.get(header::CONTENT_TYPE);
-    if let Err(why) = cache::storable(content_type, &fetched.body) {
+    if let Err(why) = cache::storable(content_type, &fetched.body, read.route.enveloped) {
         state.metrics.not_stored("realtime", why.label());
         tracing::warn!(account = %read.account, reason = why.label(), "mono answered a realtime call with a body outside its JSON envelope; no job recorded");
         return None;
@@ -225,7 +241,7 @@ fn started_job(
     Some(JobRecord {
         job_id: job_id.to_string(),
         account: read.account.clone(),
-        kind: read.kind,
+        kind: read.kind()?,
         status,
         started_at,
         updated_at: now_ms(),

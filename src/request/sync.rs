@@ -10,7 +10,7 @@ use tokio::sync::broadcast;
 
 use crate::headers::new_request_id;
 use crate::request::cached_read;
-use crate::request::context::{account_key, AccountRead};
+use crate::request::context::{account_key, route_of, AccountRead};
 use crate::route::Kind;
 use crate::state::State;
 use crate::store::{Broadcast, JobRecord, JobStatus, JobUpdate, RecordKey, StoreResult};
@@ -97,14 +97,17 @@ pub async fn invalidate(state: &Arc<State>, account: &str, has_new_data: Option<
         state.metrics.store_error("publish");
         tracing::warn!(error = %e, "could not broadcast invalidation");
     }
-    if state.config.cache.refresh_ahead {
+    let balance = state.routes.by_name("balance").filter(|r| r.cached());
+    let target = format!("/v2/accounts/{account}/balance").parse();
+    if let (true, Some(route), Ok(target)) = (state.config.cache.refresh_ahead, balance, target) {
         let state = Arc::clone(state);
         let tenant = state.secrets.load().default.clone();
         let read = AccountRead::new(
             tenant,
             account.to_string(),
-            Kind::Balance,
-            None,
+            Arc::clone(route),
+            "",
+            target,
             new_request_id(),
         );
         tokio::spawn(async move {
@@ -115,13 +118,15 @@ pub async fn invalidate(state: &Arc<State>, account: &str, has_new_data: Option<
     }
 }
 
-/// Drops an account's cached bodies for every tenant in this replica.
+/// Drops an account's cached bodies for every tenant in this replica, on the routes a sync
+/// invalidates.
 fn invalidate_local(state: &State, account: &str, has_new_data: Option<bool>) {
     let secrets = state.secrets.load();
+    let drops = |path_key: &str| state.routes.invalidates(route_of(path_key));
     for tenant in secrets.tenant_ids() {
         state
             .cache
-            .invalidate(&account_key(&tenant, account), has_new_data);
+            .invalidate(&account_key(&tenant, account), has_new_data, &drops);
     }
 }
 
@@ -137,18 +142,20 @@ pub async fn job_started(
 ) -> StoreResult<()> {
     let akey = read.account_key();
     state.cache.job_started(&akey);
-    if let Some((body, content_type)) = body {
+    if let Some((body, content_type)) = body.filter(|_| read.route.cached()) {
         // The caller checked the body is storable; a refusal here only means it is not cached.
+        let how = read.route.storing(std::time::Duration::ZERO);
         if let Err(why) = state
             .cache
-            .store(&akey, read.path_key(), body, content_type)
+            .store(&akey, read.path_key(), body, content_type, how)
         {
             tracing::debug!(reason = why.label(), "realtime body not cached");
         }
     }
+    let key = RecordKey::new(&read.tenant.id, &read.account, record.kind);
     state
         .store
-        .put(&read.record_key(), record, state.config.realtime.window)
+        .put(&key, record, state.config.realtime.window)
         .await?;
     let msg = Broadcast::JobStarted {
         tenant: read.tenant.id.to_string(),
@@ -159,6 +166,39 @@ pub async fn job_started(
     }
     state.polls.track(&read.tenant, record);
     Ok(())
+}
+
+/// Mono answered 429 on a route: calls for the tenant, route and account are answered here until
+/// `Retry-After` (capped; a default when absent) passes, on every replica.
+pub async fn cool_down(
+    state: &State,
+    tenant: &str,
+    route: &str,
+    account: &str,
+    headers: &http::HeaderMap,
+) {
+    let upstream = &state.config.upstream;
+    let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(crate::clock::now_ms());
+    let wait = crate::headers::retry_after(headers, now)
+        .unwrap_or(upstream.cooldown)
+        .min(upstream.max_cooldown);
+    let until_ms = crate::clock::now_ms() + wait.as_millis() as u64;
+    state.cooldowns.set(tenant, route, account, until_ms);
+    tracing::warn!(
+        route,
+        account,
+        wait_s = wait.as_secs(),
+        "mono answered 429; holding calls back"
+    );
+    let msg = Broadcast::Cooldown {
+        tenant: tenant.to_string(),
+        route: route.to_string(),
+        account: account.to_string(),
+        until_ms,
+    };
+    if let Err(e) = state.store.publish(&msg).await {
+        tracing::warn!(error = %e, "could not broadcast a cooldown");
+    }
 }
 
 /// Applies other replicas' broadcasts to this replica's cache for as long as the state lives.
@@ -183,6 +223,12 @@ pub async fn listen(weak: Weak<State>, mut rx: broadcast::Receiver<Broadcast>) {
                     .cache
                     .job_started(&account_key(&tenant.into(), &account));
             }
+            Broadcast::Cooldown {
+                tenant,
+                route,
+                account,
+                until_ms,
+            } => state.cooldowns.set(&tenant, &route, &account, until_ms),
         }
     }
 }

@@ -106,6 +106,17 @@ pub enum Broadcast {
         /// Account id.
         account: String,
     },
+    /// Mono answered 429: calls for the tenant, route and account wait until `until_ms`.
+    Cooldown {
+        /// Tenant id.
+        tenant: String,
+        /// Route name.
+        route: String,
+        /// Account id (empty for a route without one).
+        account: String,
+        /// Unix ms.
+        until_ms: u64,
+    },
 }
 
 /// Health of the store, for `/readyz` and metrics.
@@ -294,22 +305,31 @@ impl Store {
     }
 
     /// Ends a fill: stores `body` (when given, not too large, and the account was not
-    /// invalidated since the lookup), gives the lease back and wakes the waiting replicas.
+    /// invalidated since the lookup) fresh for `ttl`, gives the lease back and wakes the waiting
+    /// replicas. `indexed` bodies are dropped when a sync of the account finishes.
     pub async fn shared_fill(
         &self,
         key: &BodyKey<'_>,
         ticket: FillTicket,
         body: Option<&SharedBody>,
+        ttl: Duration,
+        indexed: bool,
     ) {
         if let Store::Redis(r) = self {
-            r.shared_fill(key, Some(ticket), body).await;
+            r.shared_fill(key, Some(ticket), body, ttl, indexed).await;
         }
     }
 
-    /// Stores a body fetched outside a fill (a realtime call's answer).
-    pub async fn shared_put(&self, key: &BodyKey<'_>, body: &SharedBody) {
+    /// Stores a body fetched outside a fill (a refetch the app asked for).
+    pub async fn shared_put(
+        &self,
+        key: &BodyKey<'_>,
+        body: &SharedBody,
+        ttl: Duration,
+        indexed: bool,
+    ) {
         if let Store::Redis(r) = self {
-            r.shared_fill(key, None, Some(body)).await;
+            r.shared_fill(key, None, Some(body), ttl, indexed).await;
         }
     }
 

@@ -135,15 +135,17 @@ return {2, '', g}
 /// generation moved), gives the lease back if ours, and wakes the replicas waiting on it.
 /// KEYS: body, fill lease, generation, body index. ARGV: generation seen ('' = store
 /// regardless), body ('' = nothing to store), expiry ms, `<replica>:`, index expiry ms, stored
-/// channel, stored message. Returns 1 when stored.
+/// channel, stored message, indexed (1 = a finished sync drops it). Returns 1 when stored.
 pub(super) static FILL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local stored = 0
 if ARGV[2] ~= '' and (ARGV[1] == '' or (redis.call('GET', KEYS[3]) or '0') == ARGV[1]) then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  redis.call('SADD', KEYS[4], KEYS[1])
-  redis.call('PEXPIRE', KEYS[4], ARGV[5])
+  if ARGV[8] == '1' then
+    redis.call('SADD', KEYS[4], KEYS[1])
+    redis.call('PEXPIRE', KEYS[4], ARGV[5])
+  end
   stored = 1
 end
 local v = redis.call('GET', KEYS[2])

@@ -28,9 +28,8 @@ const UNKNOWN_GENERATION: &str = "-";
 /// The tier's settings, from `[cache]`.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Tier {
-    /// A body is kept for `ttl + max_stale`, like the in-process cache.
-    expiry: Duration,
-    /// Past `ttl` a body is stale: the tier answers it no more (PTTL below this).
+    /// Past its route's `ttl` a body is stale: the tier answers it no more (PTTL below this);
+    /// it is kept `ttl + max_stale`, like the in-process cache.
     max_stale: Duration,
     /// Larger bodies stay out.
     max_entry: u64,
@@ -39,7 +38,6 @@ pub(super) struct Tier {
 impl Tier {
     pub(super) fn new(cache: &CacheConfig) -> Tier {
         Tier {
-            expiry: cache.ttl + cache.max_stale,
             max_stale: cache.max_stale,
             max_entry: cache.shared_max_entry,
         }
@@ -193,9 +191,12 @@ impl RedisStore {
         key: &BodyKey<'_>,
         ticket: Option<FillTicket>,
         body: Option<&SharedBody>,
+        ttl: Duration,
+        indexed: bool,
     ) {
         let s = &*self.inner;
         let Some(tier) = s.shared else { return };
+        let expiry = ttl + tier.max_stale;
         let body = body.filter(|b| b.body.len() as u64 <= tier.max_entry);
         if body.is_none() && ticket.is_none() {
             return;
@@ -214,11 +215,12 @@ impl RedisStore {
             .key(format!("{base}bodies"))
             .arg(ticket.map(|t| t.generation).unwrap_or_default())
             .arg(body.map(encode).unwrap_or_default().as_ref())
-            .arg(tier.expiry.as_millis() as u64)
+            .arg(expiry.as_millis() as u64)
             .arg(s.owner())
-            .arg(tier.expiry.max(GENERATION_RETENTION).as_millis() as u64)
+            .arg(expiry.max(GENERATION_RETENTION).as_millis() as u64)
             .arg(s.keys.stored())
-            .arg(&note);
+            .arg(&note)
+            .arg(u8::from(indexed));
         if let Err(e) = s.script::<i64>("shared_fill", &call).await {
             // The lease expires by itself; the waiters fetch on their own after their wait.
             tracing::debug!(error = %e.reason(), "shared cache fill not stored");

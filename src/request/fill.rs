@@ -1,0 +1,282 @@
+//! The fill behind a cache miss: the shared tier first (a body another replica fetched, or a
+//! fleet-wide fill to wait for), else one upstream fetch whose answer is stored here and handed
+//! to the tier; and the fetches that bypass storage.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Response, StatusCode};
+
+use crate::body::Body;
+use crate::error::ProxyError;
+use crate::headers::{set_cache_status, CacheResult};
+use crate::inflight::Filled;
+use crate::request::context::AccountRead;
+use crate::request::sync;
+use crate::state::State;
+use crate::store::{BodyKey, SharedBody, SharedLookup};
+use crate::upstream::Fetched;
+
+/// Lookups of the shared tier per fill at most (each but the last ended by a fill elsewhere
+/// that stored nothing).
+const SHARED_ROUNDS: usize = 3;
+
+/// The fill itself. With the shared tier, Redis is asked first: a body another replica fetched
+/// is taken as is; a fill already running elsewhere is waited for (bounded); otherwise this
+/// replica fetches for the whole fleet and hands the body to the tier.
+/// With `refetch` the shared tier is not read (the app wants a newer answer than any stored)
+/// but the new answer is handed to it.
+pub async fn fetch_and_store(
+    state: &State,
+    read: &AccountRead,
+    refetch: bool,
+) -> Result<Filled, ProxyError> {
+    let key = BodyKey {
+        tenant: &read.tenant.id,
+        account: &read.account,
+        path: read.path_key(),
+    };
+    // The fleet's lease lasts as long as one fetch may: past it, the waiters fetch themselves.
+    let lease = state.config.upstream.timeout + Duration::from_secs(1);
+    let deadline = tokio::time::Instant::now() + lease;
+    let mut ticket = None;
+    // A wait that ends without a body (that fill failed, or was not cacheable) looks again: the
+    // lease is free, so one of the waiting replicas takes it instead of all fetching at once.
+    let rounds = if refetch { 0 } else { SHARED_ROUNDS };
+    for _ in 0..rounds {
+        match state.store.shared_lookup(&key, lease).await {
+            SharedLookup::Hit(shared) => {
+                if let Some(filled) = adopt(state, read, shared) {
+                    state.metrics.shared_cache("hit");
+                    return Ok(filled);
+                }
+                break;
+            }
+            SharedLookup::Wait => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match state.store.shared_wait(&key, left).await {
+                    Some(shared) => {
+                        if let Some(filled) = adopt(state, read, shared) {
+                            state.metrics.shared_cache("waited");
+                            return Ok(filled);
+                        }
+                        break;
+                    }
+                    None if left.is_zero() || tokio::time::Instant::now() >= deadline => {
+                        state.metrics.shared_cache("wait_timeout");
+                        break;
+                    }
+                    None => {}
+                }
+            }
+            SharedLookup::Fill(t) => {
+                state.metrics.shared_cache("fill");
+                ticket = Some(t);
+                break;
+            }
+            SharedLookup::Off => {
+                if state.config.cache.shared {
+                    state.metrics.shared_cache("skipped");
+                }
+                break;
+            }
+        }
+    }
+    let (filled, shared) = fetch(state, read).await;
+    if shared
+        .as_ref()
+        .is_some_and(|b| b.body.len() as u64 > state.config.cache.shared_max_entry)
+    {
+        state.metrics.shared_cache("too_large");
+    }
+    let ttl = read.route.ttl;
+    let indexed = read.route.invalidate_on_sync;
+    match (ticket, shared) {
+        // Also when nothing was stored: the lease goes back and the waiters wake.
+        (Some(ticket), shared) => {
+            state
+                .store
+                .shared_fill(&key, ticket, shared.as_ref(), ttl, indexed)
+                .await;
+        }
+        (None, Some(shared)) if refetch && state.config.cache.shared => {
+            state.store.shared_put(&key, &shared, ttl, indexed).await;
+        }
+        _ => {}
+    }
+    filled
+}
+
+/// A plain GET: a 200 is stored (and returned as Mono sent it, for the shared tier), anything
+/// else passed on.
+async fn fetch(
+    state: &State,
+    read: &AccountRead,
+) -> (Result<Filled, ProxyError>, Option<SharedBody>) {
+    let req = match state
+        .upstream
+        .get(read.target(), &read.tenant.key, &read.request_id, false)
+    {
+        Ok(req) => req,
+        Err(e) => return (Err(e), None),
+    };
+    let fetched = match state
+        .upstream
+        .fetch("cached", req, state.config.upstream.timeout)
+        .await
+    {
+        Ok(f) => f,
+        Err(e) => return (Err(e), None),
+    };
+    if fetched.status == StatusCode::TOO_MANY_REQUESTS {
+        sync::cool_down(
+            state,
+            &read.tenant.id,
+            read.route.name,
+            &read.account,
+            &fetched.headers,
+        )
+        .await;
+    }
+    if fetched.status != StatusCode::OK {
+        return (Ok(Filled::Uncacheable(Arc::new(fetched))), None);
+    }
+    let body = crate::pagination::rewrite(fetched.body.clone(), &state.pagination);
+    if let Some(why) = forbids_storing(&fetched.headers) {
+        state.metrics.not_stored("cached", why);
+        let passed = Fetched { body, ..fetched };
+        return (Ok(Filled::Uncacheable(Arc::new(passed))), None);
+    }
+    let raw = fetched.body.clone();
+    let ct = fetched.headers.get(header::CONTENT_TYPE).cloned();
+    let stored = state.cache.store(
+        &read.account_key(),
+        read.path_key(),
+        body.clone(),
+        ct.clone(),
+        read.route.storing(Duration::ZERO),
+    );
+    match stored {
+        Ok(stored) => {
+            let shared = SharedBody {
+                body: raw,
+                content_type: ct.and_then(|v| v.to_str().ok().map(str::to_string)),
+                stored_at_ms: crate::clock::now_ms(),
+            };
+            (Ok(Filled::Stored(stored)), Some(shared))
+        }
+        Err(why) => {
+            state.metrics.not_stored("cached", why.label());
+            tracing::warn!(account = %read.account, reason = why.label(), "mono answered 200 with a body outside its JSON envelope; passed through, not cached");
+            (
+                Ok(Filled::Uncacheable(Arc::new(Fetched { body, ..fetched }))),
+                None,
+            )
+        }
+    }
+}
+
+/// Takes a body from the shared tier into this replica's cache, with the age it has.
+fn adopt(state: &State, read: &AccountRead, shared: SharedBody) -> Option<Filled> {
+    let age = Duration::from_millis(crate::clock::now_ms().saturating_sub(shared.stored_at_ms));
+    let body = crate::pagination::rewrite(shared.body, &state.pagination);
+    let ct = shared
+        .content_type
+        .and_then(|v| HeaderValue::from_str(&v).ok());
+    match state.cache.store(
+        &read.account_key(),
+        read.path_key(),
+        body,
+        ct,
+        read.route.storing(age),
+    ) {
+        Ok(stored) => Some(Filled::Shared(stored)),
+        Err(why) => {
+            tracing::debug!(
+                reason = why.label(),
+                "ignoring an unusable shared cache entry"
+            );
+            None
+        }
+    }
+}
+
+/// Mono's `Cache-Control: no-store` or `private` on an answer: it is passed on, never stored
+/// (here or in the shared tier). The reason, for the metric.
+fn forbids_storing(headers: &HeaderMap) -> Option<&'static str> {
+    for value in headers.get_all(header::CACHE_CONTROL) {
+        let Ok(text) = value.to_str() else { continue };
+        for part in text.split(',') {
+            let name = part.split('=').next().unwrap_or_default().trim();
+            if name.eq_ignore_ascii_case("no-store") {
+                return Some("no_store");
+            }
+            if name.eq_ignore_ascii_case("private") {
+                return Some("private");
+            }
+        }
+    }
+    None
+}
+
+/// `Cache-Control: no-store` from the app: one plain fetch, nothing stored or read from the
+/// cache, Mono's answer passed on.
+pub async fn bypass(
+    state: &State,
+    read: &AccountRead,
+) -> Result<(Response<Body>, CacheResult), ProxyError> {
+    if let Some(left) = state
+        .cooldowns
+        .remaining(&read.tenant.id, read.route.name, &read.account)
+    {
+        return Err(ProxyError::CoolingDown(left));
+    }
+    let req = state
+        .upstream
+        .get(read.target(), &read.tenant.key, &read.request_id, false)?;
+    let fetched = state
+        .upstream
+        .fetch("cached", req, state.config.upstream.timeout)
+        .await?;
+    if fetched.status == StatusCode::TOO_MANY_REQUESTS {
+        sync::cool_down(
+            state,
+            &read.tenant.id,
+            read.route.name,
+            &read.account,
+            &fetched.headers,
+        )
+        .await;
+    }
+    let body = crate::pagination::rewrite(fetched.body.clone(), &state.pagination);
+    let mut resp = Fetched { body, ..fetched }.to_response();
+    set_cache_status(resp.headers_mut(), CacheResult::Bypassed, None);
+    Ok((resp, CacheResult::Bypassed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_store_and_private_answers_are_not_stored() {
+        let mut h = HeaderMap::new();
+        assert_eq!(forbids_storing(&h), None);
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=60"),
+        );
+        assert_eq!(forbids_storing(&h), None);
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("Private, max-age=60"),
+        );
+        assert_eq!(forbids_storing(&h), Some("private"));
+        h.append(header::CACHE_CONTROL, HeaderValue::from_static("NO-STORE"));
+        assert_eq!(forbids_storing(&h), Some("private"));
+        h.remove(header::CACHE_CONTROL);
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        assert_eq!(forbids_storing(&h), Some("no_store"));
+    }
+}

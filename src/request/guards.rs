@@ -1,0 +1,66 @@
+//! Billable-call guards: requests Mono would fail (and bill) are answered here instead.
+
+use bytes::Bytes;
+use http::Method;
+use serde_json::Value;
+
+use crate::error::ProxyError;
+
+/// Mono's BVN lookup: a failed lookup is billed, so a BVN that cannot exist never leaves.
+pub const BVN_INITIATE: &str = "/v2/lookup/bvn/initiate";
+
+/// Whether a request's body must be read and checked before it is forwarded.
+pub fn guarded(method: &Method, path: &str) -> bool {
+    method == Method::POST && path == BVN_INITIATE
+}
+
+/// Checks a guarded request's body: `bvn` must be a string of exactly 11 digits.
+pub fn check(path: &str, body: &Bytes) -> Result<(), ProxyError> {
+    if path != BVN_INITIATE {
+        return Ok(());
+    }
+    let invalid = ProxyError::InvalidField {
+        field: "bvn",
+        message: "must be a string of exactly 11 digits; nothing was sent to Mono",
+    };
+    let Ok(json) = serde_json::from_slice::<Value>(body) else {
+        return Err(ProxyError::BadRequest(
+            "the body must be a JSON object with a bvn field; nothing was sent to Mono".into(),
+        ));
+    };
+    match json.get("bvn") {
+        Some(Value::String(bvn)) if bvn.len() == 11 && bvn.bytes().all(|b| b.is_ascii_digit()) => {
+            Ok(())
+        }
+        _ => Err(invalid),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_eleven_digit_bvns_pass() {
+        let ok = Bytes::from_static(br#"{"bvn":"22212345678","scope":"identity"}"#);
+        assert!(check(BVN_INITIATE, &ok).is_ok());
+        for bad in [
+            &br#"{"bvn":"2221234567"}"#[..],
+            br#"{"bvn":"222123456789"}"#,
+            br#"{"bvn":"2221234567a"}"#,
+            br#"{"bvn":22212345678}"#,
+            br#"{"scope":"identity"}"#,
+        ] {
+            let e = check(BVN_INITIATE, &Bytes::from_static(bad)).unwrap_err();
+            assert_eq!(e.status(), 400);
+            assert!(e.to_string().starts_with("bvn:"), "{e}");
+        }
+        assert_eq!(
+            check(BVN_INITIATE, &Bytes::from_static(b"not json"))
+                .unwrap_err()
+                .status(),
+            400
+        );
+        assert!(check("/v2/other", &Bytes::new()).is_ok());
+    }
+}
