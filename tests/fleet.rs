@@ -363,6 +363,7 @@ async fn four_replicas_reading_1000_cold_accounts_make_1000_upstream_calls() {
             if status.contains("detail=shared") {
                 shared_hits += 1;
                 assert_eq!(reply.header("x-cache"), Some("HIT"));
+                assert!(reply.header("age").is_some(), "{:?}", reply.headers);
             }
             if status.contains("collapsed") {
                 collapsed += 1;

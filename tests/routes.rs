@@ -7,6 +7,7 @@ mod support;
 use std::time::Duration;
 
 use http::Method;
+use mono_proxy::sandbox::{CannedReply, Fault};
 use serde_json::json;
 use support::*;
 
@@ -294,4 +295,102 @@ async fn the_realtime_leaders_answer_carries_x_has_new_data() {
         "{:?}",
         leader.headers
     );
+}
+
+#[tokio::test]
+async fn monos_no_store_and_private_answers_are_not_stored() {
+    let sb = sandbox(sandbox_config()).await;
+    let p = ProxyBuilder::for_sandbox(&sb).start().await;
+    for (value, account) in [("no-store", "mns1"), ("private, max-age=60", "mns2")] {
+        sb.sandbox.set_fault_spec(Some(
+            Fault::headers(&[("cache-control", value)]).route("balance"),
+        ));
+        let path = format!("/v2/accounts/{account}/balance");
+        for _ in 0..2 {
+            let r = p.get(&path, &[]).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert_eq!(r.header("x-cache"), Some("MISS"), "{value}");
+        }
+    }
+    assert_eq!(sb.sandbox.count("balance"), 4);
+    sb.sandbox.set_fault_spec(None);
+    let metrics = p.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "mono_proxy_responses_not_stored_total{class=\"cached\",reason=\"no_store\"}"
+        ) >= 2.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            "mono_proxy_responses_not_stored_total{class=\"cached\",reason=\"private\"}"
+        ) >= 2.0,
+        "{metrics}"
+    );
+}
+
+/// Mono's 429 with `Retry-After` on `route` of the sandbox, until cleared.
+fn mono_429(route: &str, retry_after: &str) -> mono_proxy::sandbox::FaultSpec {
+    let body = r#"{"status":"failed","message":"Too many requests","data":null}"#;
+    Fault::Reply(
+        CannedReply::new(429, body)
+            .header("content-type", "application/json")
+            .header("retry-after", retry_after),
+    )
+    .route(route)
+}
+
+#[tokio::test]
+async fn a_429_on_any_route_holds_that_account_back_locally() {
+    let sb = sandbox(sandbox_config()).await;
+    let p = ProxyBuilder::for_sandbox(&sb).start().await;
+    sb.sandbox.set_fault_spec(Some(mono_429("identity", "30")));
+    let first = p.get("/v2/accounts/cd1/identity", &[]).await;
+    assert_eq!(first.status, 429);
+    assert_eq!(sb.sandbox.count("faulted"), 1);
+    sb.sandbox.set_fault_spec(None);
+    // Mono would answer now, but the proxy holds the account back: nothing goes upstream.
+    let held = p.get("/v2/accounts/cd1/identity", &[]).await;
+    assert_eq!(held.status, 429, "{}", held.text());
+    assert_envelope(&held.json());
+    let wait: u64 = held.header("retry-after").unwrap().parse().unwrap();
+    assert!((28..=30).contains(&wait), "{wait}");
+    assert_eq!(sb.sandbox.count("identity"), 0);
+    // Other accounts and routes are not held back.
+    assert_eq!(p.get("/v2/accounts/cd2/identity", &[]).await.status, 200);
+    assert_eq!(p.get("/v2/accounts/cd1/income", &[]).await.status, 200);
+
+    // A cached route: the miss that met the 429 starts the cooldown for the next misses.
+    sb.sandbox
+        .set_fault_spec(Some(mono_429("node_transactions", "20")));
+    assert_eq!(p.get("/accounts/cd3/transactions", &[]).await.status, 429);
+    sb.sandbox.set_fault_spec(None);
+    let held = p.get("/accounts/cd3/transactions", &[]).await;
+    assert_eq!(held.status, 429);
+    assert_eq!(sb.sandbox.count("node_transactions"), 0);
+}
+
+#[tokio::test]
+async fn a_cooldown_is_shared_by_the_replicas_of_a_fleet() {
+    let r = TestRedis::start();
+    let sb = sandbox(sandbox_config()).await;
+    let store = format!(
+        "[store]\nbackend = \"redis\"\nredis_url = \"{}\"\nprefix = \"cd-{}\"\ntimeout = \"1s\"",
+        r.url,
+        uuid::Uuid::new_v4().simple()
+    );
+    let a = ProxyBuilder::for_sandbox(&sb).toml(&store).start().await;
+    let b = ProxyBuilder::for_sandbox(&sb).toml(&store).start().await;
+    sb.sandbox.set_fault_spec(Some(mono_429("income", "60")));
+    assert_eq!(a.get("/v2/accounts/fl1/income", &[]).await.status, 429);
+    sb.sandbox.set_fault_spec(None);
+    let held = eventually(Duration::from_secs(5), || async {
+        b.get("/v2/accounts/fl1/income", &[]).await.status == 429
+    })
+    .await;
+    assert!(held, "replica B called Mono during A's cooldown");
+    assert_eq!(sb.sandbox.count("income"), 0);
+    assert_eq!(b.get("/v2/accounts/fl2/income", &[]).await.status, 200);
 }

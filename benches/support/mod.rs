@@ -112,3 +112,41 @@ pub fn target_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
 }
+
+/// The value at quantile `q` (0..=1) of sorted samples, nearest rank; 0 when empty.
+pub fn percentile(sorted: &[u32], q: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Starts a private `redis-server` (no persistence, loopback only) on a free port as a child.
+/// `Ok(None)` when no `redis-server` binary is installed.
+pub fn spawn_redis_server(
+    children: &mut Children,
+    name: &'static str,
+) -> Result<Option<SocketAddr>, BoxError> {
+    let installed = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        return Ok(None);
+    }
+    let addr = free_addr()?;
+    children.spawn_quiet(
+        name,
+        Command::new("redis-server")
+            .arg("--port")
+            .arg(addr.port().to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(std::env::temp_dir()),
+    )?;
+    children.wait_listening(name, addr)?;
+    Ok(Some(addr))
+}

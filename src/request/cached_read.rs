@@ -13,7 +13,7 @@ use crate::error::ProxyError;
 use crate::headers::{bool_value, set_cache_status, CacheResult, X_HAS_NEW_DATA};
 use crate::inflight::Filled;
 use crate::request::context::AccountRead;
-use crate::request::fill;
+use crate::request::{fill, sync};
 use crate::singleflight::Outcome;
 use crate::state::State;
 
@@ -45,9 +45,8 @@ pub async fn serve(
     if directives.only_if_cached {
         return Err(ProxyError::NotCached);
     }
-    if let Some(left) = state
-        .cooldowns
-        .remaining(&read.tenant.id, read.route.name, &read.account)
+    if let Some(left) =
+        sync::held_back(state, &read.tenant.id, read.route.name, &read.account).await
     {
         return Err(ProxyError::CoolingDown(left));
     }
@@ -147,7 +146,10 @@ pub fn respond(
         h.insert(header::CONTENT_TYPE, ct.clone());
     }
     set_cache_status(h, result, ttl);
-    if matches!(result, CacheResult::Hit | CacheResult::Stale) {
+    if matches!(
+        result,
+        CacheResult::Hit | CacheResult::SharedHit | CacheResult::Stale
+    ) {
         h.insert(
             header::AGE,
             HeaderValue::from(body.stored_at.elapsed().as_secs()),

@@ -226,9 +226,8 @@ pub async fn bypass(
     state: &State,
     read: &AccountRead,
 ) -> Result<(Response<Body>, CacheResult), ProxyError> {
-    if let Some(left) = state
-        .cooldowns
-        .remaining(&read.tenant.id, read.route.name, &read.account)
+    if let Some(left) =
+        sync::held_back(state, &read.tenant.id, read.route.name, &read.account).await
     {
         return Err(ProxyError::CoolingDown(left));
     }

@@ -201,6 +201,22 @@ pub async fn cool_down(
     }
 }
 
+/// How long calls for `(tenant, route, account)` must still wait after a Mono 429: this
+/// replica's table first, then (Redis) the fleet's record.
+pub async fn held_back(
+    state: &State,
+    tenant: &str,
+    route: &str,
+    account: &str,
+) -> Option<std::time::Duration> {
+    if let Some(left) = state.cooldowns.remaining(tenant, route, account) {
+        return Some(left);
+    }
+    let until = state.store.cooldown(tenant, route, account).await?;
+    state.cooldowns.set(tenant, route, account, until);
+    state.cooldowns.remaining(tenant, route, account)
+}
+
 /// Applies other replicas' broadcasts to this replica's cache for as long as the state lives.
 pub async fn listen(weak: Weak<State>, mut rx: broadcast::Receiver<Broadcast>) {
     loop {

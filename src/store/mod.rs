@@ -271,6 +271,22 @@ impl Store {
         }
     }
 
+    /// Records a route's 429 cooldown for the fleet (nothing to do in process: the caller's
+    /// own table holds it).
+    pub async fn set_cooldown(&self, tenant: &str, route: &str, account: &str, until_ms: u64) {
+        if let Store::Redis(r) = self {
+            r.set_cooldown(tenant, route, account, until_ms).await;
+        }
+    }
+
+    /// A fleet-wide cooldown another replica recorded, if one is in force.
+    pub async fn cooldown(&self, tenant: &str, route: &str, account: &str) -> Option<u64> {
+        match self {
+            Store::Memory(_) => None,
+            Store::Redis(r) => r.cooldown(tenant, route, account).await,
+        }
+    }
+
     /// Sends a message to every other replica (nothing to do in process).
     pub async fn publish(&self, msg: &Broadcast) -> StoreResult<()> {
         match self {
@@ -320,7 +336,8 @@ impl Store {
         }
     }
 
-    /// Stores a body fetched outside a fill (a refetch the app asked for).
+    /// Stores a body fetched outside a fill (a refetch the app asked for). Realtime answers are
+    /// not shared: they are rewritten for this replica's public URL before they are held.
     pub async fn shared_put(
         &self,
         key: &BodyKey<'_>,

@@ -8,10 +8,11 @@
 //! |---|---|
 //! | `<prefix>:v2:{<tenant>:<account>}:lease:<kind>` | `<replica>:<claimed unix ms>`, `SET NX PX` |
 //! | `<prefix>:v2:{<tenant>:<account>}:rec:<kind>` | the job record as JSON, `"v":2` |
-//! | `<prefix>:v2:{<tenant>:<account>}:rl:<kind>` | 429 deadline (unix ms), `PX` until then |
+//! | `<prefix>:v2:{<tenant>:<account>}:rl:<kind>` | realtime 429 deadline (unix ms), `PX` until then |
+//! | `<prefix>:v2:{<tenant>:<account>}:cd:<route>` | a route's 429 cooldown deadline (unix ms) |
 //! | `<prefix>:v2:{<tenant>:<account>}:body:<path>` | a cached body: a JSON header line, then the bytes |
 //! | `<prefix>:v2:{<tenant>:<account>}:fill:<path>` | the fleet's fill lease of that body |
-//! | `<prefix>:v2:{<tenant>:<account>}:bodies` | set of the account's body keys (for invalidation) |
+//! | `<prefix>:v2:{<tenant>:<account>}:bodies` | set of the paths of the bodies a sync drops |
 //! | `<prefix>:v2:{<tenant>:<account>}:gen` | invalidation counter: a fill stores only if unchanged |
 //! | `<prefix>:v2:job:{<job_id>}` | `{"v":2,"tenant","account","kind"}`: where the record lives |
 //! | `<prefix>:v2:evt:{<event digest>}:<step>` | `busy:<replica>` or `done`: webhook delivery memory |
@@ -64,6 +65,14 @@ impl Keys {
 
     pub(super) fn rate_limit(&self, key: &RecordKey) -> String {
         self.scoped("rl", key)
+    }
+
+    /// A Mono 429 cooldown of one route of an account.
+    pub(super) fn cooldown(&self, tenant: &str, account: &str, route: &str) -> String {
+        let mut k = self.account(tenant, account);
+        k.push_str("cd:");
+        k.push_str(route);
+        k
     }
 
     pub(super) fn job(&self, job_id: &str) -> String {

@@ -355,6 +355,38 @@ impl RedisStore {
         }
     }
 
+    /// Records a route's 429 cooldown fleet-wide until `until_ms` (best effort: the broadcast
+    /// and this replica's own table hold it too).
+    pub async fn set_cooldown(&self, tenant: &str, route: &str, account: &str, until_ms: u64) {
+        let s = &*self.inner;
+        let left = until_ms.saturating_sub(now_ms());
+        if left == 0 {
+            return;
+        }
+        let set = redis::cmd("SET")
+            .arg(s.keys.cooldown(tenant, account, route))
+            .arg(until_ms)
+            .arg("PX")
+            .arg(left)
+            .to_owned();
+        if let Err(e) = s.cmd::<()>("set_cooldown", &set).await {
+            tracing::debug!(error = %e.reason(), "cooldown not recorded in redis");
+        }
+    }
+
+    /// The fleet-wide cooldown deadline of a route of an account, if one is in force.
+    pub async fn cooldown(&self, tenant: &str, route: &str, account: &str) -> Option<u64> {
+        let s = &*self.inner;
+        let get = redis::cmd("GET")
+            .arg(s.keys.cooldown(tenant, account, route))
+            .to_owned();
+        match s.cmd::<Option<u64>>("cooldown", &get).await {
+            Ok(until) => until.filter(|u| *u > now_ms()),
+            // Unknown: the local table (fed by broadcasts) decides.
+            Err(_) => None,
+        }
+    }
+
     /// Applies an update to the local copy of a job Redis no longer holds, and puts the record
     /// back into Redis so the other replicas see it again.
     async fn update_local(&self, job_id: &str, update: &JobUpdate) -> Option<Transition> {

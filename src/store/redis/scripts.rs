@@ -135,7 +135,8 @@ return {2, '', g}
 /// generation moved), gives the lease back if ours, and wakes the replicas waiting on it.
 /// KEYS: body, fill lease, generation, body index. ARGV: generation seen ('' = store
 /// regardless), body ('' = nothing to store), expiry ms, `<replica>:`, index expiry ms, stored
-/// channel, stored message, indexed (1 = a finished sync drops it). Returns 1 when stored.
+/// channel, stored message, indexed (1 = a finished sync drops it), the body's path (what the
+/// index holds: the key's tail, not the whole key, keeps the set small). Returns 1 when stored.
 pub(super) static FILL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -143,7 +144,7 @@ local stored = 0
 if ARGV[2] ~= '' and (ARGV[1] == '' or (redis.call('GET', KEYS[3]) or '0') == ARGV[1]) then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   if ARGV[8] == '1' then
-    redis.call('SADD', KEYS[4], KEYS[1])
+    redis.call('SADD', KEYS[4], ARGV[9])
     redis.call('PEXPIRE', KEYS[4], ARGV[5])
   end
   stored = 1
@@ -158,14 +159,16 @@ return stored
     )
 });
 
-/// Drops every shared body of an account and moves its generation on, so a fill that started
-/// before the sync cannot store its pre-sync body afterwards.
+/// Drops every indexed shared body of an account and moves its generation on, so a fill that
+/// started before the sync cannot store its pre-sync body afterwards. The bodies share the
+/// index's hash tag: `<account base>bodies` holds paths of `<account base>body:<path>`.
 /// KEYS: body index, generation. ARGV: generation expiry ms. Returns the bodies dropped.
 pub(super) static INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+local base = string.sub(KEYS[1], 1, -7)
 local bodies = redis.call('SMEMBERS', KEYS[1])
-for _, k in ipairs(bodies) do redis.call('DEL', k) end
+for _, p in ipairs(bodies) do redis.call('DEL', base .. 'body:' .. p) end
 redis.call('DEL', KEYS[1])
 redis.call('INCR', KEYS[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[1])

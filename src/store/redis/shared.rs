@@ -220,7 +220,8 @@ impl RedisStore {
             .arg(expiry.max(GENERATION_RETENTION).as_millis() as u64)
             .arg(s.keys.stored())
             .arg(&note)
-            .arg(u8::from(indexed));
+            .arg(u8::from(indexed))
+            .arg(key.path);
         if let Err(e) = s.script::<i64>("shared_fill", &call).await {
             // The lease expires by itself; the waiters fetch on their own after their wait.
             tracing::debug!(error = %e.reason(), "shared cache fill not stored");
