@@ -1154,19 +1154,6 @@ async fn key_memory(
 // ---------------------------------------------------------------------------------------------
 // The report
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
-    format!("{cores} cores ({cpu})")
-}
-
 /// `3 get, 2 set` for a count map, per request.
 fn per_request<'a>(counts: impl Iterator<Item = (&'a str, u64)>, requests: u64) -> String {
     let parts: Vec<String> = counts
@@ -1204,7 +1191,7 @@ impl Report {
         println!(
             "\nmono-proxy fleet bench: {} | Redis {} ({redis_where}) | sandbox latency 0 | \
              replicas A, B: [store] redis, [cache] shared, prefix {} | C: memory store",
-            machine(),
+            support::machine(),
             self.redis_version,
             fleet.prefix
         );

@@ -463,16 +463,10 @@ fn draw_chart(path: &Path, rows: &[Row], caption: &str) -> Result<(), Box<dyn Er
 }
 
 fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
-    format!("{cores} cores ({cpu}); load generator, proxy and sandbox share them")
+    format!(
+        "{}; load generator, proxy and sandbox share them",
+        support::machine()
+    )
 }
 
 fn main() {

@@ -9,11 +9,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
-/// The wall clock (unix ms) and tokio's clock read together once.
+/// The wall clock (unix µs) and tokio's clock read together once.
 static ANCHOR: LazyLock<(u64, std::time::Instant)> = LazyLock::new(|| {
     let wall = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+        .map(|d| d.as_micros() as u64)
         .unwrap_or(0);
     (wall, Instant::now().into_std())
 });
@@ -22,11 +22,14 @@ static ANCHOR: LazyLock<(u64, std::time::Instant)> = LazyLock::new(|| {
 pub fn now_ms() -> u64 {
     let (wall, at) = *ANCHOR;
     let now = Instant::now().into_std();
-    // A paused test runtime may start its clock just before the anchor was read.
-    match now.checked_duration_since(at) {
-        Some(ahead) => wall + ahead.as_millis() as u64,
-        None => wall.saturating_sub(at.duration_since(now).as_millis() as u64),
-    }
+    // A paused test runtime may start its clock just before the anchor was read. Offsets are
+    // taken in microseconds and rounded once, so the clock advances by exactly what tokio's
+    // does whichever side of the anchor it starts.
+    let us = match now.checked_duration_since(at) {
+        Some(ahead) => wall + ahead.as_micros() as u64,
+        None => wall.saturating_sub(at.duration_since(now).as_micros() as u64),
+    };
+    us / 1000
 }
 
 #[cfg(test)]

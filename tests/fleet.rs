@@ -218,11 +218,7 @@ async fn acl_users_and_password_files_work_and_a_wrong_password_is_refused_witho
 #[tokio::test]
 async fn a_cluster_collapses_realtime_calls_per_account_and_broadcasts_invalidations() {
     let cluster = RedisCluster::start(3);
-    let sb = sandbox(mono_proxy::sandbox::SandboxConfig {
-        job_delay: Duration::from_secs(60),
-        ..sandbox_config()
-    })
-    .await;
+    let sb = slow_jobs().await;
     let p = prefix();
     let nodes = cluster
         .nodes
@@ -390,11 +386,7 @@ async fn four_replicas_reading_1000_cold_accounts_make_1000_upstream_calls() {
 #[tokio::test]
 async fn a_finished_sync_drops_the_shared_entry_too() {
     let r = TestRedis::start();
-    let sb = sandbox(mono_proxy::sandbox::SandboxConfig {
-        job_delay: Duration::from_secs(60),
-        ..sandbox_config()
-    })
-    .await;
+    let sb = slow_jobs().await;
     let p = prefix();
     let store = format!(
         "backend = \"redis\"\nredis_url = \"{}\"\nprefix = \"{p}\"",

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use mono_proxy::sandbox::{JobState, RunningSandbox, SandboxConfig};
+use mono_proxy::sandbox::{JobState, RunningSandbox};
 use support::*;
 
 const BALANCE: &str = "/v2/accounts/acc1/balance";
@@ -38,18 +38,9 @@ async fn sandbox_job_ends(sb: &RunningSandbox, job_id: &str) {
     assert!(ended, "sandbox job {job_id} never ended");
 }
 
-/// A sandbox whose jobs stay processing until the test calls `finish_jobs_now`.
-async fn slow_jobs_sandbox() -> RunningSandbox {
-    sandbox(SandboxConfig {
-        job_delay: Duration::from_secs(60),
-        ..sandbox_config()
-    })
-    .await
-}
-
 #[tokio::test]
 async fn terminal_job_status_is_answered_locally_and_processing_is_fetched() {
-    let sb = slow_jobs_sandbox().await;
+    let sb = slow_jobs().await;
     let proxy = ProxyBuilder::for_sandbox(&sb).toml(NO_POLL).start().await;
     let job_id = start_job(&proxy, BALANCE).await;
     let path = job_path("acc1", &job_id);
@@ -102,7 +93,7 @@ async fn job_finished_by_polling_is_answered_locally() {
 
 #[tokio::test]
 async fn job_status_passing_through_updates_the_record_without_polling() {
-    let sb = slow_jobs_sandbox().await;
+    let sb = slow_jobs().await;
     let proxy = ProxyBuilder::for_sandbox(&sb).toml(NO_POLL).start().await;
     let job_id = start_job(&proxy, BALANCE).await;
     assert_eq!(
@@ -131,7 +122,7 @@ async fn job_status_passing_through_updates_the_record_without_polling() {
 
 #[tokio::test(start_paused = true)]
 async fn poller_gives_up_at_its_deadline() {
-    let sb = slow_jobs_sandbox().await;
+    let sb = slow_jobs().await;
     let proxy = ProxyBuilder::for_sandbox(&sb)
         .toml("[jobs]\npoll_interval = \"100ms\"\npoll_deadline = \"300ms\"")
         .start()

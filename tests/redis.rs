@@ -84,11 +84,7 @@ async fn two_replicas_make_one_realtime_call_for_200_concurrent_calls() {
 #[tokio::test]
 async fn webhook_on_one_replica_updates_job_status_and_drops_cache_on_the_other() {
     let r = TestRedis::start();
-    let sb = sandbox(mono_proxy::sandbox::SandboxConfig {
-        job_delay: Duration::from_secs(60),
-        ..sandbox_config()
-    })
-    .await;
+    let sb = slow_jobs().await;
     let p = prefix();
     let a = replica(&sb, &r, &p, TIMEOUT, "[jobs]\npoll = false").await;
     let b = replica(&sb, &r, &p, TIMEOUT, "[jobs]\npoll = false").await;

@@ -11,15 +11,6 @@ use mono_proxy::sandbox::{CannedReply, Fault};
 use serde_json::json;
 use support::*;
 
-/// A sandbox whose jobs stay `processing` for a minute (syncs finish when a webhook says so).
-async fn slow_jobs() -> mono_proxy::sandbox::RunningSandbox {
-    sandbox(mono_proxy::sandbox::SandboxConfig {
-        job_delay: Duration::from_secs(60),
-        ..sandbox_config()
-    })
-    .await
-}
-
 /// Finishes `account`'s sync through a webhook naming the job.
 async fn finish_sync(p: &TestProxy, job_id: &str) {
     let hook = p

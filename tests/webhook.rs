@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Method;
-use mono_proxy::sandbox::{RunningSandbox, Sandbox, SandboxConfig};
+use mono_proxy::sandbox::{Sandbox, SandboxConfig};
 use serde_json::{json, Value};
 use support::receiver::Receiver;
 use support::*;
@@ -17,15 +17,6 @@ use tokio::net::TcpListener;
 fn forwarding(targets: &[String], extra: &str) -> String {
     let list: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
     format!("{extra}\n[webhook]\nforward_to = [{}]", list.join(", "))
-}
-
-/// A sandbox whose jobs stay `processing` for a minute.
-async fn slow_jobs() -> RunningSandbox {
-    sandbox(SandboxConfig {
-        job_delay: Duration::from_secs(60),
-        ..sandbox_config()
-    })
-    .await
 }
 
 /// Posts raw bytes to the proxy's webhook path with the given secret header (if any).

@@ -150,3 +150,17 @@ pub fn spawn_redis_server(
     children.wait_listening(name, addr)?;
     Ok(Some(addr))
 }
+
+/// `N cores (CPU model)` of this machine, for the report's header.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    format!("{cores} cores ({cpu})")
+}

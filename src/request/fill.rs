@@ -129,16 +129,7 @@ async fn fetch(
         Ok(f) => f,
         Err(e) => return (Err(e), None),
     };
-    if fetched.status == StatusCode::TOO_MANY_REQUESTS {
-        sync::cool_down(
-            state,
-            &read.tenant.id,
-            read.route.name,
-            &read.account,
-            &fetched.headers,
-        )
-        .await;
-    }
+    cool_down_on_429(state, read, &fetched).await;
     if fetched.status != StatusCode::OK {
         return (Ok(Filled::Uncacheable(Arc::new(fetched))), None);
     }
@@ -202,6 +193,14 @@ fn adopt(state: &State, read: &AccountRead, shared: SharedBody) -> Option<Filled
     }
 }
 
+/// A Mono 429 starts the cooldown of the read's tenant, route and account.
+async fn cool_down_on_429(state: &State, read: &AccountRead, fetched: &Fetched) {
+    if fetched.status == StatusCode::TOO_MANY_REQUESTS {
+        let (tenant, route) = (&read.tenant.id, read.route.name);
+        sync::cool_down(state, tenant, route, &read.account, &fetched.headers).await;
+    }
+}
+
 /// Mono's `Cache-Control: no-store` or `private` on an answer: it is passed on, never stored
 /// (here or in the shared tier). The reason, for the metric.
 fn forbids_storing(headers: &HeaderMap) -> Option<&'static str> {
@@ -238,16 +237,7 @@ pub async fn bypass(
         .upstream
         .fetch("cached", req, state.config.upstream.timeout)
         .await?;
-    if fetched.status == StatusCode::TOO_MANY_REQUESTS {
-        sync::cool_down(
-            state,
-            &read.tenant.id,
-            read.route.name,
-            &read.account,
-            &fetched.headers,
-        )
-        .await;
-    }
+    cool_down_on_429(state, read, &fetched).await;
     let body = crate::pagination::rewrite(fetched.body.clone(), &state.pagination);
     let mut resp = Fetched { body, ..fetched }.to_response();
     set_cache_status(resp.headers_mut(), CacheResult::Bypassed, None);

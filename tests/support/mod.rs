@@ -125,6 +125,16 @@ pub async fn sandbox(cfg: SandboxConfig) -> RunningSandbox {
     Sandbox::new(cfg).spawn().await.expect("sandbox starts")
 }
 
+/// A sandbox whose jobs stay `processing` for a minute: syncs finish when a test says so
+/// (a webhook, or `finish_jobs_now`).
+pub async fn slow_jobs() -> RunningSandbox {
+    sandbox(SandboxConfig {
+        job_delay: Duration::from_secs(60),
+        ..sandbox_config()
+    })
+    .await
+}
+
 /// Builds a proxy config the way an operator would: TOML text plus environment.
 pub struct ProxyBuilder {
     upstream: String,
