@@ -430,6 +430,7 @@ pub(crate) fn tests_config() -> CacheConfig {
         refresh_ahead: false,
         shared: false,
         shared_max_entry: 1024,
+        request_directives: true,
     }
 }
 
@@ -447,6 +448,7 @@ mod tests {
             refresh_ahead: false,
             shared: false,
             shared_max_entry: 1024,
+            request_directives: true,
         }
     }
 

@@ -60,9 +60,11 @@ impl Route {
                 },
             )
             .collect();
-        let kind = if cfg.path.ends_with("/balance") {
+        // Realtime jobs and `x-has-new-data` are v2 notions: the unversioned API has neither.
+        let v2 = cfg.path.starts_with("/v2/");
+        let kind = if v2 && cfg.path.ends_with("/balance") {
             Some(Kind::Balance)
-        } else if cfg.path.ends_with("/transactions") {
+        } else if v2 && cfg.path.ends_with("/transactions") {
             Some(Kind::Transactions)
         } else {
             None
@@ -231,6 +233,14 @@ pub fn builtin_routes() -> Vec<RouteConfig> {
     let off = Some(Duration::ZERO);
     let mut bvn = r("bvn_lookup", "/v2/lookup/bvn/initiate", off, false, true);
     bvn.methods = vec![Method::POST];
+    // Account details carry the holder's BVN: personal data, cached (apps read them before
+    // every transactions call) but only in process, never in the shared tier. A [[route]] named
+    // `account` with ttl = "0s" turns that off.
+    let details = |name: &str, path: &str| RouteConfig {
+        personal_data: true,
+        cache_personal_data: true,
+        ..r(name, path, None, false, false)
+    };
     vec![
         r("balance", "/v2/accounts/{id}/balance", None, true, false),
         r(
@@ -240,10 +250,10 @@ pub fn builtin_routes() -> Vec<RouteConfig> {
             true,
             false,
         ),
-        r("account", "/v2/accounts/{id}", None, false, false),
+        details("account", "/v2/accounts/{id}"),
         // mono-node (through HTTPS_PROXY) calls the unversioned API: its own entries, since the
         // shapes differ from v2's.
-        r("node_account", "/accounts/{id}", None, false, false),
+        details("node_account", "/accounts/{id}"),
         r(
             "node_transactions",
             "/accounts/{id}/transactions",
@@ -313,6 +323,9 @@ mod tests {
             .unwrap();
         assert_eq!(node.route.name, "node_transactions");
         assert!(node.route.cached() && !node.route.realtime);
+        assert_eq!(node.route.kind, None);
+        let details = routes.find(&Method::GET, "/accounts/abc").unwrap();
+        assert!(details.route.cached() && details.route.personal_data);
         let identity = routes
             .find(&Method::GET, "/v2/accounts/abc/identity")
             .unwrap();

@@ -184,7 +184,11 @@ async fn pipeline(
             params,
         } => {
             let tenant = authorize(state, &req)?;
-            let directives = Directives::parse(req.headers());
+            let directives = if state.config.cache.request_directives {
+                Directives::parse(req.headers())
+            } else {
+                Directives::default()
+            };
             let read = AccountRead::new(
                 tenant,
                 account,

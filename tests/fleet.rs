@@ -496,3 +496,37 @@ async fn the_shared_tier_steps_aside_when_redis_is_slow_or_down() {
     );
     assert_eq!(sb.sandbox.count("balance"), 3);
 }
+
+#[tokio::test]
+async fn account_details_hold_a_bvn_and_never_reach_redis() {
+    let r = TestRedis::start();
+    let sb = sandbox(sandbox_config()).await;
+    let p = prefix();
+    let store = format!(
+        "backend = \"redis\"\nredis_url = \"{}\"\nprefix = \"{p}\"",
+        r.url
+    );
+    let a = replica(&sb, &store, "").await;
+    let b = replica(&sb, &store, "").await;
+    assert_eq!(
+        a.get("/v2/accounts/pii1", &[]).await.header("x-cache"),
+        Some("MISS")
+    );
+    assert_eq!(
+        a.get("/v2/accounts/pii1", &[]).await.header("x-cache"),
+        Some("HIT")
+    );
+    // B fetches its own copy: nothing of it was written to the shared tier.
+    assert_eq!(
+        b.get("/v2/accounts/pii1", &[]).await.header("x-cache"),
+        Some("MISS")
+    );
+    assert_eq!(sb.sandbox.count("details"), 2);
+    // Balances are shared as before.
+    a.get("/v2/accounts/pii1/balance", &[]).await;
+    let shared = b.get("/v2/accounts/pii1/balance", &[]).await;
+    assert!(shared
+        .header("cache-status")
+        .unwrap()
+        .contains("detail=shared"));
+}

@@ -385,3 +385,26 @@ async fn a_cooldown_is_shared_by_the_replicas_of_a_fleet() {
     assert_eq!(sb.sandbox.count("income"), 0);
     assert_eq!(b.get("/v2/accounts/fl2/income", &[]).await.status, 200);
 }
+
+#[tokio::test]
+async fn during_a_cooldown_a_stale_copy_beats_a_429() {
+    let sb = sandbox(sandbox_config()).await;
+    let p = ProxyBuilder::for_sandbox(&sb)
+        .toml("[cache]\nttl = \"1s\"\nmax_stale = \"1h\"")
+        .start()
+        .await;
+    let path = "/v2/accounts/st1/balance";
+    assert_eq!(p.get(path, &[]).await.header("x-cache"), Some("MISS"));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    sb.sandbox.set_fault_spec(Some(mono_429("balance", "30")));
+    let met = p.get(path, &[]).await;
+    assert_eq!(met.status, 200, "{}", met.text());
+    assert_eq!(met.header("x-cache"), Some("STALE"));
+    sb.sandbox.set_fault_spec(None);
+    let held = p.get(path, &[]).await;
+    assert_eq!(held.header("x-cache"), Some("STALE"));
+    assert_eq!(sb.sandbox.count("balance"), 1);
+    // An account with nothing stored gets the 429 itself.
+    sb.sandbox.set_fault_spec(Some(mono_429("balance", "30")));
+    assert_eq!(p.get("/v2/accounts/st2/balance", &[]).await.status, 429);
+}

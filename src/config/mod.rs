@@ -221,6 +221,9 @@ pub struct CacheConfig {
     pub shared: bool,
     /// Bodies larger than this stay out of the shared tier.
     pub shared_max_entry: u64,
+    /// Honour the app's own `Cache-Control` / `Pragma` (`no-cache`, `no-store`, `max-age`,
+    /// `only-if-cached`); off, every app gets the cache as configured.
+    pub request_directives: bool,
 }
 
 /// Job poller settings.

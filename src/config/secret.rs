@@ -122,8 +122,31 @@ pub fn url_password(url: &str) -> Option<&str> {
         .filter(|p| !p.is_empty())
 }
 
-/// Byte range of the password: after the userinfo's first `:`, up to the last `@`.
+/// Byte range of the password: after the userinfo's first `:`, up to the last `@`; or, with no
+/// userinfo password, the value of a `pass=` / `password=` query parameter (the form the redis
+/// client reads for unix-socket URLs).
 fn password_span(url: &str) -> Option<(usize, usize)> {
+    userinfo_password_span(url).or_else(|| query_password_span(url))
+}
+
+/// The value of the first `pass=` or `password=` parameter after `?`, up to `&` or `#`.
+fn query_password_span(url: &str) -> Option<(usize, usize)> {
+    let q = url.find('?')? + 1;
+    let mut at = q;
+    for param in url[q..].split('&') {
+        for name in ["pass=", "password="] {
+            if param.len() >= name.len() && param[..name.len()].eq_ignore_ascii_case(name) {
+                let from = at + name.len();
+                let end = url[from..].find(['&', '#']).map_or(url.len(), |i| from + i);
+                return Some((from, end));
+            }
+        }
+        at += param.len() + 1;
+    }
+    None
+}
+
+fn userinfo_password_span(url: &str) -> Option<(usize, usize)> {
     // The last `@` ends the userinfo: a password pasted unencoded may itself hold `@`, `/` or `#`.
     let at = url.rfind('@')?;
     let start = userinfo_start(&url[..at]);
@@ -236,5 +259,19 @@ mod tests {
         ] {
             assert_eq!(redact_url(url), url);
         }
+    }
+
+    #[test]
+    fn unix_socket_urls_hide_their_password_parameter() {
+        assert_eq!(
+            redact_url("redis+unix:///run/redis.sock?db=1&pass=s3cret&x=y"),
+            "redis+unix:///run/redis.sock?db=1&pass=***&x=y"
+        );
+        assert_eq!(
+            redact_url("unix:///run/redis.sock?PASSWORD=s3cret"),
+            "unix:///run/redis.sock?PASSWORD=***"
+        );
+        assert_eq!(url_password("unix:///s?pass=abc#x"), Some("abc"));
+        assert_eq!(redact_url("redis://h:6379/0?db=1"), "redis://h:6379/0?db=1");
     }
 }

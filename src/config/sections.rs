@@ -178,6 +178,7 @@ fn cache(
         refresh_ahead: f.bool("refresh_ahead", false),
         shared: f.bool("shared", redis),
         shared_max_entry: f.size("shared_max_entry", DEFAULT_SHARED_MAX_ENTRY),
+        request_directives: f.bool("request_directives", true),
     };
     if c.shared && !redis {
         f.problem(

@@ -48,6 +48,13 @@ pub async fn serve(
     if let Some(left) =
         sync::held_back(state, &read.tenant.id, read.route.name, &read.account).await
     {
+        // Mono asked us to wait: what we hold, even stale, beats a 429.
+        if let Some((body, past)) = stale {
+            return Ok((
+                respond(&body, CacheResult::Stale, Some(-past), data),
+                CacheResult::Stale,
+            ));
+        }
         return Err(ProxyError::CoolingDown(left));
     }
     let refetch = directives.no_cache || directives.max_age.is_some();
@@ -74,10 +81,14 @@ pub async fn serve(
             };
             Ok((respond(&body, result, Some(ttl), data), result))
         }
-        (Ok(Filled::Uncacheable(f)), Some((body, past))) if f.status.is_server_error() => Ok((
-            respond(&body, CacheResult::Stale, Some(-past), data),
-            CacheResult::Stale,
-        )),
+        (Ok(Filled::Uncacheable(f)), Some((body, past)))
+            if f.status.is_server_error() || f.status == http::StatusCode::TOO_MANY_REQUESTS =>
+        {
+            Ok((
+                respond(&body, CacheResult::Stale, Some(-past), data),
+                CacheResult::Stale,
+            ))
+        }
         (Ok(Filled::Uncacheable(f)), _) => {
             let mut resp = f.to_response();
             set_cache_status(resp.headers_mut(), result, None);

@@ -43,7 +43,18 @@ pub async fn fetch_and_store(
     let mut ticket = None;
     // A wait that ends without a body (that fill failed, or was not cacheable) looks again: the
     // lease is free, so one of the waiting replicas takes it instead of all fetching at once.
-    let rounds = if refetch { 0 } else { SHARED_ROUNDS };
+    // Personal data (identity, BVN) is never written to Redis, whatever the route's caching.
+    let shared_tier = state.config.cache.shared && !read.route.personal_data;
+    let rounds = if refetch || !shared_tier {
+        0
+    } else {
+        SHARED_ROUNDS
+    };
+    if refetch && shared_tier {
+        // A refetch takes no lease but must not store what a sync finishing meanwhile made
+        // stale: it carries the generation it started under.
+        ticket = state.store.shared_ticket(&key).await;
+    }
     for _ in 0..rounds {
         match state.store.shared_lookup(&key, lease).await {
             SharedLookup::Hit(shared) => {
@@ -92,18 +103,12 @@ pub async fn fetch_and_store(
     }
     let ttl = read.route.ttl;
     let indexed = read.route.invalidate_on_sync;
-    match (ticket, shared) {
+    if let Some(ticket) = ticket {
         // Also when nothing was stored: the lease goes back and the waiters wake.
-        (Some(ticket), shared) => {
-            state
-                .store
-                .shared_fill(&key, ticket, shared.as_ref(), ttl, indexed)
-                .await;
-        }
-        (None, Some(shared)) if refetch && state.config.cache.shared => {
-            state.store.shared_put(&key, &shared, ttl, indexed).await;
-        }
-        _ => {}
+        state
+            .store
+            .shared_fill(&key, ticket, shared.as_ref(), ttl, indexed)
+            .await;
     }
     filled
 }

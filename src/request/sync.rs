@@ -80,15 +80,16 @@ pub async fn apply_to_account(
     Ok(())
 }
 
-/// A sync finished: drop the account's cached bodies here, in the shared tier, and on every
-/// replica. The shared tier goes before the broadcast: a replica that drops its copy on the
-/// broadcast and misses at once must not find the pre-sync body in Redis.
+/// A sync finished: drop the account's cached bodies in the shared tier, here, and on every
+/// replica, in that order.
 pub async fn invalidate(state: &Arc<State>, account: &str, has_new_data: Option<bool>) {
-    invalidate_local(state, account, has_new_data);
+    // The shared tier goes first: a miss here or on any replica after its copy is dropped must
+    // not find the pre-sync body in Redis and adopt it again.
     if state.config.cache.shared {
         let tenants = state.secrets.load().tenant_ids();
         state.store.shared_invalidate(&tenants, account).await;
     }
+    invalidate_local(state, account, has_new_data);
     let msg = Broadcast::Invalidate {
         account: account.to_string(),
         has_new_data,
@@ -190,6 +191,12 @@ pub async fn cool_down(
         wait_s = wait.as_secs(),
         "mono answered 429; holding calls back"
     );
+    // Recorded before the 429 is answered, so a retry on another replica finds it at once
+    // (the broadcast may arrive after the retry does).
+    state
+        .store
+        .set_cooldown(tenant, route, account, until_ms)
+        .await;
     let msg = Broadcast::Cooldown {
         tenant: tenant.to_string(),
         route: route.to_string(),

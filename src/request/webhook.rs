@@ -206,9 +206,12 @@ fn account_id(data: &Value) -> Option<String> {
 /// Claims a step of an event for this replica; while another replica holds it, waits (a relay
 /// takes at most the webhook timeout) and asks again.
 async fn claim(state: &State, event: &str, step: &str) -> StepClaim {
-    let deadline = tokio::time::Instant::now() + state.config.webhook.timeout;
+    let timeout = state.config.webhook.timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    // Held well past one relay's timeout, so a slow relay is never done twice at once.
+    let lease = (timeout * 2).max(Duration::from_secs(60));
     loop {
-        let claim = state.store.step_claim(event, step).await;
+        let claim = state.store.step_claim(event, step, lease).await;
         if claim != StepClaim::Busy || tokio::time::Instant::now() >= deadline {
             return claim;
         }

@@ -336,17 +336,12 @@ impl Store {
         }
     }
 
-    /// Stores a body fetched outside a fill (a refetch the app asked for). Realtime answers are
-    /// not shared: they are rewritten for this replica's public URL before they are held.
-    pub async fn shared_put(
-        &self,
-        key: &BodyKey<'_>,
-        body: &SharedBody,
-        ttl: Duration,
-        indexed: bool,
-    ) {
-        if let Store::Redis(r) = self {
-            r.shared_fill(key, None, Some(body), ttl, indexed).await;
+    /// A ticket for a fetch that did not take the fill lease (a refetch the app asked for):
+    /// the account's invalidation generation now. `None` without a shared tier.
+    pub async fn shared_ticket(&self, key: &BodyKey<'_>) -> Option<FillTicket> {
+        match self {
+            Store::Memory(_) => None,
+            Store::Redis(r) => r.shared_ticket(key).await,
         }
     }
 
@@ -357,12 +352,13 @@ impl Store {
         }
     }
 
-    /// Claims one step (`apply`, or a relay target) of webhook event `event` for this replica.
-    pub async fn step_claim(&self, event: &str, step: &str) -> StepClaim {
+    /// Claims one step (`apply`, or a relay target) of webhook event `event` for this replica,
+    /// for at most `lease`.
+    pub async fn step_claim(&self, event: &str, step: &str, lease: Duration) -> StepClaim {
         match self {
             // One process: the delivery memory's lock already serialises retries.
             Store::Memory(_) => StepClaim::Mine,
-            Store::Redis(r) => r.step_claim(event, step).await,
+            Store::Redis(r) => r.step_claim(event, step, lease).await,
         }
     }
 

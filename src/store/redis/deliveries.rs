@@ -8,17 +8,16 @@ use super::scripts::{STEP, UNSTEP};
 use super::RedisStore;
 use crate::store::StepClaim;
 
-/// A claimed step not reported done within this long is given up (its replica died).
-const STEP_LEASE: Duration = Duration::from_secs(60);
 /// Mono retries for up to 48 h: remember done steps a little longer.
 const DONE_RETENTION: Duration = Duration::from_secs(50 * 3600);
 
 impl RedisStore {
-    /// Claims a step; when Redis cannot say, this replica does it (at least once beats never).
-    pub async fn step_claim(&self, event: &str, step: &str) -> StepClaim {
+    /// Claims a step for `lease` (past it, a replica that died holding it is forgotten); when
+    /// Redis cannot say, this replica does it (at least once beats never).
+    pub async fn step_claim(&self, event: &str, step: &str, lease: Duration) -> StepClaim {
         let s = &*self.inner;
         let mut call = STEP.key(s.keys.event_step(event, step));
-        call.arg(self.busy()).arg(STEP_LEASE.as_millis() as u64);
+        call.arg(self.busy()).arg(lease.as_millis() as u64);
         match s.script::<String>("step_claim", &call).await {
             Ok(v) if v == "done" => StepClaim::Done,
             Ok(v) if v == "busy" => StepClaim::Busy,

@@ -109,17 +109,18 @@ return 0
     )
 });
 
-/// Shared cache lookup: a fresh body is answered; otherwise (absent or stale) the fill lease is
-/// taken if free (or recognised as ours: a retry of a lookup whose answer was lost).
-/// KEYS: body, fill lease, generation. ARGV: lease value, lease ms, max_stale ms.
-/// Returns `{state, body, generation}`: state 1 = fresh hit (with the body), 0 = this replica
-/// fills, 2 = another replica fills (with the generation to hand back to [`FILL`]).
+/// Shared cache lookup: a body (kept for its freshness only) is answered with its remaining
+/// life; otherwise the fill lease is taken if free (or recognised as ours: a retry of a lookup
+/// whose answer was lost). KEYS: body, fill lease, generation. ARGV: lease value, lease ms.
+/// Returns `{state, body, x}`: state 1 = hit (x = PTTL), 0 = this replica fills, 2 = another
+/// replica fills (x = the generation to hand back to [`FILL`]).
 pub(super) static LOOKUP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local b = redis.call('GET', KEYS[1])
-if b and redis.call('PTTL', KEYS[1]) > tonumber(ARGV[3]) then
-  return {1, b, ''}
+if b then
+  local left = redis.call('PTTL', KEYS[1])
+  if left > 0 then return {1, b, tostring(left)} end
 end
 local g = redis.call('GET', KEYS[3]) or '0'
 if redis.call('GET', KEYS[2]) == ARGV[1]
@@ -136,16 +137,24 @@ return {2, '', g}
 /// KEYS: body, fill lease, generation, body index. ARGV: generation seen ('' = store
 /// regardless), body ('' = nothing to store), expiry ms, `<replica>:`, index expiry ms, stored
 /// channel, stored message, indexed (1 = a finished sync drops it), the body's path (what the
-/// index holds: the key's tail, not the whole key, keeps the set small). Returns 1 when stored.
+/// index holds: the key's tail, not the whole key, keeps the set small), the most variants an
+/// account's index may hold. Returns 1 when stored.
 pub(super) static FILL: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local stored = 0
-if ARGV[2] ~= '' and (ARGV[1] == '' or (redis.call('GET', KEYS[3]) or '0') == ARGV[1]) then
+local ok = ARGV[2] ~= '' and (ARGV[1] == '' or (redis.call('GET', KEYS[3]) or '0') == ARGV[1])
+if ok and ARGV[8] == '1' and redis.call('SISMEMBER', KEYS[4], ARGV[9]) == 0
+   and redis.call('SCARD', KEYS[4]) >= tonumber(ARGV[10]) then
+  ok = false
+end
+if ok then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   if ARGV[8] == '1' then
     redis.call('SADD', KEYS[4], ARGV[9])
-    redis.call('PEXPIRE', KEYS[4], ARGV[5])
+    if redis.call('PTTL', KEYS[4]) < tonumber(ARGV[5]) then
+      redis.call('PEXPIRE', KEYS[4], ARGV[5])
+    end
   end
   stored = 1
 end
