@@ -530,3 +530,24 @@ async fn account_details_hold_a_bvn_and_never_reach_redis() {
         .unwrap()
         .contains("detail=shared"));
 }
+
+#[tokio::test]
+async fn a_master_with_a_password_behind_a_sentinel_without_one() {
+    let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
+    let set = SentinelSet::start_with_password(Some(&password));
+    let sb = sandbox(sandbox_config()).await;
+    let store = format!(
+        "[store]\nbackend = \"redis\"\nsentinels = [\"{}\"]\nsentinel_master = \"{}\"\nprefix = \"{}\"\n{TIMEOUT}",
+        set.sentinel_urls[0],
+        set.master_name,
+        prefix()
+    );
+    let a = ProxyBuilder::for_sandbox(&sb)
+        .toml(&store)
+        .env("MONO_PROXY_REDIS_PASSWORD", &password)
+        .start()
+        .await;
+    assert_eq!(store_state(&a).await, "ok");
+    let r = a.realtime("/v2/accounts/sp1/balance").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}

@@ -356,8 +356,10 @@ fn store_problems(f: &mut Fields<'_, '_>, s: &StoreConfig) {
             }
         }
     }
+    // Under Sentinel the URLs are the sentinels': their passwords are theirs, the master's may
+    // differ.
     let url_passwords = urls.iter().any(|u| url_password(u).is_some());
-    if url_passwords && s.password != SecretSource::None {
+    if url_passwords && s.password != SecretSource::None && s.topology() != Topology::Sentinel {
         f.problem(
             "password_file",
             "the URL holds a password too; give it in one place (MONO_PROXY_REDIS_PASSWORD, password_file or the URL)",

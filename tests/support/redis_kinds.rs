@@ -686,7 +686,19 @@ impl SentinelSet {
     /// Starts master, replica and Sentinel; returns once the replica's link is up, Sentinel
     /// names the master and lists the replica as healthy.
     pub fn start() -> SentinelSet {
+        SentinelSet::start_with_password(None)
+    }
+
+    /// Like [`SentinelSet::start`], with `requirepass` on the master and the replica (the
+    /// sentinel itself has none, as in most deployments).
+    pub fn start_with_password(password: Option<&str>) -> SentinelSet {
         let dir = tempfile::tempdir().expect("temp dir");
+        let mut auth_args: Vec<&str> = Vec::new();
+        let mut cli_auth: Vec<&str> = Vec::new();
+        if let Some(pw) = password {
+            auth_args.extend(["--requirepass", pw, "--masterauth", pw]);
+            cli_auth.extend(["-a", pw, "--no-auth-warning"]);
+        }
         let name = "mymaster".to_string();
         let ports = free_ports(3);
         let (master_port, replica_port, sentinel_port) = (ports[0], ports[1], ports[2]);
@@ -709,11 +721,17 @@ impl SentinelSet {
             path_str(&master_dir),
         ];
         args.extend(NO_PERSISTENCE);
+        args.extend(&auth_args);
         let mut master = Server::spawn(&format!("master-{master_port}"), dir.path(), &args);
         wait_until(
             &format!("master on 127.0.0.1:{master_port}"),
             &mut [&mut master],
-            || pong(&redis_cli(&["-h", "127.0.0.1", "-p", &mp, "PING"])),
+            || {
+                let mut cmd = vec!["-h", "127.0.0.1", "-p", &mp];
+                cmd.extend(&cli_auth);
+                cmd.push("PING");
+                pong(&redis_cli(&cmd))
+            },
         );
 
         let mut args = vec![
@@ -726,12 +744,16 @@ impl SentinelSet {
             path_str(&replica_dir),
         ];
         args.extend(NO_PERSISTENCE);
+        args.extend(&auth_args);
         let mut replica = Server::spawn(&format!("replica-{replica_port}"), dir.path(), &args);
         wait_until(
             &format!("replica on 127.0.0.1:{replica_port} (master_link_status:up)"),
             &mut [&mut master, &mut replica],
             || {
-                let out = redis_cli(&["-h", "127.0.0.1", "-p", &rp, "INFO", "replication"]);
+                let mut cmd = vec!["-h", "127.0.0.1", "-p", &rp];
+                cmd.extend(&cli_auth);
+                cmd.extend(["INFO", "replication"]);
+                let out = redis_cli(&cmd);
                 if out
                     .stdout
                     .replace('\r', "")
@@ -746,6 +768,9 @@ impl SentinelSet {
         );
 
         // Sentinel rewrites its config file, so it lives in the (writable) temp dir.
+        let auth_pass = password
+            .map(|pw| format!("sentinel auth-pass {name} {pw}\n"))
+            .unwrap_or_default();
         let conf = write_file(
             dir.path(),
             "sentinel.conf",
@@ -756,7 +781,8 @@ impl SentinelSet {
                  sentinel monitor {name} 127.0.0.1 {master_port} 1\n\
                  sentinel down-after-milliseconds {name} 1000\n\
                  sentinel failover-timeout {name} 5000\n\
-                 sentinel parallel-syncs {name} 1\n",
+                 sentinel parallel-syncs {name} 1\n\
+                 {auth_pass}",
                 sentinel_dir.display()
             ),
         );

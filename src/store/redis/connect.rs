@@ -89,10 +89,13 @@ impl Connector {
         password: Option<&Secret>,
     ) -> Result<Connector, StoreOpenError> {
         let certs = certificates(cfg)?;
+        // Sentinels keep the credentials of their own URLs: a sentinel often has no password
+        // while the master has one, and AUTH to a server without one is refused.
+        let sentinel = cfg.topology() == Topology::Sentinel;
         let infos = cfg
             .urls()
             .iter()
-            .map(|url| connection_info(url, password))
+            .map(|url| connection_info(url, if sentinel { None } else { password }))
             .collect::<Result<Vec<_>, _>>()?;
         let shown = cfg.urls().iter().map(|u| redact_url(u)).collect::<Vec<_>>();
         let bad = |source: redis::RedisError| StoreOpenError::BadUrl {
@@ -144,8 +147,9 @@ impl Connector {
                 let addrs = infos.iter().map(|i| i.addr().clone());
                 let mut b = SentinelClientBuilder::new(addrs, name, SentinelServerType::Master)
                     .map_err(bad)?;
-                // The sentinels and the data nodes share the credentials and the TLS settings:
-                // that is how managed and self-hosted Sentinel setups are usually deployed.
+                // The sentinels log in with their URLs' credentials. The master uses the
+                // configured password (password_file, MONO_PROXY_REDIS_PASSWORD) or else the
+                // sentinels' own, the usual deployment; TLS settings apply to both.
                 if let Some(first) = infos.first() {
                     let r = first.redis_settings();
                     if let Some(user) = r.username() {
@@ -154,9 +158,10 @@ impl Connector {
                             .set_client_to_sentinel_username(user);
                     }
                     if let Some(pw) = r.password() {
-                        b = b
-                            .set_client_to_redis_password(pw)
-                            .set_client_to_sentinel_password(pw);
+                        b = b.set_client_to_sentinel_password(pw);
+                    }
+                    if let Some(pw) = password.map(Secret::expose).or(r.password()) {
+                        b = b.set_client_to_redis_password(pw);
                     }
                 }
                 if tls {
