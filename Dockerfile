@@ -17,7 +17,8 @@ COPY benches ./benches
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin mono-proxy \
-    && install -D -m 0755 target/release/mono-proxy /out/mono-proxy
+    && install -D -m 0755 target/release/mono-proxy /out/mono-proxy \
+    && strip /out/mono-proxy
 
 # ---- run ---------------------------------------------------------------------------------
 FROM debian:bookworm-slim
@@ -26,7 +27,8 @@ FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin mono-proxy
+    && groupadd --system --gid 10001 mono-proxy \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin mono-proxy
 COPY --from=build /out/mono-proxy /usr/local/bin/mono-proxy
 
 # Inside a container the proxy must listen beyond loopback to be reachable through a published
@@ -40,11 +42,11 @@ ENV MONO_PROXY_LISTEN=0.0.0.0:8080 \
 EXPOSE 8080 9901
 USER 10001:10001
 
-# A real HTTP probe of /healthz with bash's /dev/tcp (the slim image has no curl or wget, and a
-# bare TCP connect would pass even if the admin listener stopped answering HTTP). The status
-# line must be 200. Assumes the admin port is 9901; change both if you move it.
+# The binary probes its own admin listener: the address comes from the same environment
+# (MONO_PROXY_ADMIN_LISTEN) and config as the proxy's, so moving the port moves the probe.
+# `--ready` probes /readyz instead (a Kubernetes readiness exec probe).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-    CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9901 && printf 'GET /healthz HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' >&3 && read -r -t 2 status <&3 && [[ $status == 'HTTP/1.1 200'* ]]"]
+    CMD ["/usr/local/bin/mono-proxy", "healthcheck"]
 
 # SIGTERM: /readyz turns 503, in-flight requests drain ([server] drain_timeout), exit 0.
 STOPSIGNAL SIGTERM

@@ -18,6 +18,7 @@ pub mod deliveries;
 pub mod demo;
 pub mod error;
 pub mod headers;
+pub mod healthcheck;
 pub mod inflight;
 pub mod lifecycle;
 pub mod logging;

@@ -35,6 +35,13 @@ struct Cli {
 enum Command {
     /// Validate the config and print every problem; exit non-zero if any.
     Check,
+    /// Probe the admin listener the config names: `/healthz` (or `/readyz` with `--ready`);
+    /// exit 0 when it answers 200, else 1. For container HEALTHCHECKs and exec probes.
+    Healthcheck {
+        /// Probe `/readyz` (ready for traffic) instead of `/healthz` (alive).
+        #[arg(long)]
+        ready: bool,
+    },
     /// Run the Mono simulator alone.
     Sandbox(SandboxArgs),
     /// Run the proxy and the sandbox together with a built-in config, and print commands to try.
@@ -90,6 +97,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Check) => check(cli.config),
+        Some(Command::Healthcheck { ready }) => healthcheck(cli.config, ready),
         Some(Command::Sandbox(args)) => runtime.block_on(sandbox(args)),
         Some(Command::Demo { listen }) => {
             init_plain_logging();
@@ -127,6 +135,39 @@ fn check(path: Option<PathBuf>) -> ExitCode {
         }
     }
 }
+
+/// One probe of the admin listener, printing one line. It needs no secret: a probe must not
+/// depend on the key being readable, only on the proxy answering.
+fn healthcheck(path: Option<PathBuf>, ready: bool) -> ExitCode {
+    let route = if ready { "/readyz" } else { "/healthz" };
+    let config = match Config::load(path.as_deref(), &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("unhealthy: cannot read the config: {}", e.0.join("; "));
+            return ExitCode::FAILURE;
+        }
+    };
+    match mono_proxy::healthcheck::probe(config.admin_listen, route, HEALTHCHECK_TIMEOUT) {
+        Ok(200) => {
+            println!("healthy: {route} answered 200 on {}", config.admin_listen);
+            ExitCode::SUCCESS
+        }
+        Ok(status) => {
+            println!(
+                "unhealthy: {route} answered {status} on {}",
+                config.admin_listen
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            println!("unhealthy: {route} on {}: {e}", config.admin_listen);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A probe that takes longer than this counts as failed (container runtimes allow ~30 s).
+const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 async fn run(path: Option<PathBuf>, listen: Option<SocketAddr>) -> ExitCode {
     let mut config = match load(path) {

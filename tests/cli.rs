@@ -351,3 +351,64 @@ async fn a_redis_password_never_appears_in_the_log_of_a_running_proxy() {
     assert!(output.contains("redis"), "{output}");
     assert!(!output.contains("hunter2"), "{output}");
 }
+
+/// `mono-proxy healthcheck [--ready]` with `config`, bounded in time.
+async fn healthcheck(dir: &Path, config: &Path, ready: bool) -> std::process::Output {
+    let mut cmd = mono_proxy(dir);
+    cmd.arg("healthcheck").arg("--config").arg(config);
+    if ready {
+        cmd.arg("--ready");
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    tokio::time::timeout(STEP, cmd.output())
+        .await
+        .expect("healthcheck finishes")
+        .expect("healthcheck runs")
+}
+
+#[tokio::test]
+async fn healthcheck_probes_the_admin_listener_the_config_names() {
+    let sb = sandbox(sandbox_config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (listen, admin) = (free_addr(), free_addr());
+    let config = write_config(dir.path(), &run_config(listen, admin, &sb.base_url(false)));
+
+    // Nothing runs yet: unhealthy, one line, exit 1.
+    let down = healthcheck(dir.path(), &config, false).await;
+    assert_eq!(down.status.code(), Some(1));
+    let line = String::from_utf8_lossy(&down.stdout);
+    assert!(line.starts_with("unhealthy"), "{line}");
+    assert_eq!(line.trim().lines().count(), 1, "{line}");
+
+    let mut cmd = mono_proxy(dir.path());
+    cmd.arg("--config").arg(&config).env("MONO_SEC_KEY", KEY);
+    let mut proc = Proc::spawn(cmd, dir.path());
+    listening(admin, &proc).await;
+    for ready in [false, true] {
+        // No key in the probe's environment: it needs none.
+        let up = healthcheck(dir.path(), &config, ready).await;
+        let line = String::from_utf8_lossy(&up.stdout);
+        assert!(up.status.success(), "{line}\n{}", proc.output());
+        assert!(line.starts_with("healthy"), "{line}");
+    }
+    // The environment names the admin port, as in the container image.
+    let mut env_only = mono_proxy(dir.path());
+    env_only
+        .arg("healthcheck")
+        .env(
+            "MONO_PROXY_ADMIN_LISTEN",
+            format!("0.0.0.0:{}", admin.port()),
+        )
+        .stdout(Stdio::piped());
+    let out = tokio::time::timeout(STEP, env_only.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    proc.terminate().await;
+    assert!(proc.wait().await.success());
+}
