@@ -1,9 +1,9 @@
 //! Shared state in Redis: the realtime window, job records and invalidations across replicas.
 //!
-//! The connection forms (one server, Cluster, Sentinel; TLS) are in [`connect`], the key layout
-//! in [`keys`], the atomic multi-key changes in [`scripts`], the record operations in [`ops`],
-//! the shared cache tier in [`shared`], webhook delivery memory in [`deliveries`] and the
-//! background tasks (health ping, pub/sub) in [`tasks`].
+//! The connection forms (one server, Cluster, Sentinel; TLS) are in `connect.rs`, the key
+//! layout in `keys.rs`, the atomic multi-key changes in `scripts.rs`, the record operations in
+//! `ops.rs`, the shared cache tier in `shared.rs`, webhook delivery memory in `deliveries.rs` and
+//! the background tasks (health ping, pub/sub) in `tasks.rs`.
 //!
 //! Failure semantics: every operation has a short timeout. On a broken connection, or two health
 //! pings in a row without an answer, the store turns degraded: it logs once, counts the error,

@@ -164,7 +164,7 @@ impl RedisStore {
     }
 
     /// Waits for the record of the replica holding the lease: a record started at or after the
-    /// lease was claimed. Woken by the stored channel, re-reading every [`WAIT_REREAD`] anyway.
+    /// lease was claimed. Woken by the stored channel, re-reading every `WAIT_REREAD` anyway.
     pub async fn wait_record(
         &self,
         key: &RecordKey,

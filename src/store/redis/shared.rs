@@ -143,7 +143,7 @@ impl RedisStore {
     }
 
     /// Waits for the body another replica is fetching: woken by the stored channel, reading
-    /// again every [`WAIT_REREAD`] anyway. Ends early (`None`) when the lease is gone without a
+    /// again every `WAIT_REREAD` anyway. Ends early (`None`) when the lease is gone without a
     /// body: that fill failed or was not cacheable.
     pub async fn shared_wait(&self, key: &BodyKey<'_>, timeout: Duration) -> Option<SharedBody> {
         let s = &*self.inner;
