@@ -20,6 +20,7 @@ pub mod error;
 pub mod headers;
 pub mod healthcheck;
 pub mod inflight;
+pub mod labels;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;

@@ -15,8 +15,9 @@ struct RequestLabels {
     class: &'static str,
     cache: &'static str,
     status: u16,
-    // Last, so dashboards that match the labels before it keep working.
+    // Last, so dashboards that match the labels before them keep working.
     route: &'static str,
+    client: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -208,6 +209,7 @@ impl Metrics {
         &self,
         class: &'static str,
         route: &'static str,
+        client: &'static str,
         cache: &'static str,
         status: u16,
     ) {
@@ -217,6 +219,7 @@ impl Metrics {
                 cache,
                 status,
                 route,
+                client,
             })
             .inc();
     }
@@ -332,14 +335,14 @@ mod tests {
     #[test]
     fn counters_show_up_in_the_exposition() {
         let m = Metrics::new(Some(0.5));
-        m.request("cached", "balance", "hit", 200);
+        m.request("cached", "balance", "anonymous", "hit", 200);
         m.realtime("collapsed");
         m.realtime("rate_limited");
         m.realtime("forwarded");
         let text = m.encode(3, 1024);
         assert!(
             text.contains(
-                r#"mono_proxy_requests_total{class="cached",cache="hit",status="200",route="balance"} 1"#
+                r#"mono_proxy_requests_total{class="cached",cache="hit",status="200",route="balance",client="anonymous"} 1"#
             ),
             "{text}"
         );

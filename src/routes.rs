@@ -2,14 +2,14 @@
 //! name each carries in metrics and logs. Built once from `[[route]]` and the built-in routes;
 //! matched on every request without allocating.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
 
 use crate::cache::Storing;
 use crate::config::{CacheConfig, RouteConfig};
+use crate::labels::intern;
 use crate::route::{is_valid_id, Kind};
 
 /// Segments a matched path may have at most (Mono's longest paths have six).
@@ -275,22 +275,6 @@ pub fn builtin_routes() -> Vec<RouteConfig> {
         r("assets", "/v2/accounts/{id}/assets", off, false, false),
         bvn,
     ]
-}
-
-/// A route name as `&'static str` for metric labels. Names come from the config, so the set is
-/// bounded; a reload naming the same routes again reuses them.
-fn intern(name: &str) -> &'static str {
-    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
-    let mut names = NAMES
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(known) = names.get(name) {
-        return known;
-    }
-    let leaked: &'static str = Box::leak(name.to_string().into_boxed_str());
-    names.insert(leaked);
-    leaked
 }
 
 #[cfg(test)]

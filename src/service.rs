@@ -102,6 +102,9 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
 struct Summary {
     class: &'static str,
     route: &'static str,
+    /// The client's configured name, or `anonymous` (no tokens configured, none valid, or
+    /// Mono's webhooks).
+    client: &'static str,
     cache: Option<CacheResult>,
     error: Option<&'static str>,
 }
@@ -115,6 +118,7 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
     let mut summary = Summary {
         class: "invalid",
         route: "other",
+        client: ANONYMOUS,
         cache: None,
         error: None,
     };
@@ -131,9 +135,13 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
     resp.headers_mut().insert(REQUEST_ID, request_id.clone());
     let status = resp.status().as_u16();
     let cache_label = summary.cache.map_or("none", CacheResult::label);
-    state
-        .metrics
-        .request(summary.class, summary.route, cache_label, status);
+    state.metrics.request(
+        summary.class,
+        summary.route,
+        summary.client,
+        cache_label,
+        status,
+    );
     tracing::info!(
         target: "mono_proxy::access",
         request_id = request_id.to_str().unwrap_or("-"),
@@ -141,6 +149,7 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
         path = uri.path(),
         class = summary.class,
         route = summary.route,
+        client = summary.client,
         status,
         cache = cache_label,
         error = summary.error.unwrap_or(""),
@@ -171,7 +180,7 @@ async fn pipeline(
         // Mono authenticates its webhooks with their own secret; no client token applies.
         Class::Webhook => return webhook::serve(state, req).await,
         Class::Passthrough { route, account } => {
-            let tenant = authorize(state, &req)?;
+            let tenant = authorize(state, &req, summary)?;
             let named = route.as_ref().map(|r| Named {
                 route: r.name,
                 account: account.as_deref().unwrap_or_default(),
@@ -183,7 +192,7 @@ async fn pipeline(
             account,
             params,
         } => {
-            let tenant = authorize(state, &req)?;
+            let tenant = authorize(state, &req, summary)?;
             let directives = if state.config.cache.request_directives {
                 Directives::parse(req.headers())
             } else {
@@ -201,13 +210,13 @@ async fn pipeline(
             cached_read::serve(state, &read).await?
         }
         Class::Realtime { route, account } => {
-            let tenant = authorize(state, &req)?;
+            let tenant = authorize(state, &req, summary)?;
             let read = AccountRead::new(tenant, account, route, "", target(), request_id.clone());
             realtime::serve(state, &read).await?
         }
         Class::JobStatus { account, job_id } => {
             let read = JobRead {
-                tenant: authorize(state, &req)?,
+                tenant: authorize(state, &req, summary)?,
                 account,
                 job_id,
                 query: query.map(str::to_string),
@@ -259,8 +268,16 @@ fn check_host(req: &Request<Incoming>) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// Decides whose key the request uses: a client token's tenant, or the default one.
-fn authorize(state: &State, req: &Request<Incoming>) -> Result<Tenant, ProxyError> {
+/// The client label of requests no configured client made.
+const ANONYMOUS: &str = "anonymous";
+
+/// Decides whose key the request uses: a client token's tenant, or the default one; and who
+/// asked, for the log and metrics.
+fn authorize(
+    state: &State,
+    req: &Request<Incoming>,
+    summary: &mut Summary,
+) -> Result<Tenant, ProxyError> {
     let secrets = state.secrets.load();
     let h = req.headers();
     if secrets.clients.is_empty() {
@@ -285,8 +302,9 @@ fn authorize(state: &State, req: &Request<Incoming>) -> Result<Tenant, ProxyErro
     let Some(presented) = presented else {
         return Err(ProxyError::Unauthorized("a client token is required"));
     };
-    secrets
+    let client = secrets
         .client(presented)
-        .map(|c| c.tenant.clone())
-        .ok_or(ProxyError::Unauthorized("invalid client token"))
+        .ok_or(ProxyError::Unauthorized("invalid client token"))?;
+    summary.client = client.label;
+    Ok(client.tenant.clone())
 }

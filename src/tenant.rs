@@ -51,6 +51,8 @@ impl Tenant {
 pub struct ClientAuth {
     /// Name for logs.
     pub name: Arc<str>,
+    /// The same name as a metric label (a bounded set: the configured names).
+    pub label: &'static str,
     /// The token it presents.
     pub token: Secret,
     /// Its tenant.
@@ -99,6 +101,7 @@ impl Secrets {
             };
             clients.push(ClientAuth {
                 name: c.name.as_str().into(),
+                label: crate::labels::intern(&c.name),
                 token,
                 tenant,
             });

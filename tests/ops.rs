@@ -202,8 +202,7 @@ async fn metrics_follow_hits_collapsed_calls_upstream_calls_and_saved_cost() {
         "{ctype}"
     );
     let before = scrape.text();
-    let hit =
-        r#"mono_proxy_requests_total{class="cached",cache="hit",status="200",route="balance"}"#;
+    let hit = r#"mono_proxy_requests_total{class="cached",cache="hit",status="200",route="balance",client="anonymous"}"#;
     assert_eq!(metric(&before, hit), 0.0);
     assert_eq!(metric(&before, "mono_proxy_realtime_saved_cost_total"), 0.0);
 
@@ -226,7 +225,7 @@ async fn metrics_follow_hits_collapsed_calls_upstream_calls_and_saved_cost() {
     assert_eq!(
         metric(
             &m,
-            r#"mono_proxy_requests_total{class="cached",cache="miss",status="200",route="balance"}"#
+            r#"mono_proxy_requests_total{class="cached",cache="miss",status="200",route="balance",client="anonymous"}"#
         ),
         1.0
     );
