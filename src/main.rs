@@ -231,6 +231,7 @@ async fn sandbox(args: SandboxArgs) -> ExitCode {
         webhook_url: args.webhook_url,
         webhook_secret: args.webhook_secret,
         sync_changes_data: args.sync_changes_data,
+        extra_keys: Vec::new(),
     });
     let shutdown = mono_proxy::lifecycle::terminated();
     let result = match args.tls_cert_out {

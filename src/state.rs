@@ -81,7 +81,7 @@ impl State {
             cooldowns: Cooldowns::new(config.upstream.max_cooldown),
             inflight: InFlight::default(),
             polls,
-            deliveries: Deliveries::new(config.webhook.memory, config.webhook.forward_to.len()),
+            deliveries: Deliveries::new(config.webhook.memory, most_targets(&config)),
             secrets: ArcSwap::from_pointee(secrets),
             upstream,
             store,
@@ -112,6 +112,17 @@ impl State {
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
+}
+
+/// The most relay targets any app's webhooks have (the delivery memory weighs events by it).
+fn most_targets(config: &Config) -> usize {
+    config
+        .clients
+        .iter()
+        .map(|c| c.forward_to.len())
+        .chain([config.webhook.forward_to.len()])
+        .max()
+        .unwrap_or(0)
 }
 
 /// Mono's origins (and the configured upstream's) become the proxy's public base URL.

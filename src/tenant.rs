@@ -57,6 +57,19 @@ pub struct ClientAuth {
     pub token: Secret,
     /// Its tenant.
     pub tenant: Tenant,
+    /// With its own Mono key: the webhook secret its Mono app sends.
+    pub webhook: Option<Secret>,
+    /// With its own Mono key: where its webhooks are relayed.
+    pub forward_to: Vec<http::Uri>,
+}
+
+/// The Mono app a webhook came from, told by its secret.
+#[derive(Debug, Clone, Copy)]
+pub enum WebhookApp<'a> {
+    /// The default key's app (`MONO_WEBHOOK_SECRET`, `[webhook] forward_to`).
+    Default,
+    /// A client's own Mono app.
+    Client(&'a ClientAuth),
 }
 
 /// The secrets in force now; swapped whole on rotation.
@@ -99,11 +112,17 @@ impl Secrets {
                 Some(k) => Tenant::new(k),
                 None => default.clone(),
             };
+            let webhook = c
+                .webhook_secret
+                .read()
+                .map_err(unreadable(&format!("client {}: webhook secret", c.name)))?;
             clients.push(ClientAuth {
                 name: c.name.as_str().into(),
                 label: crate::labels::intern(&c.name),
                 token,
                 tenant,
+                webhook,
+                forward_to: c.forward_to.clone(),
             });
         }
         let webhook = config
@@ -137,6 +156,27 @@ impl Secrets {
     /// Whether a presented webhook secret is the configured one (false when none is).
     pub fn webhook_matches(&self, presented: &[u8]) -> bool {
         self.webhook.as_ref().is_some_and(|s| s.matches(presented))
+    }
+
+    /// Whether any webhook secret is configured (the default one or an app's).
+    pub fn any_webhook_secret(&self) -> bool {
+        self.webhook.is_some() || self.clients.iter().any(|c| c.webhook.is_some())
+    }
+
+    /// The app whose webhook secret `presented` is. Every secret is compared, in constant time,
+    /// whichever matches: the time taken says nothing about which app, if any, it was.
+    pub fn webhook_app(&self, presented: &[u8]) -> Option<WebhookApp<'_>> {
+        let mut found = None;
+        if self.webhook_matches(presented) {
+            found = Some(WebhookApp::Default);
+        }
+        for c in &self.clients {
+            let matched = c.webhook.as_ref().is_some_and(|s| s.matches(presented));
+            if matched && found.is_none() {
+                found = Some(WebhookApp::Client(c));
+            }
+        }
+        found
     }
 }
 

@@ -3,6 +3,8 @@
 
 mod support;
 
+use serde_json::json;
+use support::receiver::Receiver;
 use support::*;
 
 const CLIENTS: &str = "[[clients]]\nname = \"billing\"\ntoken_env = \"TOKEN_BILLING\"\n\
@@ -54,4 +56,124 @@ async fn requests_are_attributed_to_their_client_and_labels_stay_bounded() {
         !metrics.contains("bad-token"),
         "a token reached the metrics"
     );
+}
+
+/// Two Mono apps besides the default one, each with its own key, webhook secret and target.
+async fn two_apps(
+    sb: &mono_proxy::sandbox::RunningSandbox,
+    a: &Receiver,
+    b: &Receiver,
+    d: &Receiver,
+) -> TestProxy {
+    let toml = format!(
+        "[jobs]\npoll = false\n[webhook]\nforward_to = [\"{}\"]\n\
+         [[clients]]\nname = \"alpha\"\ntoken_env = \"TOKEN_ALPHA\"\nsecret_key_env = \"KEY_ALPHA\"\n\
+         webhook_secret_env = \"HOOK_ALPHA\"\nforward_to = [\"{}\"]\n\
+         [[clients]]\nname = \"beta\"\ntoken_env = \"TOKEN_BETA\"\nsecret_key_env = \"KEY_BETA\"\n\
+         webhook_secret_env = \"HOOK_BETA\"\nforward_to = [\"{}\"]",
+        d.url(),
+        a.url(),
+        b.url()
+    );
+    ProxyBuilder::for_sandbox(sb)
+        .toml(&toml)
+        .env("TOKEN_ALPHA", "tok-alpha")
+        .env("TOKEN_BETA", "tok-beta")
+        .env("KEY_ALPHA", "test_sk_alpha")
+        .env("KEY_BETA", "test_sk_beta")
+        .env("HOOK_ALPHA", "hook-alpha-secret")
+        .env("HOOK_BETA", "hook-beta-secret")
+        .start()
+        .await
+}
+
+async fn hook(p: &TestProxy, secret: &str, body: &serde_json::Value) -> Reply {
+    send(
+        http::Method::POST,
+        &p.url("/webhooks/mono"),
+        &[
+            ("mono-webhook-secret", secret),
+            ("content-type", "application/json"),
+        ],
+        body.to_string(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn each_apps_webhooks_touch_only_its_records_and_reach_only_its_targets() {
+    let sb = sandbox(mono_proxy::sandbox::SandboxConfig {
+        job_delay: std::time::Duration::from_secs(60),
+        extra_keys: vec!["test_sk_alpha".into(), "test_sk_beta".into()],
+        ..sandbox_config()
+    })
+    .await;
+    let (ra, rb, rd) = (
+        Receiver::start().await,
+        Receiver::start().await,
+        Receiver::start().await,
+    );
+    let p = two_apps(&sb, &ra, &rb, &rd).await;
+    // Each Mono app has its own accounts (and so its own jobs).
+    let (pa, pb) = ("/v2/accounts/app-a1/balance", "/v2/accounts/app-b1/balance");
+    let alpha = [("x-mono-proxy-token", "tok-alpha"), ("x-realtime", "true")];
+    let beta = [("x-mono-proxy-token", "tok-beta"), ("x-realtime", "true")];
+    let ja = p.get(pa, &alpha).await;
+    let jb = p.get(pb, &beta).await;
+    assert_eq!(ja.status, 200, "{}", ja.text());
+    assert_eq!(jb.status, 200, "{}", jb.text());
+    let (ja, jb) = (
+        ja.header("x-job-id").unwrap(),
+        jb.header("x-job-id").unwrap(),
+    );
+    assert_ne!(ja, jb);
+
+    // Alpha's app names beta's job: not alpha's to change. Relayed to alpha's target only.
+    let finish = |job: &str| json!({"event": "mono.accounts.jobs.update", "data": {"id": job, "status": "finished"}});
+    assert_eq!(hook(&p, "hook-alpha-secret", &finish(jb)).await.status, 200);
+    let beta_now = p.get(pb, &beta).await;
+    assert_eq!(beta_now.header("x-job-status"), Some("processing"));
+
+    let plain_beta = p.get(pb, &[("x-mono-proxy-token", "tok-beta")]).await;
+    assert_eq!(plain_beta.header("x-cache"), Some("HIT"));
+
+    // Its own job: finished, and alpha's cached balance is dropped.
+    assert_eq!(hook(&p, "hook-alpha-secret", &finish(ja)).await.status, 200);
+    let plain_alpha = p.get(pa, &[("x-mono-proxy-token", "tok-alpha")]).await;
+    assert_eq!(plain_alpha.header("x-cache"), Some("MISS"));
+    let alpha_now = p.get(pa, &alpha).await;
+    assert_eq!(alpha_now.header("x-job-status"), Some("finished"));
+    // An account event from alpha's app for beta's account changes nothing of beta's.
+    let updated = json!({"event": "mono.events.account_updated",
+        "data": {"account": {"_id": "app-b1"}, "meta": {"sync_status": "SUCCESSFUL"}}});
+    assert_eq!(hook(&p, "hook-alpha-secret", &updated).await.status, 200);
+    let still = p.get(pb, &[("x-mono-proxy-token", "tok-beta")]).await;
+    assert_eq!(still.header("x-cache"), Some("HIT"));
+    assert_eq!(
+        p.get(pb, &beta).await.header("x-job-status"),
+        Some("processing")
+    );
+    assert_eq!((ra.count(), rb.count(), rd.count()), (3, 0, 0));
+
+    // Beta's app reaches beta's target; an unknown secret is refused.
+    assert_eq!(hook(&p, "hook-beta-secret", &finish(jb)).await.status, 200);
+    assert_eq!((ra.count(), rb.count(), rd.count()), (3, 1, 0));
+    assert_eq!(hook(&p, "someone-elses", &finish(jb)).await.status, 401);
+    // The default app's secret still works, for the default targets.
+    let default = hook(&p, WEBHOOK_SECRET, &json!({"event": "mono.events.other"})).await;
+    assert_eq!(default.status, 200);
+    assert_eq!((ra.count(), rb.count(), rd.count()), (3, 1, 1));
+}
+
+#[tokio::test]
+async fn an_apps_webhook_settings_need_its_own_key() {
+    let sb = sandbox(sandbox_config()).await;
+    let text = ProxyBuilder::for_sandbox(&sb)
+        .toml("[[clients]]\nname = \"gamma\"\ntoken_env = \"TOKEN_G\"\nwebhook_secret_env = \"HOOK_G\"")
+        .env("TOKEN_G", "t")
+        .env("HOOK_G", "h")
+        .text();
+    let env = [("MONO_SEC_KEY", KEY), ("TOKEN_G", "t"), ("HOOK_G", "h")];
+    let e = mono_proxy::config::Config::parse_runnable(&text, &env).unwrap_err();
+    assert!(e.to_string().contains("secret_key_env"), "{e}");
 }

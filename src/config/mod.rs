@@ -410,6 +410,10 @@ pub struct ClientConfig {
     pub token: SecretSource,
     /// A Mono secret key of its own (a separate tenant); the default key when absent.
     pub secret_key: SecretSource,
+    /// With its own key, the webhook secret its Mono app sends.
+    pub webhook_secret: SecretSource,
+    /// With its own key, where its webhooks are relayed.
+    pub forward_to: Vec<Uri>,
 }
 
 /// Every problem found in a configuration.

@@ -417,6 +417,39 @@ fn clients(value: Option<&Value>, env: &dyn Env, errors: &mut Vec<String>) -> Ve
             Some(var) => named_env_secret(&mut f, "secret_key_env", &var, env),
             None => SecretSource::None,
         };
+        // An app with its own Mono key is its own Mono app: its own webhook secret and targets.
+        let webhook_secret = match (
+            f.string("webhook_secret_env"),
+            f.string("webhook_secret_file"),
+        ) {
+            (Some(var), None) => named_env_secret(&mut f, "webhook_secret_env", &var, env),
+            (None, Some(file)) => SecretSource::File(PathBuf::from(file)),
+            (Some(_), Some(_)) => {
+                f.problem(
+                    "webhook_secret_env",
+                    "set one of webhook_secret_env or webhook_secret_file",
+                );
+                SecretSource::None
+            }
+            (None, None) => SecretSource::None,
+        };
+        let mut forward_to = Vec::new();
+        for target in f.strings("forward_to").unwrap_or_default() {
+            match parse_url(&target) {
+                Ok(u) => forward_to.push(u),
+                Err(e) => f.problem("forward_to", e),
+            }
+        }
+        let own_app = webhook_secret != SecretSource::None || !forward_to.is_empty();
+        if own_app && secret_key == SecretSource::None {
+            f.problem(
+                "webhook_secret_env",
+                "webhook_secret_* and forward_to belong to a client with its own Mono key (secret_key_env); clients sharing the default key share [webhook]",
+            );
+        }
+        if !forward_to.is_empty() && webhook_secret == SecretSource::None {
+            f.problem("forward_to", "set the app's webhook_secret_env or webhook_secret_file too: its webhooks are told apart by their secret");
+        }
         f.finish();
         if out.iter().any(|c| c.name == name) {
             errors.push(format!("clients[{i}]: duplicate name {name:?}"));
@@ -425,6 +458,8 @@ fn clients(value: Option<&Value>, env: &dyn Env, errors: &mut Vec<String>) -> Ve
             name,
             token,
             secret_key,
+            webhook_secret,
+            forward_to,
         });
     }
     out

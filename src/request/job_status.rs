@@ -37,7 +37,7 @@ pub async fn serve(
         .await?;
     if ours && fetched.status.is_success() {
         if let Some(update) = sync::parse_job_status(&fetched.body) {
-            sync::apply(state, &read.job_id, &update, None).await;
+            sync::apply(state, &read.job_id, &update, None, Some(&read.tenant.id)).await;
         }
     }
     let mut resp = fetched.to_response();

@@ -77,7 +77,7 @@ async fn follow(weak: &Weak<State>, permits: &Arc<Semaphore>, job: &PollRequest)
         {
             Ok(f) if f.status.is_success() => {
                 if let Some(update) = sync::parse_job_status(&f.body) {
-                    sync::apply(&state, job_id, &update, None).await;
+                    sync::apply(&state, job_id, &update, None, None).await;
                     if update.status.is_terminal() {
                         state.metrics.poll("terminal");
                         return;

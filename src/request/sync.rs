@@ -30,21 +30,39 @@ pub fn parse_job_status(body: &[u8]) -> Option<JobUpdate> {
     })
 }
 
-/// Applies a job update from any source; a sync that just finished invalidates the account.
-/// `account` is used when the job is unknown to us but the source named the account.
-pub async fn apply(state: &Arc<State>, job_id: &str, update: &JobUpdate, account: Option<&str>) {
+/// Applies a job update from any source; a sync that just finished invalidates the account of
+/// the record's tenant. `account` is used when the job is unknown to us but the source named
+/// the account. With a `tenant` (a webhook from one app's Mono key) only that tenant's records
+/// and caches are touched: another app's job is none of its business.
+pub async fn apply(
+    state: &Arc<State>,
+    job_id: &str,
+    update: &JobUpdate,
+    account: Option<&str>,
+    tenant: Option<&str>,
+) {
+    if let Some(scope) = tenant {
+        match state.store.job(job_id).await {
+            Ok(Some((owner, _))) if &*owner != scope => {
+                tracing::warn!(job_id, "a webhook named another app's job; ignored");
+                return;
+            }
+            _ => {}
+        }
+    }
     match state.store.update_job(job_id, update).await {
         Ok(Some(t)) => {
             if t.changed {
                 tracing::info!(job_id, status = t.record.status.as_str(), account = %t.record.account, "job updated");
                 if t.record.status == JobStatus::Finished {
-                    invalidate(state, &t.record.account, update.has_new_data).await;
+                    let owner = Some(&*t.tenant);
+                    invalidate(state, &t.record.account, update.has_new_data, owner).await;
                 }
             }
         }
         Ok(None) => {
             if let (Some(account), JobStatus::Finished) = (account, update.status) {
-                invalidate(state, account, update.has_new_data).await;
+                invalidate(state, account, update.has_new_data, tenant).await;
             }
         }
         Err(e) => {
@@ -54,45 +72,60 @@ pub async fn apply(state: &Arc<State>, job_id: &str, update: &JobUpdate, account
     }
 }
 
-/// Older events name no job: apply to the account's processing jobs of every tenant, and
-/// invalidate on success even when none was known.
+/// Older events name no job: apply to the account's processing jobs of `tenant` (every tenant
+/// when `None`), and invalidate on success even when none was known.
 pub async fn apply_to_account(
     state: &Arc<State>,
     account: &str,
     update: &JobUpdate,
+    tenant: Option<&str>,
 ) -> StoreResult<()> {
-    let tenants = state.secrets.load().tenant_ids();
+    let tenants = scope(state, tenant);
     let mut invalidated = false;
-    for tenant in &tenants {
+    for owner in &tenants {
         for kind in [Kind::Balance, Kind::Transactions] {
-            let key = RecordKey::new(tenant, account, kind);
+            let key = RecordKey::new(owner, account, kind);
             if let Some(rec) = state.store.get(&key).await? {
                 if rec.status == JobStatus::Processing {
-                    apply(state, &rec.job_id, update, None).await;
+                    apply(state, &rec.job_id, update, None, Some(owner)).await;
                     invalidated |= update.status == JobStatus::Finished;
                 }
             }
         }
     }
     if update.status == JobStatus::Finished && !invalidated {
-        invalidate(state, account, update.has_new_data).await;
+        invalidate(state, account, update.has_new_data, tenant).await;
     }
     Ok(())
 }
 
+/// The tenants a change applies to: one, or every tenant in force.
+fn scope(state: &State, tenant: Option<&str>) -> Vec<Arc<str>> {
+    match tenant {
+        Some(t) => vec![t.into()],
+        None => state.secrets.load().tenant_ids(),
+    }
+}
+
 /// A sync finished: drop the account's cached bodies in the shared tier, here, and on every
 /// replica, in that order.
-pub async fn invalidate(state: &Arc<State>, account: &str, has_new_data: Option<bool>) {
+pub async fn invalidate(
+    state: &Arc<State>,
+    account: &str,
+    has_new_data: Option<bool>,
+    tenant: Option<&str>,
+) {
+    let tenants = scope(state, tenant);
     // The shared tier goes first: a miss here or on any replica after its copy is dropped must
     // not find the pre-sync body in Redis and adopt it again.
     if state.config.cache.shared {
-        let tenants = state.secrets.load().tenant_ids();
         state.store.shared_invalidate(&tenants, account).await;
     }
-    invalidate_local(state, account, has_new_data);
+    invalidate_local(state, &tenants, account, has_new_data);
     let msg = Broadcast::Invalidate {
         account: account.to_string(),
         has_new_data,
+        tenant: tenant.map(str::to_string),
     };
     if let Err(e) = state.store.publish(&msg).await {
         state.metrics.store_error("publish");
@@ -119,15 +152,19 @@ pub async fn invalidate(state: &Arc<State>, account: &str, has_new_data: Option<
     }
 }
 
-/// Drops an account's cached bodies for every tenant in this replica, on the routes a sync
+/// Drops an account's cached bodies for `tenants` in this replica, on the routes a sync
 /// invalidates.
-fn invalidate_local(state: &State, account: &str, has_new_data: Option<bool>) {
-    let secrets = state.secrets.load();
+fn invalidate_local(
+    state: &State,
+    tenants: &[Arc<str>],
+    account: &str,
+    has_new_data: Option<bool>,
+) {
     let drops = |path_key: &str| state.routes.invalidates(route_of(path_key));
-    for tenant in secrets.tenant_ids() {
+    for tenant in tenants {
         state
             .cache
-            .invalidate(&account_key(&tenant, account), has_new_data, &drops);
+            .invalidate(&account_key(tenant, account), has_new_data, &drops);
     }
 }
 
@@ -240,7 +277,11 @@ pub async fn listen(weak: Weak<State>, mut rx: broadcast::Receiver<Broadcast>) {
             Broadcast::Invalidate {
                 account,
                 has_new_data,
-            } => invalidate_local(&state, &account, has_new_data),
+                tenant,
+            } => {
+                let tenants = scope(&state, tenant.as_deref());
+                invalidate_local(&state, &tenants, &account, has_new_data);
+            }
             Broadcast::JobStarted { tenant, account } => {
                 state
                     .cache

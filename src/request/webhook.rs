@@ -21,6 +21,7 @@ use crate::request::sync;
 use crate::route::is_valid_id;
 use crate::state::State;
 use crate::store::{JobStatus, JobUpdate, StepClaim};
+use crate::tenant::WebhookApp;
 
 /// Handles one delivery from Mono.
 pub async fn serve(
@@ -28,7 +29,7 @@ pub async fn serve(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
     let secrets = state.secrets.load_full();
-    if secrets.webhook.is_none() {
+    if !secrets.any_webhook_secret() {
         state.metrics.webhook("unknown", "rejected");
         tracing::warn!("webhook refused: no webhook secret is configured (MONO_WEBHOOK_SECRET)");
         return Err(ProxyError::Unauthorized("webhook secret is not configured"));
@@ -38,10 +39,16 @@ pub async fn serve(
         .get(MONO_WEBHOOK_SECRET)
         .map(HeaderValue::as_bytes)
         .unwrap_or_default();
-    if !secrets.webhook_matches(presented) {
+    // Every app posts to the one path; its secret says which app (and so which tenant and
+    // which targets) the event belongs to.
+    let Some(app) = secrets.webhook_app(presented) else {
         state.metrics.webhook("unknown", "rejected");
         return Err(ProxyError::Unauthorized("invalid mono-webhook-secret"));
-    }
+    };
+    let (tenant, targets): (Option<&str>, &[Uri]) = match app {
+        WebhookApp::Default => (None, &state.config.webhook.forward_to),
+        WebhookApp::Client(c) => (Some(&c.tenant.id), &c.forward_to),
+    };
     let limit = state.config.webhook.max_body;
     let (parts, body) = req.into_parts();
     let body = collect_limited(body, limit).await.map_err(|e| match e {
@@ -57,9 +64,12 @@ pub async fn serve(
         .to_string();
     state.metrics.webhook(&name, "received");
 
-    let key = match event.get("event_id").and_then(Value::as_str) {
-        Some(id) => EventKey::id(id),
-        None => EventKey::body(&body),
+    // An app's own events are remembered apart from the default app's.
+    let key = match (event.get("event_id").and_then(Value::as_str), tenant) {
+        (Some(id), None) => EventKey::id(id),
+        (Some(id), Some(t)) => EventKey::id(&format!("{t}:{id}")),
+        (None, None) => EventKey::body(&body),
+        (None, Some(t)) => EventKey::body(&[t.as_bytes(), b":", &body[..]].concat()),
     };
     let progress = state.deliveries.progress(&key);
     // Held across the relay: a retry racing the first delivery waits for it instead of doubling it.
@@ -68,7 +78,7 @@ pub async fn serve(
     let event_name = key.hex();
     if !progress.applied {
         match claim(state, &event_name, "apply").await {
-            StepClaim::Mine => match apply(state, &name, &event).await {
+            StepClaim::Mine => match apply(state, &name, &event, tenant).await {
                 Ok(()) => {
                     state.store.step_done(&event_name, "apply").await;
                     state.metrics.webhook(&name, "applied");
@@ -87,12 +97,14 @@ pub async fn serve(
         }
         progress.applied = true;
     }
-    let targets = &state.config.webhook.forward_to;
     progress.delivered.resize(targets.len(), false);
     let failed = relay(
         state,
-        &name,
-        &event_name,
+        &Relay {
+            name: &name,
+            event: &event_name,
+            targets,
+        },
         &parts.headers,
         &body,
         &mut progress.delivered,
@@ -120,8 +132,14 @@ pub async fn serve(
     }
 }
 
-/// Applies an event to job records and caches; unknown events change nothing.
-async fn apply(state: &Arc<State>, name: &str, event: &Value) -> Result<(), ProxyError> {
+/// Applies an event to job records and caches of `tenant` (every tenant for the default app);
+/// unknown events change nothing.
+async fn apply(
+    state: &Arc<State>,
+    name: &str,
+    event: &Value,
+    tenant: Option<&str>,
+) -> Result<(), ProxyError> {
     let data = event.get("data").unwrap_or(&Value::Null);
     match name {
         "mono.accounts.jobs.update" => {
@@ -143,7 +161,7 @@ async fn apply(state: &Arc<State>, name: &str, event: &Value) -> Result<(), Prox
                         .and_then(Value::as_bool)
                         .unwrap_or(false),
                 };
-                sync::apply(state, id, &update, None).await;
+                sync::apply(state, id, &update, None, tenant).await;
             }
         }
         "mono.events.account_updated" | "mono.accounts.account_updated" => {
@@ -157,10 +175,12 @@ async fn apply(state: &Arc<State>, name: &str, event: &Value) -> Result<(), Prox
                 .and_then(Value::as_str)
                 .filter(|id| is_valid_id(id));
             match job_id {
-                Some(job_id) => sync::apply(state, job_id, &update, account.as_deref()).await,
+                Some(job_id) => {
+                    sync::apply(state, job_id, &update, account.as_deref(), tenant).await;
+                }
                 None => {
                     if let Some(account) = account {
-                        sync::apply_to_account(state, &account, &update).await?;
+                        sync::apply_to_account(state, &account, &update, tenant).await?;
                     }
                 }
             }
@@ -220,21 +240,28 @@ async fn claim(state: &State, event: &str, step: &str) -> StepClaim {
 }
 
 /// Relays to every target not yet delivered, concurrently; returns how many failed.
+/// What is relayed: an event (its name for metrics, its digest for the fleet's step claims) to
+/// its app's targets.
+struct Relay<'a> {
+    name: &'a str,
+    event: &'a str,
+    targets: &'a [Uri],
+}
+
 async fn relay(
     state: &Arc<State>,
-    name: &str,
-    event: &str,
+    what: &Relay<'_>,
     headers: &HeaderMap,
     body: &Bytes,
     delivered: &mut [bool],
 ) -> usize {
+    let (name, event, targets) = (what.name, what.event, what.targets);
     let mut forward = headers.clone();
     strip_hop_by_hop(&mut forward);
     forward.remove(header::HOST);
     forward.remove(header::CONTENT_LENGTH);
     forward.remove(MONO_SEC_KEY);
     let timeout = state.config.webhook.timeout;
-    let targets = &state.config.webhook.forward_to;
     let sends = targets
         .iter()
         .zip(delivered.iter())

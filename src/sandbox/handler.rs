@@ -239,10 +239,11 @@ impl Sandbox {
         if latency > Duration::ZERO {
             tokio::time::sleep(latency).await;
         }
-        let key_ok = parts
-            .headers
-            .get("mono-sec-key")
-            .is_some_and(|k| k.as_bytes() == self.shared.cfg.secret_key.as_bytes());
+        let key_ok = parts.headers.get("mono-sec-key").is_some_and(|k| {
+            let cfg = &self.shared.cfg;
+            k.as_bytes() == cfg.secret_key.as_bytes()
+                || cfg.extra_keys.iter().any(|x| k.as_bytes() == x.as_bytes())
+        });
         let mut resp = if key_ok {
             self.answer(endpoint, &parts, &body)
         } else {

@@ -120,8 +120,10 @@ pub const COUNTERS: &[&str] = &[
 /// Settings for one sandbox instance.
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
-    /// The only `mono-sec-key` accepted.
+    /// The `mono-sec-key` accepted.
     pub secret_key: String,
+    /// More keys accepted, one per further Mono app (they share the sandbox's accounts).
+    pub extra_keys: Vec<String>,
     /// How long a realtime job runs before it finishes.
     pub job_delay: Duration,
     /// Mono's realtime window (5 minutes).
@@ -140,6 +142,7 @@ impl Default for SandboxConfig {
     fn default() -> Self {
         SandboxConfig {
             secret_key: DEFAULT_SECRET_KEY.to_owned(),
+            extra_keys: Vec::new(),
             job_delay: DEFAULT_JOB_DELAY,
             window: DEFAULT_SANDBOX_WINDOW,
             latency: Duration::ZERO,

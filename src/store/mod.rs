@@ -98,6 +98,9 @@ pub enum Broadcast {
         account: String,
         /// Mono's `meta.has_new_data`, when it said.
         has_new_data: Option<bool>,
+        /// The one tenant it applies to (a webhook of one app's key); all when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tenant: Option<String>,
     },
     /// A realtime job started: `x-has-new-data` resets for the account.
     JobStarted {
