@@ -122,6 +122,9 @@ pub struct Matched<'p> {
 #[derive(Debug)]
 pub struct Routes {
     routes: Vec<Arc<Route>>,
+    /// Indexes into `routes` (in match order) by segment count: a path is only ever compared
+    /// with the routes of its own length.
+    by_len: Vec<Vec<usize>>,
 }
 
 impl Routes {
@@ -136,24 +139,38 @@ impl Routes {
                 routes.push(Arc::new(Route::compile(&builtin, cache.ttl)));
             }
         }
-        Routes { routes }
+        let mut by_len = vec![Vec::new(); MAX_SEGMENTS + 1];
+        for (i, r) in routes.iter().enumerate() {
+            if let Some(slot) = by_len.get_mut(r.segments.len()) {
+                slot.push(i);
+            }
+        }
+        Routes { routes, by_len }
     }
 
     /// The route a request names, with the ids it carries; `None` when no route matches (or an
     /// id is not a valid id: such a path is never cached).
     pub fn find<'p>(&self, method: &Method, path: &'p str) -> Option<Matched<'p>> {
+        // One pass over the bytes (this runs on every request, hits included).
         let mut parts = [""; MAX_SEGMENTS];
         let mut n = 0;
-        for seg in path.trim_start_matches('/').split('/') {
-            if n == MAX_SEGMENTS {
-                return None;
+        let bytes = path.as_bytes();
+        let first = usize::from(bytes.first() == Some(&b'/'));
+        let mut start = first;
+        for i in first..=bytes.len() {
+            if i == bytes.len() || bytes[i] == b'/' {
+                if n == MAX_SEGMENTS {
+                    return None;
+                }
+                parts[n] = &path[start..i];
+                n += 1;
+                start = i + 1;
             }
-            parts[n] = seg;
-            n += 1;
         }
         let parts = &parts[..n];
-        'routes: for route in &self.routes {
-            if route.segments.len() != n || !route.allows(method) {
+        'routes: for &index in &self.by_len[n] {
+            let route = &self.routes[index];
+            if !route.allows(method) {
                 continue;
             }
             for (seg, part) in route.segments.iter().zip(parts) {

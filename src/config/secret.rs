@@ -135,7 +135,9 @@ fn query_password_span(url: &str) -> Option<(usize, usize)> {
     let mut at = q;
     for param in url[q..].split('&') {
         for name in ["pass=", "password="] {
-            if param.len() >= name.len() && param[..name.len()].eq_ignore_ascii_case(name) {
+            // Bytes, not a str slice: the text may be anything, multi-byte characters included.
+            let head = param.as_bytes().get(..name.len());
+            if head.is_some_and(|h| h.eq_ignore_ascii_case(name.as_bytes())) {
                 let from = at + name.len();
                 let end = url[from..].find(['&', '#']).map_or(url.len(), |i| from + i);
                 return Some((from, end));
@@ -273,5 +275,11 @@ mod tests {
         );
         assert_eq!(url_password("unix:///s?pass=abc#x"), Some("abc"));
         assert_eq!(redact_url("redis://h:6379/0?db=1"), "redis://h:6379/0?db=1");
+        // Any text, multi-byte characters included, without a panic.
+        assert_eq!(
+            redact_url("unix:///s?é=1&pässword=x"),
+            "unix:///s?é=1&pässword=x"
+        );
+        assert_eq!(redact_url("unix:///s?é&pass=x"), "unix:///s?é&pass=***");
     }
 }

@@ -45,8 +45,18 @@ pub async fn serve(
     if directives.only_if_cached {
         return Err(ProxyError::NotCached);
     }
-    if let Some(left) =
-        sync::held_back(state, &read.tenant.id, read.route.name, &read.account).await
+    // A miss that goes through the shared tier learns of a fleet cooldown from its lookup
+    // (one round trip); any other asks Redis here.
+    let refetch = directives.no_cache || directives.max_age.is_some();
+    let via_lookup = state.config.cache.shared && !read.route.personal_data && !refetch;
+    if let Some(left) = sync::held_back(
+        state,
+        &read.tenant.id,
+        read.route.name,
+        &read.account,
+        !via_lookup,
+    )
+    .await
     {
         // Mono asked us to wait: what we hold, even stale, beats a 429.
         if let Some((body, past)) = stale {
@@ -57,7 +67,6 @@ pub async fn serve(
         }
         return Err(ProxyError::CoolingDown(left));
     }
-    let refetch = directives.no_cache || directives.max_age.is_some();
     let (filled, led) = collapsed_fill(state, read, refetch).await;
     let result = match (led, refetch) {
         (true, false) => CacheResult::Miss,

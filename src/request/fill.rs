@@ -36,6 +36,7 @@ pub async fn fetch_and_store(
         tenant: &read.tenant.id,
         account: &read.account,
         path: read.path_key(),
+        route: read.route.name,
     };
     // The fleet's lease lasts as long as one fetch may: past it, the waiters fetch themselves.
     let lease = state.config.upstream.timeout + Duration::from_secs(1);
@@ -80,6 +81,14 @@ pub async fn fetch_and_store(
                     }
                     None => {}
                 }
+            }
+            SharedLookup::CoolingDown(until_ms) => {
+                let (tenant, route) = (&read.tenant.id, read.route.name);
+                state.cooldowns.set(tenant, route, &read.account, until_ms);
+                if let Some(left) = state.cooldowns.remaining(tenant, route, &read.account) {
+                    return Err(ProxyError::CoolingDown(left));
+                }
+                break;
             }
             SharedLookup::Fill(t) => {
                 state.metrics.shared_cache("fill");
@@ -231,7 +240,7 @@ pub async fn bypass(
     read: &AccountRead,
 ) -> Result<(Response<Body>, CacheResult), ProxyError> {
     if let Some(left) =
-        sync::held_back(state, &read.tenant.id, read.route.name, &read.account).await
+        sync::held_back(state, &read.tenant.id, read.route.name, &read.account, true).await
     {
         return Err(ProxyError::CoolingDown(left));
     }

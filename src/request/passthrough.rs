@@ -32,7 +32,7 @@ pub async fn serve(
     named: Option<Named<'_>>,
 ) -> Result<Response<Body>, ProxyError> {
     if let Some(n) = named {
-        if let Some(left) = sync::held_back(state, &tenant.id, n.route, n.account).await {
+        if let Some(left) = sync::held_back(state, &tenant.id, n.route, n.account, true).await {
             return Err(ProxyError::CoolingDown(left));
         }
     }

@@ -246,15 +246,19 @@ pub async fn cool_down(
 }
 
 /// How long calls for `(tenant, route, account)` must still wait after a Mono 429: this
-/// replica's table first, then (Redis) the fleet's record.
+/// replica's table first, then (Redis, when `remote`) the fleet's record.
 pub async fn held_back(
     state: &State,
     tenant: &str,
     route: &str,
     account: &str,
+    remote: bool,
 ) -> Option<std::time::Duration> {
     if let Some(left) = state.cooldowns.remaining(tenant, route, account) {
         return Some(left);
+    }
+    if !remote {
+        return None;
     }
     let until = state.store.cooldown(tenant, route, account).await?;
     state.cooldowns.set(tenant, route, account, until);

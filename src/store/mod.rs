@@ -43,6 +43,8 @@ pub struct BodyKey<'a> {
     pub account: &'a str,
     /// The path within the account (`balance`, `transactions?page=2`).
     pub path: &'a str,
+    /// The route's name (whose 429 cooldown the lookup also reads).
+    pub route: &'a str,
 }
 
 /// A cached body as the shared tier holds it.
@@ -65,6 +67,8 @@ pub enum SharedLookup {
     Fill(FillTicket),
     /// Another replica is fetching it: wait with [`Store::shared_wait`].
     Wait,
+    /// Mono's 429 cooldown for the route and account is in force until this unix ms.
+    CoolingDown(u64),
     /// No shared tier now (in process, turned off, Redis degraded or slow): fetch as usual.
     Off,
 }

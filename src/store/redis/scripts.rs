@@ -110,10 +110,11 @@ return 0
 });
 
 /// Shared cache lookup: a body (kept for its freshness only) is answered with its remaining
-/// life; otherwise the fill lease is taken if free (or recognised as ours: a retry of a lookup
-/// whose answer was lost). KEYS: body, fill lease, generation. ARGV: lease value, lease ms.
+/// life; a 429 cooldown in force stops the miss there (no second round trip to ask); otherwise
+/// the fill lease is taken if free (or recognised as ours: a retry of a lookup whose answer was
+/// lost). KEYS: body, fill lease, generation, cooldown. ARGV: lease value, lease ms, now ms.
 /// Returns `{state, body, x}`: state 1 = hit (x = PTTL), 0 = this replica fills, 2 = another
-/// replica fills (x = the generation to hand back to [`FILL`]).
+/// replica fills (x = the generation to hand back to [`FILL`]), 3 = cooling down (x = until).
 pub(super) static LOOKUP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -121,6 +122,10 @@ local b = redis.call('GET', KEYS[1])
 if b then
   local left = redis.call('PTTL', KEYS[1])
   if left > 0 then return {1, b, tostring(left)} end
+end
+local cd = redis.call('GET', KEYS[4])
+if cd and tonumber(cd) and tonumber(cd) > tonumber(ARGV[3]) then
+  return {3, '', cd}
 end
 local g = redis.call('GET', KEYS[3]) or '0'
 if redis.call('GET', KEYS[2]) == ARGV[1]

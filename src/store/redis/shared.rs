@@ -108,8 +108,10 @@ impl RedisStore {
         let mut call = LOOKUP.key(body_key(&base, key.path));
         call.key(fill_key(&base, key.path))
             .key(format!("{base}gen"))
+            .key(s.keys.cooldown(key.tenant, key.account, key.route))
             .arg(format!("{}{}", s.owner(), uuid::Uuid::new_v4().simple()))
-            .arg((lease.as_millis() as u64).max(1));
+            .arg((lease.as_millis() as u64).max(1))
+            .arg(now_ms());
         let deadline = Instant::now() + LOOKUP_BUDGET.min(lease);
         let mut backoff = Duration::from_millis(10);
         loop {
@@ -124,6 +126,12 @@ impl RedisStore {
                     }
                 }
                 Ok((0, _, generation)) => return SharedLookup::Fill(FillTicket { generation }),
+                Ok((3, _, until)) => {
+                    return match until.parse() {
+                        Ok(until_ms) => SharedLookup::CoolingDown(until_ms),
+                        Err(_) => SharedLookup::Off,
+                    }
+                }
                 Ok(_) => return SharedLookup::Wait,
                 Err(OpError::Slow(_)) if Instant::now() + backoff < deadline => {
                     tokio::time::sleep(backoff).await;
