@@ -8,6 +8,7 @@
 //! servers ([`server`], [`admin`]) and background tasks. docs/design.md draws the map.
 
 pub mod admin;
+pub mod api;
 pub mod app;
 pub mod body;
 pub mod cache;

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use http::Method;
 
+use crate::api::{is_valid_id, Kind};
 use crate::cache::Storing;
 use crate::config::{CacheConfig, RouteConfig};
 use crate::labels::intern;
-use crate::route::{is_valid_id, Kind};
 
 /// Segments a matched path may have at most (Mono's longest paths have six).
 const MAX_SEGMENTS: usize = 12;

@@ -72,7 +72,7 @@ pub(super) fn routes(value: Option<&Value>, errors: &mut Vec<String>) -> Vec<Rou
             Some(words) => words
                 .iter()
                 .filter_map(|w| match Method::from_bytes(w.as_bytes()) {
-                    Ok(m) if crate::route::FORWARDED_METHODS.contains(&m) => Some(m),
+                    Ok(m) if crate::api::FORWARDED_METHODS.contains(&m) => Some(m),
                     _ => {
                         f.problem(
                             "methods",

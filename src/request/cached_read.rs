@@ -2,7 +2,6 @@
 //! the request's own cache directives (RFC 9111 §5.2.1) and Mono's 429 cooldowns honoured.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::Response;
@@ -13,8 +12,7 @@ use crate::error::ProxyError;
 use crate::headers::{bool_value, set_cache_status, CacheResult, X_HAS_NEW_DATA};
 use crate::inflight::Filled;
 use crate::request::context::AccountRead;
-use crate::request::{fill, sync};
-use crate::singleflight::Outcome;
+use crate::request::{cooldown, fill};
 use crate::state::State;
 
 /// Answers a cached read: hit → answer; miss → fill (collapsed); failure → stale if allowed.
@@ -49,7 +47,7 @@ pub async fn serve(
     // (one round trip); any other asks Redis here.
     let refetch = directives.no_cache || directives.max_age.is_some();
     let via_lookup = state.config.cache.shared && !read.route.personal_data && !refetch;
-    if let Some(left) = sync::held_back(
+    if let Some(left) = cooldown::held_back(
         state,
         &read.tenant.id,
         read.route.name,
@@ -67,7 +65,7 @@ pub async fn serve(
         }
         return Err(ProxyError::CoolingDown(left));
     }
-    let (filled, led) = collapsed_fill(state, read, refetch).await;
+    let (filled, led) = fill::collapsed(state, read, refetch).await;
     let result = match (led, refetch) {
         (true, false) => CacheResult::Miss,
         (true, true) => CacheResult::Refetched,
@@ -112,42 +110,6 @@ pub async fn serve(
         }
         (Err(e), None) => Err(e),
     }
-}
-
-/// One upstream fetch per (tenant, account, path) however many callers miss at once.
-/// Returns the fill's result and whether this caller led it.
-pub async fn fill(state: &Arc<State>, read: &AccountRead) -> (Result<Filled, ProxyError>, bool) {
-    collapsed_fill(state, read, false).await
-}
-
-/// [`fill`], or with `refetch` a fetch that skips the shared tier (the app asked for a newer
-/// answer than any stored): collapsed with concurrent refetches only, since a fill already
-/// running may have started before the app asked.
-async fn collapsed_fill(
-    state: &Arc<State>,
-    read: &AccountRead,
-    refetch: bool,
-) -> (Result<Filled, ProxyError>, bool) {
-    let timeout = state.config.upstream.timeout + Duration::from_secs(1);
-    let call = || {
-        let (state, read) = (Arc::clone(state), read.clone());
-        async move { fill::fetch_and_store(&state, &read, refetch).await }
-    };
-    let mut key = read.fill_key();
-    if refetch {
-        key.push_str("#refetch");
-    }
-    let (outcome, led) = state
-        .inflight
-        .fills
-        .lead_or_follow(&key, timeout, call)
-        .await;
-    let result = match outcome {
-        Outcome::Done(r) => r,
-        Outcome::LeaderLost => Err(ProxyError::Internal("the cache fill was abandoned".into())),
-        Outcome::TimedOut => Err(ProxyError::UpstreamTimeout(timeout.as_millis() as u64)),
-    };
-    (result, led)
 }
 
 /// Builds the response for a cached body; `data` (balance and transactions) adds

@@ -1,6 +1,6 @@
-//! The fill behind a cache miss: the shared tier first (a body another replica fetched, or a
-//! fleet-wide fill to wait for), else one upstream fetch whose answer is stored here and handed
-//! to the tier; and the fetches that bypass storage.
+//! The fill behind a cache miss: one flight per key in this replica, then the shared tier (a
+//! body another replica fetched, or a fleet-wide fill to wait for), else one upstream fetch whose
+//! answer is stored here and handed to the tier; and the fetches that bypass storage.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +13,8 @@ use crate::error::ProxyError;
 use crate::headers::{set_cache_status, CacheResult};
 use crate::inflight::Filled;
 use crate::request::context::AccountRead;
-use crate::request::sync;
+use crate::request::cooldown;
+use crate::singleflight::Outcome;
 use crate::state::State;
 use crate::store::{BodyKey, SharedBody, SharedLookup};
 use crate::upstream::Fetched;
@@ -21,6 +22,42 @@ use crate::upstream::Fetched;
 /// Lookups of the shared tier per fill at most (each but the last ended by a fill elsewhere
 /// that stored nothing).
 const SHARED_ROUNDS: usize = 3;
+
+/// One upstream fetch per (tenant, account, path) however many callers miss at once.
+/// Returns the fill's result and whether this caller led it.
+pub async fn fill(state: &Arc<State>, read: &AccountRead) -> (Result<Filled, ProxyError>, bool) {
+    collapsed(state, read, false).await
+}
+
+/// [`fill`], or with `refetch` a fetch that skips the shared tier (the app asked for a newer
+/// answer than any stored): collapsed with concurrent refetches only, since a fill already
+/// running may have started before the app asked.
+pub async fn collapsed(
+    state: &Arc<State>,
+    read: &AccountRead,
+    refetch: bool,
+) -> (Result<Filled, ProxyError>, bool) {
+    let timeout = state.config.upstream.timeout + Duration::from_secs(1);
+    let call = || {
+        let (state, read) = (Arc::clone(state), read.clone());
+        async move { fetch_and_store(&state, &read, refetch).await }
+    };
+    let mut key = read.fill_key();
+    if refetch {
+        key.push_str("#refetch");
+    }
+    let (outcome, led) = state
+        .inflight
+        .fills
+        .lead_or_follow(&key, timeout, call)
+        .await;
+    let result = match outcome {
+        Outcome::Done(r) => r,
+        Outcome::LeaderLost => Err(ProxyError::Internal("the cache fill was abandoned".into())),
+        Outcome::TimedOut => Err(ProxyError::UpstreamTimeout(timeout.as_millis() as u64)),
+    };
+    (result, led)
+}
 
 /// The fill itself. With the shared tier, Redis is asked first: a body another replica fetched
 /// is taken as is; a fill already running elsewhere is waited for (bounded); otherwise this
@@ -211,7 +248,7 @@ fn adopt(state: &State, read: &AccountRead, shared: SharedBody) -> Option<Filled
 async fn cool_down_on_429(state: &State, read: &AccountRead, fetched: &Fetched) {
     if fetched.status == StatusCode::TOO_MANY_REQUESTS {
         let (tenant, route) = (&read.tenant.id, read.route.name);
-        sync::cool_down(state, tenant, route, &read.account, &fetched.headers).await;
+        cooldown::cool_down(state, tenant, route, &read.account, &fetched.headers).await;
     }
 }
 
@@ -240,7 +277,7 @@ pub async fn bypass(
     read: &AccountRead,
 ) -> Result<(Response<Body>, CacheResult), ProxyError> {
     if let Some(left) =
-        sync::held_back(state, &read.tenant.id, read.route.name, &read.account, true).await
+        cooldown::held_back(state, &read.tenant.id, read.route.name, &read.account, true).await
     {
         return Err(ProxyError::CoolingDown(left));
     }

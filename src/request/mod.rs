@@ -6,6 +6,7 @@
 
 pub mod cached_read;
 pub mod context;
+pub mod cooldown;
 pub mod directives;
 pub mod fill;
 pub mod guards;

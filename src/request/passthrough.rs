@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use crate::body::{collect_limited, Body, BrokenBody, CollectError};
 use crate::error::ProxyError;
 use crate::headers::X_PROXY_TOKEN;
-use crate::request::{guards, sync};
+use crate::request::{cooldown, guards};
 use crate::state::State;
 use crate::tenant::Tenant;
 
@@ -32,7 +32,7 @@ pub async fn serve(
     named: Option<Named<'_>>,
 ) -> Result<Response<Body>, ProxyError> {
     if let Some(n) = named {
-        if let Some(left) = sync::held_back(state, &tenant.id, n.route, n.account, true).await {
+        if let Some(left) = cooldown::held_back(state, &tenant.id, n.route, n.account, true).await {
             return Err(ProxyError::CoolingDown(left));
         }
     }
@@ -75,7 +75,7 @@ pub async fn serve(
         )
         .await?;
     if let (Some(n), StatusCode::TOO_MANY_REQUESTS) = (named, resp.status()) {
-        sync::cool_down(state, &tenant.id, n.route, n.account, resp.headers()).await;
+        cooldown::cool_down(state, &tenant.id, n.route, n.account, resp.headers()).await;
     }
     let (parts, body) = resp.into_parts();
     Ok(Response::from_parts(parts, Body::Stream(body)))

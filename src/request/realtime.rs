@@ -18,7 +18,7 @@ use crate::headers::{
 };
 use crate::inflight::{Filled, RealtimeAnswer};
 use crate::request::context::AccountRead;
-use crate::request::{cached_read, sync};
+use crate::request::{cached_read, fill, sync};
 use crate::route::is_valid_id;
 use crate::singleflight::Outcome;
 use crate::state::State;
@@ -262,7 +262,7 @@ async fn from_record(
         .filter(|b| state.cache.freshness(b) != Freshness::Expired);
     let body = match held {
         Some(b) => b,
-        None => match cached_read::fill(state, read).await.0? {
+        None => match fill::fill(state, read).await.0? {
             Filled::Stored(b) | Filled::Shared(b) => b,
             Filled::Uncacheable(f) => {
                 return Ok(RealtimeAnswer {

@@ -9,8 +9,8 @@ use http::HeaderValue;
 use tokio::sync::broadcast;
 
 use crate::headers::new_request_id;
-use crate::request::cached_read;
 use crate::request::context::{account_key, route_of, AccountRead};
+use crate::request::fill;
 use crate::route::Kind;
 use crate::state::State;
 use crate::store::{Broadcast, JobRecord, JobStatus, JobUpdate, RecordKey, StoreResult};
@@ -145,7 +145,7 @@ pub async fn invalidate(
             new_request_id(),
         );
         tokio::spawn(async move {
-            if let (Err(e), _) = cached_read::fill(&state, &read).await {
+            if let (Err(e), _) = fill::fill(&state, &read).await {
                 tracing::debug!(error = %e, "refresh-ahead fetch failed");
             }
         });
@@ -204,65 +204,6 @@ pub async fn job_started(
     }
     state.polls.track(&read.tenant, record);
     Ok(())
-}
-
-/// Mono answered 429 on a route: calls for the tenant, route and account are answered here until
-/// `Retry-After` (capped; a default when absent) passes, on every replica.
-pub async fn cool_down(
-    state: &State,
-    tenant: &str,
-    route: &str,
-    account: &str,
-    headers: &http::HeaderMap,
-) {
-    let upstream = &state.config.upstream;
-    let now = std::time::UNIX_EPOCH + std::time::Duration::from_millis(crate::clock::now_ms());
-    let wait = crate::headers::retry_after(headers, now)
-        .unwrap_or(upstream.cooldown)
-        .min(upstream.max_cooldown);
-    let until_ms = crate::clock::now_ms() + wait.as_millis() as u64;
-    state.cooldowns.set(tenant, route, account, until_ms);
-    tracing::warn!(
-        route,
-        account,
-        wait_s = wait.as_secs(),
-        "mono answered 429; holding calls back"
-    );
-    // Recorded before the 429 is answered, so a retry on another replica finds it at once
-    // (the broadcast may arrive after the retry does).
-    state
-        .store
-        .set_cooldown(tenant, route, account, until_ms)
-        .await;
-    let msg = Broadcast::Cooldown {
-        tenant: tenant.to_string(),
-        route: route.to_string(),
-        account: account.to_string(),
-        until_ms,
-    };
-    if let Err(e) = state.store.publish(&msg).await {
-        tracing::warn!(error = %e, "could not broadcast a cooldown");
-    }
-}
-
-/// How long calls for `(tenant, route, account)` must still wait after a Mono 429: this
-/// replica's table first, then (Redis, when `remote`) the fleet's record.
-pub async fn held_back(
-    state: &State,
-    tenant: &str,
-    route: &str,
-    account: &str,
-    remote: bool,
-) -> Option<std::time::Duration> {
-    if let Some(left) = state.cooldowns.remaining(tenant, route, account) {
-        return Some(left);
-    }
-    if !remote {
-        return None;
-    }
-    let until = state.store.cooldown(tenant, route, account).await?;
-    state.cooldowns.set(tenant, route, account, until);
-    state.cooldowns.remaining(tenant, route, account)
 }
 
 /// Applies other replicas' broadcasts to this replica's cache for as long as the state lives.

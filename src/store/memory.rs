@@ -128,7 +128,7 @@ impl MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::Kind;
+    use crate::api::Kind;
     use crate::store::record::{sample, JobStatus};
 
     #[test]

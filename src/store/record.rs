@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::Kind;
 use crate::clock::now_ms;
-use crate::route::Kind;
 
 /// Status of a Mono sync job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -23,7 +23,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::route::Kind;
+use crate::api::Kind;
 use crate::store::{Broadcast, JobRecord, RecordKey};
 
 /// Version of the key layout and of every stored value and message.
