@@ -27,12 +27,9 @@ async fn replica(sb: &mono_proxy::sandbox::RunningSandbox, store: &str, more: &s
         .await
 }
 
-async fn store_state(p: &TestProxy) -> String {
-    let reply = get(&p.admin("/readyz"), &[]).await;
-    reply.json()["store"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
+/// `[store]` keys for a plain Redis at `url` under `prefix`.
+fn redis_store(url: &str, prefix: &str) -> String {
+    format!("backend = \"redis\"\nredis_url = \"{url}\"\nprefix = \"{prefix}\"")
 }
 
 /// `n` realtime calls over `accounts` accounts, spread over the replicas, all at once.
@@ -72,7 +69,7 @@ async fn rediss_with_a_ca_file_shares_the_window_and_a_wrong_ca_is_refused_namin
     );
     let a = replica(&sb, &store, "").await;
     let b = replica(&sb, &store, "").await;
-    assert_eq!(store_state(&a).await, "ok");
+    assert_eq!(a.store_state().await, "ok");
     let replies = realtime_burst(&[&a, &b], 1, 40, "tls").await;
     for r in &replies {
         assert_eq!(r.status, 200, "{}", r.text());
@@ -115,7 +112,7 @@ async fn mutual_tls_needs_the_client_certificate() {
         toml_path(&redis.client_key)
     );
     let a = replica(&sb, &with_cert, "").await;
-    assert_eq!(store_state(&a).await, "ok");
+    assert_eq!(a.store_state().await, "ok");
     let r = a.realtime("/v2/accounts/mtls1/balance").await;
     assert_eq!(r.status, 200, "{}", r.text());
 
@@ -126,7 +123,7 @@ async fn mutual_tls_needs_the_client_certificate() {
         .await;
     if let Ok(p) = without {
         assert_ne!(
-            store_state(&p).await,
+            p.store_state().await,
             "ok",
             "connected without a client certificate"
         );
@@ -145,7 +142,7 @@ async fn acl_users_and_password_files_work_and_a_wrong_password_is_refused_witho
         redis.url_with_user()
     );
     let a = replica(&sb, &in_url, "").await;
-    assert_eq!(store_state(&a).await, "ok");
+    assert_eq!(a.store_state().await, "ok");
 
     // The password from a file, the URL without one (the default user).
     let dir = tempfile::tempdir().unwrap();
@@ -157,7 +154,7 @@ async fn acl_users_and_password_files_work_and_a_wrong_password_is_refused_witho
         toml_path(&file)
     );
     let b = replica(&sb, &from_file, "").await;
-    assert_eq!(store_state(&b).await, "ok");
+    assert_eq!(b.store_state().await, "ok");
     let replies = realtime_burst(&[&a, &b], 1, 20, "acl").await;
     assert!(replies.iter().all(|r| r.status == 200));
     assert_eq!(sb.sandbox.count("balance_realtime"), 1);
@@ -172,7 +169,7 @@ async fn acl_users_and_password_files_work_and_a_wrong_password_is_refused_witho
         .env("MONO_PROXY_REDIS_PASSWORD", &redis.default_password)
         .start()
         .await;
-    assert_eq!(store_state(&c).await, "ok");
+    assert_eq!(c.store_state().await, "ok");
 
     // A wrong password: a clear refusal that never shows the password.
     let wrong_pw = "not-the-password-5f3a";
@@ -229,7 +226,7 @@ async fn a_cluster_collapses_realtime_calls_per_account_and_broadcasts_invalidat
     let store = format!("backend = \"redis\"\ncluster_nodes = [{nodes}]\nprefix = \"{p}\"");
     let a = replica(&sb, &store, "[jobs]\npoll = false").await;
     let b = replica(&sb, &store, "[jobs]\npoll = false").await;
-    assert_eq!(store_state(&a).await, "ok");
+    assert_eq!(a.store_state().await, "ok");
 
     let replies = realtime_burst(&[&a, &b], 20, 200, "cl").await;
     for r in &replies {
@@ -287,8 +284,8 @@ async fn sentinel_failover_is_followed_and_windows_survive_it() {
     );
     let a = replica(&sb, &store, "").await;
     let b = replica(&sb, &store, "").await;
-    assert_eq!(store_state(&a).await, "ok");
-    assert_eq!(store_state(&b).await, "ok");
+    assert_eq!(a.store_state().await, "ok");
+    assert_eq!(b.store_state().await, "ok");
     let before = realtime_burst(&[&a, &b], 10, 100, "sen").await;
     assert!(before.iter().all(|r| r.status == 200));
     assert_eq!(sb.sandbox.count("balance_realtime"), 10);
@@ -302,7 +299,7 @@ async fn sentinel_failover_is_followed_and_windows_survive_it() {
         let reply = proxy.get("/v2/accounts/sen1/balance", &[]).await;
         assert_eq!(reply.status, 200, "{}", reply.text());
         let back = eventually(Duration::from_secs(20), || async {
-            store_state(proxy).await == "ok"
+            proxy.store_state().await == "ok"
         })
         .await;
         assert!(back, "a replica did not follow the promoted master");
@@ -325,10 +322,7 @@ async fn four_replicas_reading_1000_cold_accounts_make_1000_upstream_calls() {
     let r = TestRedis::start();
     let sb = sandbox(sandbox_config()).await;
     let p = prefix();
-    let store = format!(
-        "backend = \"redis\"\nredis_url = \"{}\"\nprefix = \"{p}\"",
-        r.url
-    );
+    let store = redis_store(&r.url, &p);
     let mut replicas = Vec::new();
     for _ in 0..4 {
         replicas.push(replica(&sb, &store, "").await);
@@ -388,10 +382,7 @@ async fn a_finished_sync_drops_the_shared_entry_too() {
     let r = TestRedis::start();
     let sb = slow_jobs().await;
     let p = prefix();
-    let store = format!(
-        "backend = \"redis\"\nredis_url = \"{}\"\nprefix = \"{p}\"",
-        r.url
-    );
+    let store = redis_store(&r.url, &p);
     let a = replica(&sb, &store, "[jobs]\npoll = false").await;
     let b = replica(&sb, &store, "[jobs]\npoll = false").await;
     let path = "/v2/accounts/inv1/balance";
@@ -425,10 +416,7 @@ async fn a_webhook_retry_on_another_replica_is_applied_and_relayed_once() {
     let p = prefix();
     let app = Receiver::start().await;
     let target = app.url();
-    let store = format!(
-        "backend = \"redis\"\nredis_url = \"{}\"\nprefix = \"{p}\"",
-        r.url
-    );
+    let store = redis_store(&r.url, &p);
     let more = format!("[webhook]\nforward_to = [\"{target}\"]");
     let a = replica(&sb, &store, &more).await;
     let b = replica(&sb, &store, &more).await;
@@ -474,7 +462,7 @@ async fn the_shared_tier_steps_aside_when_redis_is_slow_or_down() {
 
     r.stop();
     let down = eventually(Duration::from_secs(10), || async {
-        store_state(&a).await != "ok"
+        a.store_state().await != "ok"
     })
     .await;
     assert!(down, "the store never noticed Redis was gone");
@@ -502,10 +490,7 @@ async fn account_details_hold_a_bvn_and_never_reach_redis() {
     let r = TestRedis::start();
     let sb = sandbox(sandbox_config()).await;
     let p = prefix();
-    let store = format!(
-        "backend = \"redis\"\nredis_url = \"{}\"\nprefix = \"{p}\"",
-        r.url
-    );
+    let store = redis_store(&r.url, &p);
     let a = replica(&sb, &store, "").await;
     let b = replica(&sb, &store, "").await;
     assert_eq!(
@@ -547,7 +532,7 @@ async fn a_master_with_a_password_behind_a_sentinel_without_one() {
         .env("MONO_PROXY_REDIS_PASSWORD", &password)
         .start()
         .await;
-    assert_eq!(store_state(&a).await, "ok");
+    assert_eq!(a.store_state().await, "ok");
     let r = a.realtime("/v2/accounts/sp1/balance").await;
     assert_eq!(r.status, 200, "{}", r.text());
 }

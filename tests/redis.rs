@@ -29,15 +29,6 @@ async fn replica(
         .await
 }
 
-/// The `store` field of `/readyz`.
-async fn store_state(p: &TestProxy) -> String {
-    let reply = get(&p.admin("/readyz"), &[]).await;
-    reply.json()["store"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
 /// Realtime calls spread over replicas, all started at once; the replies in order.
 async fn concurrent_realtime(replicas: &[&TestProxy], path: &str, n: usize) -> Vec<Reply> {
     let tasks: Vec<_> = (0..n)
@@ -67,7 +58,7 @@ async fn two_replicas_make_one_realtime_call_for_200_concurrent_calls() {
     // whose answer comes late is retried, never taken for a win.
     let a = replica(&sb, &r, &p, "", "").await;
     let b = replica(&sb, &r, &p, "", "").await;
-    assert_eq!(store_state(&a).await, "ok");
+    assert_eq!(a.store_state().await, "ok");
 
     let replies = concurrent_realtime(&[&a, &b], "/v2/accounts/acc-many/balance", 200).await;
 
@@ -147,10 +138,10 @@ async fn redis_outage_serves_locally_and_sharing_returns_after_restart() {
         let plain = proxy.get("/v2/accounts/acc-outage/balance", &[]).await;
         assert_eq!(plain.status, 200, "{}", plain.text());
         let degraded = eventually(Duration::from_secs(10), || async {
-            store_state(proxy).await.starts_with("degraded")
+            proxy.store_state().await.starts_with("degraded")
         })
         .await;
-        assert!(degraded, "readyz store: {}", store_state(proxy).await);
+        assert!(degraded, "readyz store: {}", proxy.store_state().await);
     }
     // Fail open: still ready.
     assert_eq!(get(&a.admin("/readyz"), &[]).await.status, 200);
@@ -212,26 +203,26 @@ async fn proxy_starts_with_redis_down_and_shares_once_it_comes_up() {
     r.stop();
     let sb = sandbox(sandbox_config()).await;
     let a = replica(&sb, &r, &prefix(), TIMEOUT, "").await;
-    assert!(store_state(&a).await.starts_with("degraded"));
+    assert!(a.store_state().await.starts_with("degraded"));
     let rt = a.realtime("/v2/accounts/acc-cold/balance").await;
     assert_eq!(rt.status, 200, "{}", rt.text());
 
     r.restart();
     let back = eventually(Duration::from_secs(20), || async {
-        store_state(&a).await == "ok"
+        a.store_state().await == "ok"
     })
     .await;
-    assert!(back, "readyz store: {}", store_state(&a).await);
+    assert!(back, "readyz store: {}", a.store_state().await);
 }
 
 /// Waits until every replica reports its shared store healthy again.
 async fn shared_again(replicas: &[&TestProxy]) {
     for proxy in replicas {
         let back = eventually(Duration::from_secs(20), || async {
-            store_state(proxy).await == "ok"
+            proxy.store_state().await == "ok"
         })
         .await;
-        assert!(back, "readyz store: {}", store_state(proxy).await);
+        assert!(back, "readyz store: {}", proxy.store_state().await);
     }
 }
 

@@ -262,6 +262,15 @@ impl TestProxy {
         .await
     }
 
+    /// The `store` field of `/readyz` (`ok`, `degraded`, `memory`).
+    pub async fn store_state(&self) -> String {
+        let reply = get(&self.admin("/readyz"), &[]).await;
+        reply.json()["store"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// Stops the proxy, draining in-flight requests.
     pub async fn stop(self) {
         self.running.stop().await.expect("clean stop");
