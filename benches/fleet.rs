@@ -64,15 +64,7 @@ return {0, '', '0'}
 ";
 
 fn main() {
-    // `cargo bench` passes `--bench`; under `cargo test --all-targets` there is nothing to run.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("fleet: skipped (run it with `cargo bench --bench fleet`)");
-        return;
-    }
-    if let Err(e) = run() {
-        eprintln!("fleet: {e}");
-        std::process::exit(1);
-    }
+    support::bench_main("fleet", run);
 }
 
 /// The knobs of one run.

@@ -470,15 +470,7 @@ fn machine() -> String {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; under `cargo test --all-targets` there is nothing to run.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("load: skipped (run it with `cargo bench --bench load`)");
-        return;
-    }
-    if let Err(e) = run() {
-        eprintln!("load: {e}");
-        std::process::exit(1);
-    }
+    support::bench_main("load", run);
 }
 
 fn run() -> Result<(), BoxError> {

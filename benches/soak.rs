@@ -246,14 +246,7 @@ fn draw(path: &Path, points: &[Point]) -> Result<(), Box<dyn Error>> {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("soak: skipped (run it with `cargo bench --bench soak`)");
-        return;
-    }
-    if let Err(e) = run() {
-        eprintln!("soak: {e}");
-        std::process::exit(1);
-    }
+    support::bench_main("soak", run);
 }
 
 fn run() -> Result<(), BoxError> {

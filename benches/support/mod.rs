@@ -164,3 +164,16 @@ pub fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     format!("{cores} cores ({cpu})")
 }
+
+/// A bench's `main`: runs `run` under `cargo bench` (which passes `--bench`), skips under
+/// `cargo test --all-targets`, and turns an error into exit status 1.
+pub fn bench_main(name: &str, run: fn() -> Result<(), BoxError>) {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("{name}: skipped (run it with `cargo bench --bench {name}`)");
+        return;
+    }
+    if let Err(e) = run() {
+        eprintln!("{name}: {e}");
+        std::process::exit(1);
+    }
+}
