@@ -7,6 +7,7 @@
 # Each binary runs twice under valgrind against the peer harness's upstream, serving N1 and N2
 # cache hits (wrk, 4 connections, 10 accounts); instructions per hit = difference / (N2 - N1).
 set -u
+command -v wrk >/dev/null || { echo "callgrind-hits: needs wrk (apt-get install wrk)" >&2; exit 1; }
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BENCH=${BENCH:-/work/shared/bench}
 export RUN_DIR=${RUN_DIR:-/dev/shm/mono-bench} LATENCY_MS=${LATENCY_MS:-50}

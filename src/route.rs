@@ -10,7 +10,7 @@ use http::{HeaderMap, Method, Uri};
 
 pub use crate::api::{is_valid_id, Kind, FORWARDED_METHODS, MAX_ID_LEN};
 use crate::error::ProxyError;
-use crate::routes::{Route, Routes};
+use crate::routes::{Route, Routes, Segments};
 
 /// The class of a request (spec §2), with its route and the validated ids it carries.
 #[derive(Debug, Clone)]
@@ -111,7 +111,7 @@ pub fn classify(
     }
     check_authority(uri, rules.accept_hosts)?;
     let path = uri.path();
-    check_path(path)?;
+    let segments = check_path(path)?;
     let realtime = realtime_flag(headers)?;
 
     if path == rules.webhook_path {
@@ -125,14 +125,20 @@ pub fn classify(
         };
     }
 
-    // Account paths name an account id: a bad one is refused, never forwarded.
-    let mut segments = path.split('/').skip(1);
-    if segments.next() == Some("v2") && segments.next() == Some("accounts") {
-        if let Some(account) = segments.next().filter(|a| !a.is_empty()) {
+    // Account paths name an account id: a bad one is refused, never forwarded. (A path longer
+    // than any route is checked by the same rule, split afresh.)
+    let split;
+    let parts = match &segments {
+        Some(s) => s.as_slice(),
+        None => {
+            split = path.split('/').skip(1).take(5).collect::<Vec<_>>();
+            &split[..]
+        }
+    };
+    if let ["v2", "accounts", account, rest @ ..] = parts {
+        if !account.is_empty() {
             validate_id("account id", account)?;
-            if let (Some("jobs"), Some(job_id), None) =
-                (segments.next(), segments.next(), segments.next())
-            {
+            if let ["jobs", job_id] = rest {
                 validate_id("job id", job_id)?;
                 if method == Method::GET {
                     return Ok(Class::JobStatus {
@@ -144,7 +150,7 @@ pub fn classify(
         }
     }
 
-    let Some(m) = rules.routes.find(method, path) else {
+    let Some(m) = segments.and_then(|s| rules.routes.find_in(method, &s)) else {
         return Ok(Class::Passthrough {
             route: None,
             account: None,
@@ -209,20 +215,34 @@ fn check_authority(uri: &Uri, accept_hosts: &[String]) -> Result<(), ProxyError>
 
 /// Refuses dot-segments, empty segments and encoded `.`, `/` or `\` rather than normalising
 /// them: an upstream or middlebox that normalises `//v2/…` would serve what we never classified.
-fn check_path(path: &str) -> Result<(), ProxyError> {
-    if !path.starts_with('/') {
+/// One pass over the bytes, which also splits the path for route matching (`None`: longer than
+/// any route).
+fn check_path(path: &str) -> Result<Option<Segments<'_>>, ProxyError> {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
         return Err(ProxyError::BadRequest("the path must start with /".into()));
     }
-    if path.contains("//") {
-        return Err(ProxyError::BadRequest(
-            "empty path segments (//) are not allowed".into(),
-        ));
-    }
-    let bytes = path.as_bytes();
-    for (i, b) in bytes.iter().enumerate() {
-        match b {
-            b'\\' => return Err(bad_path()),
-            b'%' => {
+    let mut segments = Some(Segments::new());
+    let mut start = 1;
+    for i in 1..=bytes.len() {
+        match bytes.get(i) {
+            None | Some(b'/') => {
+                let part = &path[start..i];
+                if part.is_empty() && i < bytes.len() {
+                    return Err(ProxyError::BadRequest(
+                        "empty path segments (//) are not allowed".into(),
+                    ));
+                }
+                if part == "." || part == ".." {
+                    return Err(bad_path());
+                }
+                if segments.as_mut().is_some_and(|s| !s.push(part)) {
+                    segments = None;
+                }
+                start = i + 1;
+            }
+            Some(b'\\') => return Err(bad_path()),
+            Some(b'%') => {
                 let code = bytes.get(i + 1..i + 3).unwrap_or_default();
                 if code.eq_ignore_ascii_case(b"2e")
                     || code.eq_ignore_ascii_case(b"2f")
@@ -231,13 +251,10 @@ fn check_path(path: &str) -> Result<(), ProxyError> {
                     return Err(bad_path());
                 }
             }
-            _ => {}
+            Some(_) => {}
         }
     }
-    if path.split('/').any(|s| s == "." || s == "..") {
-        return Err(bad_path());
-    }
-    Ok(())
+    Ok(segments)
 }
 
 fn bad_path() -> ProxyError {

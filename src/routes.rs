@@ -118,6 +118,56 @@ pub struct Matched<'p> {
     pub params: String,
 }
 
+/// A path split at `/` once (after its leading `/`), shared by classification and matching.
+#[derive(Debug, Clone, Copy)]
+pub struct Segments<'p> {
+    parts: [&'p str; MAX_SEGMENTS],
+    n: usize,
+}
+
+impl<'p> Segments<'p> {
+    /// No segments yet.
+    pub fn new() -> Segments<'p> {
+        Segments {
+            parts: [""; MAX_SEGMENTS],
+            n: 0,
+        }
+    }
+
+    /// Splits `path`; `None` beyond the segments any route can have.
+    pub fn split(path: &'p str) -> Option<Segments<'p>> {
+        let mut segments = Segments::new();
+        let rest = path.strip_prefix('/').unwrap_or(path);
+        for part in rest.split('/') {
+            if !segments.push(part) {
+                return None;
+            }
+        }
+        Some(segments)
+    }
+
+    /// Adds the next segment; false when there is no room left (no route is that long).
+    pub fn push(&mut self, part: &'p str) -> bool {
+        let Some(slot) = self.parts.get_mut(self.n) else {
+            return false;
+        };
+        *slot = part;
+        self.n += 1;
+        true
+    }
+
+    /// The segments in order.
+    pub fn as_slice(&self) -> &[&'p str] {
+        &self.parts[..self.n]
+    }
+}
+
+impl Default for Segments<'_> {
+    fn default() -> Self {
+        Segments::new()
+    }
+}
+
 /// The routes in match order: the configured ones, then the built-in ones not replaced by name.
 #[derive(Debug)]
 pub struct Routes {
@@ -151,23 +201,13 @@ impl Routes {
     /// The route a request names, with the ids it carries; `None` when no route matches (or an
     /// id is not a valid id: such a path is never cached).
     pub fn find<'p>(&self, method: &Method, path: &'p str) -> Option<Matched<'p>> {
-        // One pass over the bytes (this runs on every request, hits included).
-        let mut parts = [""; MAX_SEGMENTS];
-        let mut n = 0;
-        let bytes = path.as_bytes();
-        let first = usize::from(bytes.first() == Some(&b'/'));
-        let mut start = first;
-        for i in first..=bytes.len() {
-            if i == bytes.len() || bytes[i] == b'/' {
-                if n == MAX_SEGMENTS {
-                    return None;
-                }
-                parts[n] = &path[start..i];
-                n += 1;
-                start = i + 1;
-            }
-        }
-        let parts = &parts[..n];
+        self.find_in(method, &Segments::split(path)?)
+    }
+
+    /// [`Routes::find`] over a path already split (classification splits it once).
+    pub fn find_in<'p>(&self, method: &Method, segments: &Segments<'p>) -> Option<Matched<'p>> {
+        let parts = segments.as_slice();
+        let n = parts.len();
         'routes: for &index in &self.by_len[n] {
             let route = &self.routes[index];
             if !route.allows(method) {

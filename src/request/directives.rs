@@ -21,40 +21,47 @@ impl Directives {
     /// counts only when there is no `Cache-Control` (RFC 9111 §5.4).
     pub fn parse(headers: &HeaderMap) -> Directives {
         let mut d = Directives::default();
-        let mut any = false;
-        for value in headers.get_all(CACHE_CONTROL) {
-            any = true;
-            let Ok(text) = value.to_str() else { continue };
-            for part in text.split(',') {
-                let (name, arg) = match part.split_once('=') {
-                    Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
-                    None => (part.trim(), None),
-                };
-                if name.eq_ignore_ascii_case("no-cache") {
-                    d.no_cache = true;
-                } else if name.eq_ignore_ascii_case("no-store") {
-                    d.no_store = true;
-                } else if name.eq_ignore_ascii_case("only-if-cached") {
-                    d.only_if_cached = true;
-                } else if name.eq_ignore_ascii_case("max-age") {
-                    // An invalid value is ignored rather than read as "anything goes".
-                    if let Some(n) = arg.and_then(|a| a.parse::<u64>().ok()) {
-                        d.max_age = Some(d.max_age.map_or(n, |m| m.min(n)));
-                    }
+        let (mut any, mut pragma_no_cache) = (false, false);
+        // One walk over the headers instead of two lookups: this runs on every hit.
+        for (name, value) in headers {
+            if name == CACHE_CONTROL {
+                any = true;
+                if let Ok(text) = value.to_str() {
+                    d.read(text);
                 }
-            }
-        }
-        if !any {
-            d.no_cache = headers
-                .get_all(PRAGMA)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .any(|v| {
+            } else if name == PRAGMA {
+                pragma_no_cache |= value.to_str().is_ok_and(|v| {
                     v.split(',')
                         .any(|p| p.trim().eq_ignore_ascii_case("no-cache"))
                 });
+            }
+        }
+        if !any {
+            d.no_cache = pragma_no_cache;
         }
         d
+    }
+
+    /// Adds the directives of one `Cache-Control` field line.
+    fn read(&mut self, text: &str) {
+        for part in text.split(',') {
+            let (name, arg) = match part.split_once('=') {
+                Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
+                None => (part.trim(), None),
+            };
+            if name.eq_ignore_ascii_case("no-cache") {
+                self.no_cache = true;
+            } else if name.eq_ignore_ascii_case("no-store") {
+                self.no_store = true;
+            } else if name.eq_ignore_ascii_case("only-if-cached") {
+                self.only_if_cached = true;
+            } else if name.eq_ignore_ascii_case("max-age") {
+                // An invalid value is ignored rather than read as "anything goes".
+                if let Some(n) = arg.and_then(|a| a.parse::<u64>().ok()) {
+                    self.max_age = Some(self.max_age.map_or(n, |m| m.min(n)));
+                }
+            }
+        }
     }
 
     /// Whether a stored answer of `age_secs` may be used.
