@@ -20,16 +20,20 @@ static ANCHOR: LazyLock<(u64, std::time::Instant)> = LazyLock::new(|| {
 
 /// Milliseconds since the unix epoch, advanced by tokio's clock since the anchor was read.
 pub fn now_ms() -> u64 {
+    now_us() / 1000
+}
+
+/// Microseconds since the unix epoch, on the same clock as [`now_ms`].
+pub fn now_us() -> u64 {
     let (wall, at) = *ANCHOR;
     let now = Instant::now().into_std();
     // A paused test runtime may start its clock just before the anchor was read. Offsets are
     // taken in microseconds and rounded once, so the clock advances by exactly what tokio's
     // does whichever side of the anchor it starts.
-    let us = match now.checked_duration_since(at) {
+    match now.checked_duration_since(at) {
         Some(ahead) => wall + ahead.as_micros() as u64,
         None => wall.saturating_sub(at.duration_since(now).as_micros() as u64),
-    };
-    us / 1000
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use std::time::SystemTime;
 use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::body::Body;
+use crate::limits::Policy;
 
 /// Everything that can go wrong while answering a request, labelled by who failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -50,6 +51,9 @@ pub enum ProxyError {
     /// Mono answered 429 on this route and account: calls wait here until the cooldown ends.
     #[error("too many requests: mono asked to wait {} s before calling this endpoint again", .0.as_millis().div_ceil(1000).max(1))]
     CoolingDown(std::time::Duration),
+    /// One of the client's own limits (`rate`, `quota`, `max_concurrent_upstream`) refused it.
+    #[error("{}", .0.message())]
+    Limited(crate::limits::Denied),
     /// A request field that would make Mono fail (and bill) a lookup.
     #[error("{field}: {message}")]
     InvalidField {
@@ -66,7 +70,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) | ProxyError::InvalidField { .. } => StatusCode::BAD_REQUEST,
             ProxyError::NotCached => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::CoolingDown(_) => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::CoolingDown(_) | ProxyError::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -87,6 +91,11 @@ impl ProxyError {
             ProxyError::InvalidField { .. } => "invalid_field",
             ProxyError::NotCached => "not_cached",
             ProxyError::CoolingDown(_) => "cooling_down",
+            ProxyError::Limited(d) => match d.policy {
+                Policy::Rate(_) => "rate_limited",
+                Policy::Quota { .. } => "quota_exceeded",
+                Policy::Concurrency { .. } => "concurrency_limited",
+            },
             ProxyError::Unauthorized(_) => "unauthorized",
             ProxyError::Forbidden(_) => "forbidden",
             ProxyError::MethodNotAllowed { .. } => "method_not_allowed",
@@ -112,6 +121,16 @@ impl ProxyError {
                 let secs = left.as_millis().div_ceil(1000).max(1) as u64;
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            ProxyError::Limited(denied) => {
+                let h = resp.headers_mut();
+                h.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(denied.retry_after_secs()),
+                );
+                for (name, value) in denied.headers() {
+                    h.insert(name, value);
+                }
             }
             // RFC 9110 §15.5.6: a 405 names the methods that are allowed.
             ProxyError::MethodNotAllowed { allow, .. } => {

@@ -23,6 +23,7 @@ pub mod healthcheck;
 pub mod inflight;
 pub mod labels;
 pub mod lifecycle;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod pagination;

@@ -53,6 +53,17 @@ struct OpLabel {
     op: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitedLabels {
+    client: &'static str,
+    limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabel {
+    limit: &'static str,
+}
+
 /// Every metric the proxy exports, named `mono_proxy_*`.
 pub struct Metrics {
     registry: Registry,
@@ -72,6 +83,8 @@ pub struct Metrics {
     secret_reloads: Family<OutcomeLabel, Counter>,
     not_stored: Family<NotStoredLabels, Counter>,
     shared_cache: Family<OutcomeLabel, Counter>,
+    limited: Family<LimitedLabels, Counter>,
+    limit_fallbacks: Family<LimitLabel, Counter>,
     cost_per_call_micros: AtomicU64,
 }
 
@@ -173,9 +186,23 @@ impl Metrics {
             "Shared (Redis) cache tier lookups on an in-process miss, by outcome: hit, fill (this replica fetched for the fleet), waited (another replica's fill answered), wait_timeout, skipped (Redis degraded or slow), too_large",
             shared_cache.clone(),
         );
+        let limited = Family::<LimitedLabels, Counter>::default();
+        registry.register(
+            "client_limited",
+            "Requests answered 429 by one of the client's own limits, by client and limit (rate, quota, concurrency)",
+            limited.clone(),
+        );
+        let limit_fallbacks = Family::<LimitLabel, Counter>::default();
+        registry.register(
+            "client_limit_local_fallbacks",
+            "Client limit checks decided by this replica alone because Redis could not answer, by limit (rate, quota)",
+            limit_fallbacks.clone(),
+        );
         Metrics {
             registry,
             shared_cache,
+            limited,
+            limit_fallbacks,
             requests,
             upstream,
             upstream_seconds,
@@ -201,6 +228,20 @@ impl Metrics {
     pub fn shared_cache(&self, outcome: &'static str) {
         self.shared_cache
             .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// Counts a request refused by a client's own limit.
+    pub fn limited(&self, client: &'static str, limit: &'static str) {
+        self.limited
+            .get_or_create(&LimitedLabels { client, limit })
+            .inc();
+    }
+
+    /// Counts a client limit decided locally because Redis could not answer.
+    pub fn limit_fallback(&self, limit: &'static str) {
+        self.limit_fallbacks
+            .get_or_create(&LimitLabel { limit })
             .inc();
     }
 

@@ -17,10 +17,11 @@ use crate::body::Body;
 use crate::config::ClientKeyPolicy;
 use crate::error::ProxyError;
 use crate::headers::{self, CacheResult, MONO_SEC_KEY, REQUEST_ID, X_PROXY_TOKEN};
+use crate::limits::ClientLimiter;
 use crate::request::context::{AccountRead, JobRead};
 use crate::request::directives::Directives;
 use crate::request::passthrough::Named;
-use crate::request::{cached_read, job_status, passthrough, realtime, webhook};
+use crate::request::{cached_read, job_status, limits, passthrough, realtime, webhook};
 use crate::route::{self, Class, Rules};
 use crate::state::State;
 use crate::tenant::Tenant;
@@ -181,11 +182,17 @@ async fn pipeline(
         Class::Webhook => return webhook::serve(state, req).await,
         Class::Passthrough { route, account } => {
             let tenant = authorize(state, &req, summary)?;
+            let limiter = limit(state, summary.client).await?;
             let named = route.as_ref().map(|r| Named {
                 route: r.name,
                 account: account.as_deref().unwrap_or_default(),
             });
-            return passthrough::serve(state, &tenant, req, request_id, named).await;
+            let to = passthrough::To {
+                tenant: &tenant,
+                limiter: limiter.as_deref(),
+                named,
+            };
+            return passthrough::serve(state, to, req, request_id).await;
         }
         Class::Cached {
             route,
@@ -193,6 +200,7 @@ async fn pipeline(
             params,
         } => {
             let tenant = authorize(state, &req, summary)?;
+            let limiter = limit(state, summary.client).await?;
             let directives = if state.config.cache.request_directives {
                 Directives::parse(req.headers())
             } else {
@@ -206,17 +214,22 @@ async fn pipeline(
                 target(),
                 request_id.clone(),
             )
-            .with_directives(directives);
+            .with_directives(directives)
+            .with_limiter(limiter);
             cached_read::serve(state, &read).await?
         }
         Class::Realtime { route, account } => {
             let tenant = authorize(state, &req, summary)?;
-            let read = AccountRead::new(tenant, account, route, "", target(), request_id.clone());
+            let limiter = limit(state, summary.client).await?;
+            let read = AccountRead::new(tenant, account, route, "", target(), request_id.clone())
+                .with_limiter(limiter);
             realtime::serve(state, &read).await?
         }
         Class::JobStatus { account, job_id } => {
+            let tenant = authorize(state, &req, summary)?;
+            limit(state, summary.client).await?;
             let read = JobRead {
-                tenant: authorize(state, &req, summary)?,
+                tenant,
                 account,
                 job_id,
                 query: query.map(str::to_string),
@@ -227,6 +240,19 @@ async fn pipeline(
     };
     summary.cache = Some(result);
     Ok(resp)
+}
+
+/// The client's `rate` spent on this request; its limiter, for the class's upstream permits
+/// and quota (`None`: a client with no limits, or no client).
+async fn limit(
+    state: &State,
+    client: &'static str,
+) -> Result<Option<Arc<ClientLimiter>>, ProxyError> {
+    let Some(limiter) = state.limiters.get(client) else {
+        return Ok(None);
+    };
+    limits::admit(state, limiter).await?;
+    Ok(Some(Arc::clone(limiter)))
 }
 
 /// Decides the request class and refuses what must never be forwarded.

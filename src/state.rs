@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::cooldowns::Cooldowns;
 use crate::deliveries::Deliveries;
 use crate::inflight::InFlight;
+use crate::limits::Limiters;
 use crate::metrics::Metrics;
 use crate::pagination::Rewrite;
 use crate::polls::{PollQueue, PollReceiver};
@@ -47,6 +48,8 @@ pub struct State {
     pub routes: Routes,
     /// Mono 429 cooldowns in force.
     pub cooldowns: Cooldowns,
+    /// Per-client rate, quota and concurrency limits.
+    pub limiters: Limiters,
     /// Response cache storage.
     pub cache: ResponseCache,
     /// Cache fills and realtime calls in flight.
@@ -76,6 +79,7 @@ impl State {
         let (polls, poll_rx) = PollQueue::new(config.jobs.poll);
         let routes = Routes::new(&config.routes, &config.cache);
         let state = Arc::new(State {
+            limiters: Limiters::new(&config.clients),
             cache: ResponseCache::new(&config.cache, routes.max_ttl()),
             routes,
             cooldowns: Cooldowns::new(config.upstream.max_cooldown),

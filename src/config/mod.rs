@@ -7,6 +7,7 @@
 //! from its table, `fields` reads typed values out of a table, `secret` keeps secrets unprinted.
 
 mod fields;
+mod limits;
 mod routes;
 mod secret;
 mod sections;
@@ -19,6 +20,7 @@ use std::time::Duration;
 use http::Uri;
 use toml::Table;
 
+pub use limits::{ClientLimits, Quota, QuotaPeriod, RateLimit};
 pub use routes::{check_template, RouteConfig};
 pub use secret::{redact_url, url_password, Secret, SecretError, SecretSource};
 
@@ -414,6 +416,8 @@ pub struct ClientConfig {
     pub webhook_secret: SecretSource,
     /// With its own key, where its webhooks are relayed.
     pub forward_to: Vec<Uri>,
+    /// Its rate, concurrency and billable-call limits.
+    pub limits: ClientLimits,
 }
 
 /// Every problem found in a configuration.

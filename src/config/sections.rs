@@ -450,6 +450,7 @@ fn clients(value: Option<&Value>, env: &dyn Env, errors: &mut Vec<String>) -> Ve
         if !forward_to.is_empty() && webhook_secret == SecretSource::None {
             f.problem("forward_to", "set the app's webhook_secret_env or webhook_secret_file too: its webhooks are told apart by their secret");
         }
+        let limits = limits::client_limits(&mut f);
         f.finish();
         if out.iter().any(|c| c.name == name) {
             errors.push(format!("clients[{i}]: duplicate name {name:?}"));
@@ -460,6 +461,7 @@ fn clients(value: Option<&Value>, env: &dyn Env, errors: &mut Vec<String>) -> Ve
             secret_key,
             webhook_secret,
             forward_to,
+            limits,
         });
     }
     out

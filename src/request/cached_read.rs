@@ -12,7 +12,7 @@ use crate::error::ProxyError;
 use crate::headers::{bool_value, set_cache_status, CacheResult, X_HAS_NEW_DATA};
 use crate::inflight::Filled;
 use crate::request::context::AccountRead;
-use crate::request::{cooldown, fill};
+use crate::request::{cooldown, fill, limits};
 use crate::state::State;
 
 /// Answers a cached read: hit → answer; miss → fill (collapsed); failure → stale if allowed.
@@ -22,6 +22,7 @@ pub async fn serve(
 ) -> Result<(Response<Body>, CacheResult), ProxyError> {
     let directives = read.directives;
     if directives.no_store {
+        let _permit = limits::upstream_permit(state, read.limiter.as_deref())?;
         return fill::bypass(state, read).await;
     }
     let data = read.kind().is_some();
@@ -65,7 +66,21 @@ pub async fn serve(
         }
         return Err(ProxyError::CoolingDown(left));
     }
+    // The client's own concurrency limit: what we hold, even stale, beats a 429 here too.
+    let permit = match limits::upstream_permit(state, read.limiter.as_deref()) {
+        Ok(permit) => permit,
+        Err(e) => {
+            return match stale {
+                Some((body, past)) => Ok((
+                    respond(&body, CacheResult::Stale, Some(-past), data),
+                    CacheResult::Stale,
+                )),
+                None => Err(e),
+            }
+        }
+    };
     let (filled, led) = fill::collapsed(state, read, refetch).await;
+    drop(permit);
     let result = match (led, refetch) {
         (true, false) => CacheResult::Miss,
         (true, true) => CacheResult::Refetched,

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use http::uri::PathAndQuery;
 use http::HeaderValue;
 
+use crate::limits::ClientLimiter;
 use crate::request::directives::Directives;
 use crate::route::Kind;
 use crate::routes::Route;
@@ -33,6 +34,8 @@ pub struct AccountRead {
     pub request_id: HeaderValue,
     /// The request's own cache directives.
     pub directives: Directives,
+    /// The client's limits, when it has any (its upstream permits and quota).
+    pub limiter: Option<Arc<ClientLimiter>>,
 }
 
 impl AccountRead {
@@ -53,7 +56,14 @@ impl AccountRead {
             target,
             request_id,
             directives: Directives::default(),
+            limiter: None,
         }
+    }
+
+    /// The same read under its client's limits.
+    pub fn with_limiter(mut self, limiter: Option<Arc<ClientLimiter>>) -> AccountRead {
+        self.limiter = limiter;
+        self
     }
 
     /// The same read with the request's directives.

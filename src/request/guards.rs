@@ -14,6 +14,26 @@ pub fn guarded(method: &Method, path: &str) -> bool {
     method == Method::POST && path == BVN_INITIATE
 }
 
+/// Whether a call is a billable lookup (`/v{n}/lookup/…` or mono-node's `/lookup/…`, GET or
+/// POST), spent from the client's quota; the bank list (`lookup/banks`) is free. Realtime
+/// calls are counted where they are made.
+pub fn billable_lookup(method: &Method, path: &str) -> bool {
+    if method != Method::POST && method != Method::GET {
+        return false;
+    }
+    let mut segments = path.split('/').skip(1);
+    let mut first = segments.next();
+    if first.is_some_and(|v| {
+        v.len() > 1 && v.starts_with('v') && v[1..].bytes().all(|b| b.is_ascii_digit())
+    }) {
+        first = segments.next();
+    }
+    first == Some("lookup")
+        && segments
+            .next()
+            .is_some_and(|what| !what.is_empty() && what != "banks")
+}
+
 /// Checks a guarded request's body: `bvn` must be a string of exactly 11 digits.
 pub fn check(path: &str, body: &Bytes) -> Result<(), ProxyError> {
     if path != BVN_INITIATE {
@@ -39,6 +59,28 @@ pub fn check(path: &str, body: &Bytes) -> Result<(), ProxyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lookups_are_billable_except_the_bank_list() {
+        for (m, p) in [
+            (Method::POST, "/v2/lookup/bvn/initiate"),
+            (Method::POST, "/v2/lookup/account-number"),
+            (Method::GET, "/v3/lookup/cac"),
+            (Method::POST, "/lookup/bvn/initiate"),
+        ] {
+            assert!(billable_lookup(&m, p), "{m} {p}");
+        }
+        for (m, p) in [
+            (Method::GET, "/v3/lookup/banks"),
+            (Method::GET, "/v2/accounts/abc/identity"),
+            (Method::DELETE, "/v2/lookup/bvn"),
+            (Method::GET, "/v2/lookup"),
+            (Method::GET, "/v2/lookup/"),
+            (Method::GET, "/vx/lookup/bvn"),
+        ] {
+            assert!(!billable_lookup(&m, p), "{m} {p}");
+        }
+    }
 
     #[test]
     fn only_eleven_digit_bvns_pass() {

@@ -11,6 +11,7 @@ pub mod directives;
 pub mod fill;
 pub mod guards;
 pub mod job_status;
+pub mod limits;
 pub mod passthrough;
 pub mod poller;
 pub mod realtime;

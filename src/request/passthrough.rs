@@ -10,7 +10,8 @@ use hyper::body::Incoming;
 use crate::body::{collect_limited, Body, BrokenBody, CollectError};
 use crate::error::ProxyError;
 use crate::headers::X_PROXY_TOKEN;
-use crate::request::{cooldown, guards};
+use crate::limits::ClientLimiter;
+use crate::request::{cooldown, guards, limits};
 use crate::state::State;
 use crate::tenant::Tenant;
 
@@ -23,14 +24,29 @@ pub struct Named<'a> {
     pub account: &'a str,
 }
 
+/// Whose call a passthrough is, and what it names.
+#[derive(Clone, Copy)]
+pub struct To<'a> {
+    /// Whose key it uses.
+    pub tenant: &'a Tenant,
+    /// The client's limits, when it has any.
+    pub limiter: Option<&'a ClientLimiter>,
+    /// The route and account, for Mono's 429 cooldowns.
+    pub named: Option<Named<'a>>,
+}
+
 /// Forwards a request the proxy does not cache, within the request-body limit.
 pub async fn serve(
     state: &Arc<State>,
-    tenant: &Tenant,
+    to: To<'_>,
     req: Request<Incoming>,
     request_id: &HeaderValue,
-    named: Option<Named<'_>>,
 ) -> Result<Response<Body>, ProxyError> {
+    let To {
+        tenant,
+        limiter,
+        named,
+    } = to;
     if let Some(n) = named {
         if let Some(left) = cooldown::held_back(state, &tenant.id, n.route, n.account, true).await {
             return Err(ProxyError::CoolingDown(left));
@@ -66,6 +82,11 @@ pub async fn serve(
     } else {
         Body::limited(body, limit)
     };
+    // Held until Mono's answer head is in; spent only once the request is sure to be sent.
+    let _permit = limits::upstream_permit(state, limiter)?;
+    if guards::billable_lookup(&parts.method, parts.uri.path()) {
+        limits::spend(state, limiter).await?;
+    }
     let resp = state
         .upstream
         .send(

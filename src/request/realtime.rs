@@ -18,7 +18,7 @@ use crate::headers::{
 };
 use crate::inflight::{Filled, RealtimeAnswer};
 use crate::request::context::AccountRead;
-use crate::request::{cached_read, fill, sync};
+use crate::request::{cached_read, fill, limits, sync};
 use crate::route::is_valid_id;
 use crate::singleflight::Outcome;
 use crate::state::State;
@@ -58,11 +58,14 @@ pub async fn serve(
         let (state, read) = (Arc::clone(state), read.clone());
         async move { lead(&state, &read).await }
     };
+    let permit = limits::upstream_permit(state, read.limiter.as_deref())?;
     let (outcome, led) = state
         .inflight
         .realtime
         .lead_or_follow(&key.flat(), timeout, call)
         .await;
+    // Before any plain fetch below, which takes a permit of its own.
+    drop(permit);
     let mut answer = match outcome {
         Outcome::Done(result) => result?,
         Outcome::LeaderLost => {
@@ -126,7 +129,11 @@ async fn lead(state: &Arc<State>, read: &AccountRead) -> Result<RealtimeAnswer, 
             };
         }
     }
-    let result = forward(state, read).await;
+    // The one billable call: spent from the leader's client quota only when it is made.
+    let result = match limits::spend(state, read.limiter.as_deref()).await {
+        Ok(()) => forward(state, read).await,
+        Err(e) => Err(e),
+    };
     if !matches!(&result, Ok((_, true))) {
         if let Err(e) = state.store.release(&key).await {
             tracing::warn!(error = %e, "could not release realtime claim");

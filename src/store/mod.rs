@@ -294,6 +294,40 @@ impl Store {
         }
     }
 
+    /// Whether replicas share this store (Redis): limits are then fleet-wide.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Store::Redis(_))
+    }
+
+    /// One fleet-wide GCRA step of a client's rate limit: `Ok`, or the µs to wait; `None` in
+    /// process or when Redis cannot say (the caller's local limiter decides).
+    pub async fn rate_step(
+        &self,
+        client: &str,
+        interval_us: u64,
+        burst: u32,
+    ) -> Option<Result<(), u64>> {
+        match self {
+            Store::Memory(_) => None,
+            Store::Redis(r) => r.rate_step(client, interval_us, burst).await,
+        }
+    }
+
+    /// Spends one fleet-wide billable call of a client's quota for `period`: whether it was
+    /// within it; `None` in process or when Redis cannot say.
+    pub async fn quota_spend(
+        &self,
+        client: &str,
+        period: &str,
+        calls: u64,
+        expire_at_ms: u64,
+    ) -> Option<bool> {
+        match self {
+            Store::Memory(_) => None,
+            Store::Redis(r) => r.quota_spend(client, period, calls, expire_at_ms).await,
+        }
+    }
+
     /// Sends a message to every other replica (nothing to do in process).
     pub async fn publish(&self, msg: &Broadcast) -> StoreResult<()> {
         match self {

@@ -16,6 +16,8 @@
 //! | `<prefix>:v2:{<tenant>:<account>}:gen` | invalidation counter: a fill stores only if unchanged |
 //! | `<prefix>:v2:job:{<job_id>}` | `{"v":2,"tenant","account","kind"}`: where the record lives |
 //! | `<prefix>:v2:evt:{<event digest>}:<step>` | `busy:<replica>` or `done`: webhook delivery memory |
+//! | `<prefix>:v2:limit:{<client>}:rate` | the client's GCRA arrival time (unix µs), `PX` until then |
+//! | `<prefix>:v2:limit:{<client>}:quota:<period>` | billable calls spent in `d20261202` / `m202612` |
 //!
 //! Channels: `<prefix>:v2:events` carries [`Broadcast`]s, `<prefix>:v2:stored` says a record or a
 //! body was stored so replicas waiting on it wake at once. Every key, value and message carries
@@ -73,6 +75,11 @@ impl Keys {
         k.push_str("cd:");
         k.push_str(route);
         k
+    }
+
+    /// A client's limit state (`rate`, `quota:<period>`): the client's own hash tag.
+    pub(super) fn limit(&self, client: &str, what: &str) -> String {
+        format!("{}:limit:{{{client}}}:{what}", self.base)
     }
 
     pub(super) fn job(&self, job_id: &str) -> String {

@@ -29,6 +29,7 @@ use crate::store::{Broadcast, MemoryStore, StoreError, StoreResult, StoreStatus}
 mod connect;
 mod deliveries;
 mod keys;
+mod limits;
 mod ops;
 mod scripts;
 mod shared;

@@ -217,6 +217,42 @@ return 0
     )
 });
 
+/// One GCRA step of a client's rate limit, on Redis's clock so replicas' clocks cannot differ
+/// (the arithmetic of `limits::gcra`). KEYS: arrival time. ARGV: interval µs, burst.
+/// Returns 0 (allowed, time advanced) or the µs to wait.
+pub(super) static RATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local nxt = tat + interval
+local allow_at = nxt - interval * tonumber(ARGV[2])
+if now < allow_at then return allow_at - now end
+redis.call('SET', KEYS[1], string.format('%.0f', nxt), 'PX', math.floor((nxt - now) / 1000) + 1)
+return 0
+"#,
+    )
+});
+
+/// Spends one call of a client's quota for a period. KEYS: the period's count. ARGV: calls
+/// allowed, expiry (unix ms). Returns 1 (spent) or 0 (over: nothing spent).
+pub(super) static QUOTA: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIREAT', KEYS[1], ARGV[2]) end
+if n > tonumber(ARGV[1]) then
+  redis.call('DECR', KEYS[1])
+  return 0
+end
+return 1
+"#,
+    )
+});
+
 /// Loads the scripts so their first use is one round trip (Redis forgets them on restart; on a
 /// cluster every master gets them).
 pub(super) async fn load_scripts(conn: &mut Link) -> RedisResult<()> {
@@ -231,6 +267,8 @@ pub(super) async fn load_scripts(conn: &mut Link) -> RedisResult<()> {
         &*INVALIDATE,
         &*STEP,
         &*UNSTEP,
+        &*RATE,
+        &*QUOTA,
     ] {
         script.load_async(conn).await?;
     }
