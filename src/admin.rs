@@ -1,4 +1,4 @@
-//! The admin listener: `/healthz`, `/readyz` (why not ready, as JSON) and `/metrics`.
+//! The admin listener: `/healthz`, `/readyz` (why not ready, as JSON), `/metrics` and `/stats`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -68,6 +68,7 @@ pub fn answer(state: &State, req: &Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
         "/healthz" => json_response(StatusCode::OK, r#"{"status":"ok"}"#.into()),
         "/readyz" => readiness(state),
+        "/stats" => json_response(StatusCode::OK, crate::stats::snapshot(state).to_string()),
         "/metrics" => {
             // Gauges that mirror state are read at scrape time, so they are never stale.
             let degraded = matches!(state.store.status(), StoreStatus::Degraded(_));

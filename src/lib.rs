@@ -36,6 +36,7 @@ pub mod server;
 pub mod service;
 pub mod singleflight;
 pub mod state;
+pub mod stats;
 pub mod store;
 pub mod tenant;
 pub mod upstream;

@@ -177,3 +177,68 @@ async fn an_apps_webhook_settings_need_its_own_key() {
     let e = mono_proxy::config::Config::parse_runnable(&text, &env).unwrap_err();
     assert!(e.to_string().contains("secret_key_env"), "{e}");
 }
+
+#[tokio::test]
+async fn admin_stats_show_each_client_its_limits_and_the_hit_ratio() {
+    let sb = sandbox(sandbox_config()).await;
+    let p = ProxyBuilder::for_sandbox(&sb)
+        .toml(
+            "[realtime]\ncost_per_call = 0.5\n\
+             [[clients]]\nname = \"billing\"\ntoken_env = \"TOKEN_BILLING\"\n\
+             rate = 2\nburst = 2\nquota = \"50/month\"\n\
+             [[clients]]\nname = \"ledger\"\ntoken_env = \"TOKEN_LEDGER\"",
+        )
+        .env("TOKEN_BILLING", "tok-billing-1")
+        .env("TOKEN_LEDGER", "tok-ledger-1")
+        .start()
+        .await;
+    let path = "/v2/accounts/stats1/balance";
+    let billing = [("x-mono-proxy-token", "tok-billing-1")];
+    let ledger = [("x-mono-proxy-token", "tok-ledger-1")];
+    for _ in 0..4 {
+        p.get(path, &ledger).await;
+    }
+    // Billing's third call at once is over its burst of 2.
+    let statuses = [
+        p.get(path, &billing).await.status,
+        p.get(path, &billing).await.status,
+        p.get(path, &billing).await.status,
+    ];
+    assert_eq!(statuses.map(|s| s.as_u16()), [200, 200, 429]);
+    let rt = [
+        ("x-mono-proxy-token", "tok-ledger-1"),
+        ("x-realtime", "true"),
+    ];
+    assert_eq!(p.get("/v2/accounts/stats2/balance", &rt).await.status, 200);
+    assert_eq!(p.get("/v2/accounts/stats2/balance", &rt).await.status, 200);
+
+    let stats = get(&p.admin("/stats"), &[]).await;
+    assert_eq!(stats.status, 200);
+    assert_eq!(stats.header("content-type"), Some("application/json"));
+    let s = stats.json();
+    assert_eq!(s["requests"]["total"], 9.0, "{s:#}");
+    assert_eq!(s["requests"]["by_client"]["ledger"], 6.0, "{s:#}");
+    assert_eq!(s["requests"]["by_client"]["billing"], 3.0, "{s:#}");
+    assert_eq!(s["requests"]["by_route"]["balance"], 9.0, "{s:#}");
+    // Cached reads: 1 miss, then 3 + 2 hits (the 429 never reached the cache).
+    assert_eq!(s["cache"]["reads"], 6.0, "{s:#}");
+    assert_eq!(s["cache"]["hits"], 5.0, "{s:#}");
+    let ratio = s["cache"]["hit_ratio"].as_f64().unwrap();
+    assert!((ratio - 5.0 / 6.0).abs() < 1e-9, "{s:#}");
+    assert_eq!(s["realtime"]["calls"]["forwarded"], 1.0, "{s:#}");
+    assert_eq!(s["realtime"]["calls"]["collapsed"], 1.0, "{s:#}");
+    assert_eq!(s["realtime"]["saved_cost"], 0.5, "{s:#}");
+    let b = &s["clients"]["billing"];
+    assert_eq!(b["requests"], 3.0, "{s:#}");
+    assert_eq!(b["limited"]["rate"], 1.0, "{s:#}");
+    assert_eq!(b["limits"]["rate"], 2.0, "{s:#}");
+    assert_eq!(b["limits"]["quota"], "50/month", "{s:#}");
+    assert_eq!(
+        s["clients"]["ledger"]["limits"]["rate"],
+        serde_json::Value::Null
+    );
+    assert_eq!(s["clients"]["anonymous"]["requests"], 0.0, "{s:#}");
+    assert!(s["upstream"]["p50_ms"].as_f64().unwrap() > 0.0, "{s:#}");
+    assert_eq!(s["store"]["backend"], "memory");
+    assert!(!stats.text().contains("tok-"), "a token reached /stats");
+}
