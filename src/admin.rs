@@ -1,4 +1,5 @@
-//! The admin listener: `/healthz`, `/readyz` (why not ready, as JSON), `/metrics` and `/stats`.
+//! The admin listener: the status page (`/`), `/healthz`, `/readyz` (why not ready, as JSON),
+//! `/metrics` and `/stats`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -66,6 +67,7 @@ pub fn answer(state: &State, req: &Request<Incoming>) -> Response<Body> {
         );
     }
     match req.uri().path() {
+        "/" => crate::status::page(),
         "/healthz" => json_response(StatusCode::OK, r#"{"status":"ok"}"#.into()),
         "/readyz" => readiness(state),
         "/stats" => json_response(StatusCode::OK, crate::stats::snapshot(state).to_string()),

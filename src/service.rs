@@ -18,6 +18,7 @@ use crate::config::ClientKeyPolicy;
 use crate::error::ProxyError;
 use crate::headers::{self, CacheResult, MONO_SEC_KEY, REQUEST_ID, X_PROXY_TOKEN};
 use crate::limits::ClientLimiter;
+use crate::recent_errors::RecentError;
 use crate::request::context::{AccountRead, JobRead};
 use crate::request::directives::Directives;
 use crate::request::passthrough::Named;
@@ -135,6 +136,16 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
     };
     resp.headers_mut().insert(REQUEST_ID, request_id.clone());
     let status = resp.status().as_u16();
+    if let Some(kind) = summary.error {
+        state.recent_errors.push(RecentError {
+            at: crate::error::timestamp(),
+            status,
+            kind,
+            class: summary.class,
+            route: summary.route,
+            client: summary.client,
+        });
+    }
     let cache_label = summary.cache.map_or("none", CacheResult::label);
     state.metrics.request(
         summary.class,

@@ -17,6 +17,7 @@ use crate::limits::Limiters;
 use crate::metrics::Metrics;
 use crate::pagination::Rewrite;
 use crate::polls::{PollQueue, PollReceiver};
+use crate::recent_errors::RecentErrors;
 use crate::routes::Routes;
 use crate::store::{Store, StoreOpenError};
 use crate::tenant::{Secrets, SecretsError};
@@ -50,6 +51,8 @@ pub struct State {
     pub cooldowns: Cooldowns,
     /// Per-client rate, quota and concurrency limits.
     pub limiters: Limiters,
+    /// The last requests that failed (admin `/stats`).
+    pub recent_errors: RecentErrors,
     /// Response cache storage.
     pub cache: ResponseCache,
     /// Cache fills and realtime calls in flight.
@@ -80,6 +83,7 @@ impl State {
         let routes = Routes::new(&config.routes, &config.cache);
         let state = Arc::new(State {
             limiters: Limiters::new(&config.clients),
+            recent_errors: RecentErrors::default(),
             cache: ResponseCache::new(&config.cache, routes.max_ttl()),
             routes,
             cooldowns: Cooldowns::new(config.upstream.max_cooldown),

@@ -145,6 +145,8 @@ pub fn snapshot(state: &State) -> Value {
             "status": status,
             "errors": state.store.errors(),
         },
+        "jobs_in_flight": state.polls.active(),
+        "recent_errors": state.recent_errors.newest_first(),
         "draining": state.is_draining(),
     })
 }
