@@ -2,7 +2,7 @@
 # mono-proxy sidecar image: a static-enough release binary on debian-slim, running as non-root.
 #
 #   docker build -t mono-proxy .
-#   docker run --rm -p 8080:8080 -p 9901:9901 -e MONO_SEC_KEY=live_sk_... mono-proxy
+#   docker run --rm -p 127.0.0.1:8080:8080 -e MONO_SEC_KEY=live_sk_... mono-proxy
 #
 # See docs/deploy.md for Kubernetes (native sidecar) and docker compose examples.
 
@@ -35,8 +35,11 @@ COPY --from=build /out/mono-proxy /usr/local/bin/mono-proxy
 # port or from another container. Anything that reaches port 8080 can spend the Mono key: keep
 # it on a trusted network, set MONO_PROXY_LISTEN=127.0.0.1:8080 when the app shares the network
 # namespace (a Kubernetes pod), or require [[clients]] tokens. See docs/deploy.md.
+# The admin listener stays on the container's loopback (the HEALTHCHECK runs inside): beyond
+# loopback it requires [admin] token. For kubelet httpGet probes or Prometheus, set
+# MONO_PROXY_ADMIN_LISTEN=0.0.0.0:9901 and MONO_PROXY_ADMIN_TOKEN (docs/deploy.md).
 ENV MONO_PROXY_LISTEN=0.0.0.0:8080 \
-    MONO_PROXY_ADMIN_LISTEN=0.0.0.0:9901 \
+    MONO_PROXY_ADMIN_LISTEN=127.0.0.1:9901 \
     MONO_PROXY_PUBLIC_BASE_URL=http://127.0.0.1:8080 \
     MONO_PROXY_LOG_FORMAT=json
 EXPOSE 8080 9901

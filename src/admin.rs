@@ -60,6 +60,19 @@ pub async fn run(
 
 /// Routes one admin request.
 pub fn answer(state: &State, req: &Request<Incoming>) -> Response<Body> {
+    // Probes need no secret, and the page at / is static: it asks for the token itself.
+    let open = matches!(req.uri().path(), "/healthz" | "/readyz" | "/");
+    if !open && !authorized(state, req) {
+        let mut resp = json_response(
+            StatusCode::UNAUTHORIZED,
+            r#"{"error":"admin token required: Authorization: Bearer <[admin] token>"}"#.into(),
+        );
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"mono-proxy admin\""),
+        );
+        return resp;
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return json_response(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -90,6 +103,19 @@ pub fn answer(state: &State, req: &Request<Incoming>) -> Response<Body> {
         }
         _ => json_response(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#.into()),
     }
+}
+
+/// Whether the request may use the admin API: no token configured, or its bearer token
+/// (compared in constant time).
+fn authorized(state: &State, req: &Request<Incoming>) -> bool {
+    let secrets = state.secrets.load();
+    let Some(token) = &secrets.admin else {
+        return true;
+    };
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .is_some_and(|presented| token.matches(presented))
 }
 
 /// Ready unless draining or the shared store is down in fail-closed mode; says why as JSON.

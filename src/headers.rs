@@ -34,6 +34,8 @@ pub const X_JOB_STATUS: HeaderName = HeaderName::from_static("x-job-status");
 pub const X_HAS_NEW_DATA: HeaderName = HeaderName::from_static("x-has-new-data");
 /// Request header carrying a client token.
 pub const X_PROXY_TOKEN: HeaderName = HeaderName::from_static("x-mono-proxy-token");
+/// Request header asking Mono for a realtime read.
+pub const X_REALTIME: HeaderName = HeaderName::from_static("x-realtime");
 
 /// Removes hop-by-hop headers and every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {

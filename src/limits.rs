@@ -85,6 +85,21 @@ impl ClientLimiter {
         }
     }
 
+    /// Takes the fleet's count for a period as this replica's own, so an outage continues
+    /// from what the fleet spent instead of from zero.
+    pub fn note_fleet_spent(&self, period: &Period, spent_calls: u64) {
+        let mut spent = self.spent.lock().unwrap_or_else(PoisonError::into_inner);
+        *spent = (period.start_s, spent_calls);
+    }
+
+    /// Gives back one call spent in `period` that was not made after all.
+    pub fn refund_local(&self, period: &Period) {
+        let mut spent = self.spent.lock().unwrap_or_else(PoisonError::into_inner);
+        if spent.0 == period.start_s {
+            spent.1 = spent.1.saturating_sub(1);
+        }
+    }
+
     /// One billable call against the local quota at `now_us`.
     pub fn quota_local(&self, quota: Quota, now_us: u64) -> Result<(), Denied> {
         let period = Period::of(quota.period, now_us / 1_000_000);
@@ -147,8 +162,8 @@ pub fn interval_us(rate: RateLimit) -> u64 {
 /// One GCRA step: the new theoretical arrival time when allowed, else the µs to wait.
 /// The Redis script `RATE` is this same arithmetic.
 pub fn gcra(tat_us: u64, now_us: u64, interval: u64, burst: u32) -> Result<u64, u64> {
-    let next = tat_us.max(now_us) + interval;
-    let allow_at = next.saturating_sub(interval * u64::from(burst));
+    let next = tat_us.max(now_us).saturating_add(interval);
+    let allow_at = next.saturating_sub(interval.saturating_mul(u64::from(burst)));
     if now_us < allow_at {
         Err(allow_at - now_us)
     } else {
@@ -287,10 +302,12 @@ impl Denied {
     pub fn headers(&self) -> [(&'static HeaderName, HeaderValue); 2] {
         let name = self.policy.name();
         let policy = match self.policy {
-            // GCRA as a quota: `burst` requests per the time `burst` takes to earn back.
+            // GCRA as a quota: over the time the burst takes to earn back (at least 1 s), the
+            // burst or what the rate allows in that time, whichever is more.
             Policy::Rate(r) => {
                 let window = (f64::from(r.burst) / r.per_second).ceil().max(1.0) as u64;
-                format!("\"{name}\";q={};w={window}", r.burst)
+                let q = u64::from(r.burst).max((r.per_second * window as f64).floor() as u64);
+                format!("\"{name}\";q={q};w={window}")
             }
             Policy::Quota { quota, period_s } => {
                 format!("\"{name}\";q={};w={period_s}", quota.calls)

@@ -81,6 +81,8 @@ pub struct Secrets {
     pub clients: Vec<ClientAuth>,
     /// The webhook secret Mono sends.
     pub webhook: Option<Secret>,
+    /// The admin listener's bearer token.
+    pub admin: Option<Secret>,
 }
 
 impl Secrets {
@@ -130,10 +132,16 @@ impl Secrets {
             .secret
             .read()
             .map_err(unreadable("webhook.secret_file"))?;
+        let admin = config
+            .admin
+            .token
+            .read()
+            .map_err(unreadable("admin.token_file"))?;
         Ok(Secrets {
             default,
             clients,
             webhook,
+            admin,
         })
     }
 

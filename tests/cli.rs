@@ -399,6 +399,8 @@ async fn healthcheck_probes_the_admin_listener_the_config_names() {
             "MONO_PROXY_ADMIN_LISTEN",
             format!("0.0.0.0:{}", admin.port()),
         )
+        // Beyond loopback the config needs an admin token; the probe itself sends none.
+        .env("MONO_PROXY_ADMIN_TOKEN", "admin-token-for-the-probe-test")
         .stdout(Stdio::piped());
     let out = tokio::time::timeout(STEP, env_only.output())
         .await

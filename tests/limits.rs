@@ -121,6 +121,11 @@ async fn concurrent_upstream_calls_are_capped_per_client() {
     let p = builder(&sb, &clients("max_concurrent_upstream = 2"))
         .start()
         .await;
+    // Cached before the permits are taken: the hits below must not need one.
+    let warm = p
+        .get("/v2/accounts/conc0/balance", &[(TOKEN, "tok-limited")])
+        .await;
+    assert_eq!(warm.status, 200);
     let calls: Vec<_> = (0..6)
         .map(|i| {
             let url = p.url(&format!("/v2/accounts/conc{i}/identity"));
@@ -133,6 +138,18 @@ async fn concurrent_upstream_calls_are_capped_per_client() {
             tokio::spawn(async move { get(&url, &[(TOKEN, "tok-calm")]).await })
         })
         .collect();
+    // While slow calls hold both permits, cache hits are still served.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let hits: Vec<_> = (0..4)
+        .map(|_| {
+            let url = p.url("/v2/accounts/conc0/balance");
+            tokio::spawn(async move { get(&url, &[(TOKEN, "tok-limited")]).await })
+        })
+        .collect();
+    for h in hits {
+        let r = h.await.unwrap();
+        assert_eq!((r.status.as_u16(), r.header("x-cache")), (200, Some("HIT")));
+    }
     let mut statuses = Vec::new();
     for c in calls {
         let r = c.await.unwrap();
@@ -146,21 +163,11 @@ async fn concurrent_upstream_calls_are_capped_per_client() {
     }
     statuses.sort_unstable();
     assert_eq!(statuses, [200, 200, 429, 429, 429, 429]);
-    // Permits come back with the answers; cache hits need none.
-    let r = p
-        .get("/v2/accounts/conc0/balance", &[(TOKEN, "tok-limited")])
+    // Permits come back with the answers.
+    let after = p
+        .get("/v2/accounts/conc9/identity", &[(TOKEN, "tok-limited")])
         .await;
-    assert_eq!(r.status, 200);
-    let hits: Vec<_> = (0..4)
-        .map(|_| {
-            let url = p.url("/v2/accounts/conc0/balance");
-            tokio::spawn(async move { get(&url, &[(TOKEN, "tok-limited")]).await })
-        })
-        .collect();
-    for h in hits {
-        let r = h.await.unwrap();
-        assert_eq!((r.status.as_u16(), r.header("x-cache")), (200, Some("HIT")));
-    }
+    assert_eq!(after.status, 200);
 }
 
 fn prefix() -> String {
@@ -207,6 +214,9 @@ async fn a_quota_of_billable_calls_is_shared_by_two_replicas() {
     .await;
     assert_limited(&lookup, "\"quota\";q=3;w=86400");
     assert_eq!(sb.sandbox.count("bvn_initiate"), 0);
+    // A realtime read on a route not marked realtime is forwarded as sent: billed all the same.
+    let node = a.get("/accounts/quota5/transactions", &realtime).await;
+    assert_limited(&node, "\"quota\";q=3;w=86400");
     assert_eq!(sb.sandbox.count("balance_realtime"), 3);
     // What costs nothing is still served: a realtime read inside its window, a cached read.
     let windowed = b.get("/v2/accounts/quota0/balance", &realtime).await;
@@ -231,19 +241,30 @@ async fn a_quota_of_billable_calls_is_shared_by_two_replicas() {
 async fn a_rate_is_fleet_wide_and_falls_back_to_local_limits_when_redis_is_down() {
     let mut r = TestRedis::private();
     let sb = sandbox(sandbox_config()).await;
-    // One request per 2 s sustained, 4 at once: the loops below take far less than 2 s.
-    let toml = with_redis(&r, &prefix(), "rate = 0.5\nburst = 4");
+    // One request per 2 s sustained, 6 at once: the loops below take far less than 2 s.
+    let toml = with_redis(&r, &prefix(), "rate = 0.5\nburst = 6\nquota = \"2/day\"");
     let a = builder(&sb, &toml).start().await;
     let b = builder(&sb, &toml).start().await;
     let path = "/v2/accounts/fleet1/balance";
     let limited = [(TOKEN, "tok-limited")];
+    let realtime = [(TOKEN, "tok-limited"), ("x-realtime", "true")];
+    for i in 0..2 {
+        let rt = a
+            .get(&format!("/v2/accounts/fleet-rt{i}/balance"), &realtime)
+            .await;
+        assert_eq!(rt.status, 200, "{}", rt.text());
+    }
     for _ in 0..4 {
         assert_eq!(a.get(path, &limited).await.status, 200);
     }
     // The burst was spent on A: B refuses too.
-    assert_limited(&b.get(path, &limited).await, "\"rate\";q=4;w=8");
+    assert_limited(&b.get(path, &limited).await, "\"rate\";q=6;w=12");
 
     r.stop();
+    // Redis is down: A decides alone, starting from the quota the fleet had spent.
+    let rt = a.get("/v2/accounts/fleet-rt9/balance", &realtime).await;
+    assert_limited(&rt, "\"quota\";q=2;w=86400");
+    assert_eq!(sb.sandbox.count("balance_realtime"), 2);
     let (mut ok, mut refused) = (0, 0);
     for _ in 0..10 {
         match a.get(path, &limited).await.status.as_u16() {
@@ -252,17 +273,18 @@ async fn a_rate_is_fleet_wide_and_falls_back_to_local_limits_when_redis_is_down(
             other => panic!("status {other}"),
         }
     }
-    // Redis is down: A's own limiter decides, with its own burst.
-    assert!((4..=5).contains(&ok), "{ok} allowed");
+    // A's own rate limiter: its burst of 6, one spent by the realtime call above.
+    assert!((5..=6).contains(&ok), "{ok} allowed");
     assert_eq!(ok + refused, 10);
     let m = a.metrics().await;
-    assert!(
+    let fallbacks = |limit: &str| {
         metric(
             &m,
-            "mono_proxy_client_limit_local_fallbacks_total{limit=\"rate\"}"
-        ) >= 10.0,
-        "{m}"
-    );
+            &format!("mono_proxy_client_limit_local_fallbacks_total{{limit=\"{limit}\"}}"),
+        )
+    };
+    assert!(fallbacks("rate") >= 11.0, "{m}");
+    assert!(fallbacks("quota") >= 1.0, "{m}");
     assert_eq!(
         b.get(path, &[(TOKEN, "tok-calm")]).await.status,
         200,
@@ -293,4 +315,55 @@ async fn limits_are_checked_at_start() {
             "{limits}: {e}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_client_over_its_quota_never_fails_another_clients_realtime_read() {
+    let sb = sandbox(mono_proxy::sandbox::SandboxConfig {
+        latency: Duration::from_millis(100),
+        ..sandbox_config()
+    })
+    .await;
+    let p = builder(&sb, &clients("quota = \"1/day\"")).start().await;
+    let limited = [(TOKEN, "tok-limited"), ("x-realtime", "true")];
+    let calm = [(TOKEN, "tok-calm"), ("x-realtime", "true")];
+    assert_eq!(
+        p.get("/v2/accounts/share0/balance", &limited).await.status,
+        200
+    );
+    // Both apps at once on one account (one flight): whoever leads, the calm app is answered.
+    let calls: Vec<_> = (0..20)
+        .map(|i| {
+            let url = p.url("/v2/accounts/share1/balance");
+            let token = if i % 2 == 0 {
+                "tok-limited"
+            } else {
+                "tok-calm"
+            };
+            tokio::spawn(async move {
+                (
+                    token,
+                    get(&url, &[(TOKEN, token), ("x-realtime", "true")]).await,
+                )
+            })
+        })
+        .collect();
+    for c in calls {
+        let (token, r) = c.await.unwrap();
+        if token == "tok-calm" || r.status != 429 {
+            assert_eq!(r.status, 200, "{token}: {}", r.text());
+        } else {
+            assert_limited(&r, "\"quota\";q=1;w=86400");
+        }
+    }
+    assert_eq!(sb.sandbox.count("balance_realtime"), 2);
+    // Inside the window the answer costs nothing: served to the limited app too.
+    assert_eq!(
+        p.get("/v2/accounts/share1/balance", &limited).await.status,
+        200
+    );
+    assert_eq!(
+        p.get("/v2/accounts/share1/balance", &calm).await.status,
+        200
+    );
 }

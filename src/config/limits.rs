@@ -6,6 +6,10 @@ use super::fields::Fields;
 /// The highest `rate` accepted: past it a limit is not a limit, and the GCRA interval (µs)
 /// would round to zero.
 const MAX_RATE: f64 = 1_000_000.0;
+/// The lowest: one request per 1,000 s (below it, use `quota`).
+const MIN_RATE: f64 = 0.001;
+/// The largest `burst`.
+const MAX_BURST: u64 = 1_000_000;
 
 /// What one client may spend; every limit is optional.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -67,14 +71,17 @@ pub(super) fn client_limits(f: &mut Fields<'_, '_>) -> ClientLimits {
     let rate = f.float("rate");
     let burst = f.count("burst", 0);
     let rate = match rate {
-        Some(r) if r <= 0.0 || r > MAX_RATE || !r.is_finite() => {
+        Some(r) if !(MIN_RATE..=MAX_RATE).contains(&r) => {
             f.problem(
                 "rate",
-                format!("expected requests per second above 0 and at most {MAX_RATE}, found {r}"),
+                format!("expected requests per second from {MIN_RATE} to {MAX_RATE}, found {r}"),
             );
             None
         }
         Some(per_second) => {
+            if burst > MAX_BURST {
+                f.problem("burst", format!("at most {MAX_BURST}"));
+            }
             let burst = if burst == 0 {
                 // One second's worth by default, so `rate = 10` allows 10 at once.
                 per_second.ceil().max(1.0) as u32

@@ -6,6 +6,7 @@
 //! This file holds the shape of the config and its entry points; `sections` builds each section
 //! from its table, `fields` reads typed values out of a table, `secret` keeps secrets unprinted.
 
+mod admin;
 mod fields;
 mod limits;
 mod routes;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use http::Uri;
 use toml::Table;
 
+pub use admin::AdminConfig;
 pub use limits::{ClientLimits, Quota, QuotaPeriod, RateLimit};
 pub use routes::{check_template, RouteConfig};
 pub use secret::{redact_url, url_password, Secret, SecretError, SecretSource};
@@ -123,6 +125,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Admin listen address.
     pub admin_listen: SocketAddr,
+    /// Who may use the admin listener.
+    pub admin: AdminConfig,
     /// The proxy's URL as apps reach it, without a trailing slash.
     pub public_base_url: String,
     /// Client-facing server limits.
@@ -525,6 +529,9 @@ impl Config {
         }
         if let Err(e) = self.webhook.secret.read() {
             errors.push(format!("webhook.secret_file: {e}"));
+        }
+        if let Err(e) = self.admin.token.read() {
+            errors.push(format!("admin.token_file: {e}"));
         }
         for c in &self.clients {
             if let Err(e) = c.token.read() {

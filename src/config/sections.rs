@@ -9,9 +9,9 @@ use super::fields::{section, Fields};
 use super::*;
 
 /// The top-level keys that hold sections, read by their own builders.
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "server", "upstream", "realtime", "cache", "jobs", "webhook", "store", "log", "clients",
-    "route",
+    "route", "admin",
 ];
 
 /// The whole config: top-level keys first, then each section in file order of the docs.
@@ -45,10 +45,12 @@ pub(super) fn build_config(root: &Table, env: &dyn Env, errors: &mut Vec<String>
     let cache = cache(section(root, "cache", errors), &realtime, &store, errors);
     let log = log(section(root, "log", errors), env, errors);
     let clients = clients(root.get("clients"), env, errors);
+    let admin = admin::admin(section(root, "admin", errors), admin_listen, env, errors);
     let routes = routes::routes(root.get("route"), errors);
     Config {
         listen,
         admin_listen,
+        admin,
         public_base_url,
         server,
         upstream,

@@ -79,8 +79,7 @@ pub async fn serve(
             }
         }
     };
-    let (filled, led) = fill::collapsed(state, read, refetch).await;
-    drop(permit);
+    let (filled, led) = fill::collapsed(state, read, refetch, permit).await;
     let result = match (led, refetch) {
         (true, false) => CacheResult::Miss,
         (true, true) => CacheResult::Refetched,

@@ -8,6 +8,8 @@ use std::time::Duration;
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Response, StatusCode};
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use crate::body::Body;
 use crate::error::ProxyError;
 use crate::headers::{set_cache_status, CacheResult};
@@ -26,21 +28,26 @@ const SHARED_ROUNDS: usize = 3;
 /// One upstream fetch per (tenant, account, path) however many callers miss at once.
 /// Returns the fill's result and whether this caller led it.
 pub async fn fill(state: &Arc<State>, read: &AccountRead) -> (Result<Filled, ProxyError>, bool) {
-    collapsed(state, read, false).await
+    collapsed(state, read, false, None).await
 }
 
 /// [`fill`], or with `refetch` a fetch that skips the shared tier (the app asked for a newer
 /// answer than any stored): collapsed with concurrent refetches only, since a fill already
-/// running may have started before the app asked.
+/// running may have started before the app asked. A client's upstream `permit` goes with the
+/// fetch if this caller leads it, so it is held until Mono answers even if the caller hangs up.
 pub async fn collapsed(
     state: &Arc<State>,
     read: &AccountRead,
     refetch: bool,
+    permit: Option<OwnedSemaphorePermit>,
 ) -> (Result<Filled, ProxyError>, bool) {
     let timeout = state.config.upstream.timeout + Duration::from_secs(1);
-    let call = || {
+    let call = move || {
         let (state, read) = (Arc::clone(state), read.clone());
-        async move { fetch_and_store(&state, &read, refetch).await }
+        async move {
+            let _permit = permit;
+            fetch_and_store(&state, &read, refetch).await
+        }
     };
     let mut key = read.fill_key();
     if refetch {

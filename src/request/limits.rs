@@ -33,11 +33,21 @@ pub async fn admit(state: &State, limiter: &ClientLimiter) -> Result<(), ProxyEr
     verdict.map_err(|d| refuse(state, d))
 }
 
+/// A billable call spent from a client's quota, to give back if it is not made after all.
+#[derive(Debug)]
+pub struct Spent<'a> {
+    limiter: &'a ClientLimiter,
+    period: Period,
+}
+
 /// Spends one billable call (a realtime call or a lookup) of the client's `quota`; `None`
 /// (no client, or no quota) spends nothing.
-pub async fn spend(state: &State, limiter: Option<&ClientLimiter>) -> Result<(), ProxyError> {
+pub async fn spend<'a>(
+    state: &State,
+    limiter: Option<&'a ClientLimiter>,
+) -> Result<Option<Spent<'a>>, ProxyError> {
     let Some((limiter, quota)) = limiter.and_then(|l| Some((l, l.limits.quota?))) else {
-        return Ok(());
+        return Ok(None);
     };
     let now = now_us();
     let period = Period::of(quota.period, now / 1_000_000);
@@ -48,10 +58,12 @@ pub async fn spend(state: &State, limiter: Option<&ClientLimiter>) -> Result<(),
             .store
             .quota_spend(limiter.client, &period.id, quota.calls, expire_at_ms)
             .await;
-        if within.is_none() {
-            state.metrics.limit_fallback("quota");
+        match within {
+            // The fleet's count is where this replica starts if Redis goes away.
+            Some((_, spent)) => limiter.note_fleet_spent(&period, spent),
+            None => state.metrics.limit_fallback("quota"),
         }
-        within
+        within.map(|(ok, _)| ok)
     } else {
         None
     };
@@ -60,7 +72,17 @@ pub async fn spend(state: &State, limiter: Option<&ClientLimiter>) -> Result<(),
         Some(false) => Err(limiter.denied_quota(quota, &period, now)),
         None => limiter.quota_local(quota, now),
     };
-    verdict.map_err(|d| refuse(state, d))
+    verdict.map_err(|d| refuse(state, d))?;
+    Ok(Some(Spent { limiter, period }))
+}
+
+/// Gives back a call spent and then not made (another replica or flight made it).
+pub async fn refund(state: &State, spent: Option<Spent<'_>>) {
+    let Some(Spent { limiter, period }) = spent else {
+        return;
+    };
+    limiter.refund_local(&period);
+    state.store.quota_refund(limiter.client, &period.id).await;
 }
 
 /// A permit to wait on Mono under the client's `max_concurrent_upstream` (per replica), held

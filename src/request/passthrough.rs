@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::body::{collect_limited, Body, BrokenBody, CollectError};
 use crate::error::ProxyError;
-use crate::headers::X_PROXY_TOKEN;
+use crate::headers::{header_bool, X_PROXY_TOKEN, X_REALTIME};
 use crate::limits::ClientLimiter;
 use crate::request::{cooldown, guards, limits};
 use crate::state::State;
@@ -84,7 +84,9 @@ pub async fn serve(
     };
     // Held until Mono's answer head is in; spent only once the request is sure to be sent.
     let _permit = limits::upstream_permit(state, limiter)?;
-    if guards::billable_lookup(&parts.method, parts.uri.path()) {
+    // A realtime read forwarded as sent (a route not marked realtime) is billed like one.
+    let realtime = parts.method == Method::GET && header_bool(&parts.headers, &X_REALTIME);
+    if realtime || guards::billable_lookup(&parts.method, parts.uri.path()) {
         limits::spend(state, limiter).await?;
     }
     let resp = state

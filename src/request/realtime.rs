@@ -54,18 +54,34 @@ pub async fn serve(
     // plain fetch. Waiters allow for all of it so they hear the leader's own outcome.
     let upstream = &state.config.upstream;
     let timeout = upstream.realtime_timeout + upstream.timeout + Duration::from_secs(2);
-    let call = || {
-        let (state, read) = (Arc::clone(state), read.clone());
-        async move { lead(&state, &read).await }
+    let mut retried = false;
+    let (outcome, led) = loop {
+        // The permit goes with the call if this caller leads it: held until Mono answers,
+        // even if the caller hangs up.
+        let permit = limits::upstream_permit(state, read.limiter.as_deref())?;
+        let call = move || {
+            let (state, read) = (Arc::clone(state), read.clone());
+            async move {
+                let _permit = permit;
+                lead(&state, &read).await
+            }
+        };
+        let (outcome, led) = state
+            .inflight
+            .realtime
+            .lead_or_follow(&key.flat(), timeout, call)
+            .await;
+        // A flight led by another client that its own limit refused says nothing of this
+        // caller's: it tries again, leading with its own limits.
+        if let Outcome::Done(Err(ProxyError::Limited(d))) = &outcome {
+            let own = read.limiter.as_ref().is_some_and(|l| l.client == d.client);
+            if !led && !own && !retried {
+                retried = true;
+                continue;
+            }
+        }
+        break (outcome, led);
     };
-    let permit = limits::upstream_permit(state, read.limiter.as_deref())?;
-    let (outcome, led) = state
-        .inflight
-        .realtime
-        .lead_or_follow(&key.flat(), timeout, call)
-        .await;
-    // Before any plain fetch below, which takes a permit of its own.
-    drop(permit);
     let mut answer = match outcome {
         Outcome::Done(result) => result?,
         Outcome::LeaderLost => {
@@ -117,10 +133,25 @@ async fn lead(state: &Arc<State>, read: &AccountRead) -> Result<RealtimeAnswer, 
     }
     let realtime_timeout = state.config.upstream.realtime_timeout;
     let lease = realtime_timeout + Duration::from_secs(5);
-    match state.store.claim(&key, lease, realtime_timeout).await? {
+    // The one billable call, spent from the leader's client quota before the window is
+    // claimed, so a client over its quota never holds the fleet's window; given back when
+    // another replica's call or record answers instead.
+    let spent = limits::spend(state, read.limiter.as_deref()).await?;
+    let claim = match state.store.claim(&key, lease, realtime_timeout).await {
+        Ok(claim) => claim,
+        Err(e) => {
+            limits::refund(state, spent).await;
+            return Err(e.into());
+        }
+    };
+    match claim {
         Claim::Won => {}
-        Claim::Windowed(rec) => return from_record(state, read, &rec).await,
+        Claim::Windowed(rec) => {
+            limits::refund(state, spent).await;
+            return from_record(state, read, &rec).await;
+        }
         Claim::Lost => {
+            limits::refund(state, spent).await;
             return match state.store.wait_record(&key, realtime_timeout).await? {
                 Some(rec) => from_record(state, read, &rec).await,
                 None => Err(ProxyError::UpstreamTimeout(
@@ -129,11 +160,7 @@ async fn lead(state: &Arc<State>, read: &AccountRead) -> Result<RealtimeAnswer, 
             };
         }
     }
-    // The one billable call: spent from the leader's client quota only when it is made.
-    let result = match limits::spend(state, read.limiter.as_deref()).await {
-        Ok(()) => forward(state, read).await,
-        Err(e) => Err(e),
-    };
+    let result = forward(state, read).await;
     if !matches!(&result, Ok((_, true))) {
         if let Err(e) = state.store.release(&key).await {
             tracing::warn!(error = %e, "could not release realtime claim");

@@ -111,9 +111,27 @@ function render(s) {
   rows("errors", (s.recent_errors || []).slice(0, 10).map((e) => [e.at, e.status, e.kind, e.route, e.client]));
 }
 
+// With [admin] token set, /stats needs it; the page asks once and keeps it for this tab only.
+function headers() {
+  const token = sessionStorage.getItem("mono-proxy-admin-token");
+  return token ? { Authorization: "Bearer " + token } : {};
+}
+$("login").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  sessionStorage.setItem("mono-proxy-admin-token", $("token").value.trim());
+  $("login").hidden = true;
+  clearTimeout(timer);
+  refresh();
+});
+
+let timer;
 async function refresh() {
   try {
-    const r = await fetch("stats", { cache: "no-store", credentials: "same-origin" });
+    const r = await fetch("stats", { cache: "no-store", credentials: "same-origin", headers: headers() });
+    if (r.status === 401) {
+      $("login").hidden = false;
+      throw new Error("the admin token is required");
+    }
     if (!r.ok) throw new Error("HTTP " + r.status);
     render(await r.json());
     set("error", "");
@@ -121,7 +139,7 @@ async function refresh() {
   } catch (e) {
     set("error", "cannot read /stats: " + e.message);
   } finally {
-    setTimeout(refresh, REFRESH_MS);
+    timer = setTimeout(refresh, REFRESH_MS);
   }
 }
 refresh();

@@ -314,17 +314,24 @@ impl Store {
     }
 
     /// Spends one fleet-wide billable call of a client's quota for `period`: whether it was
-    /// within it; `None` in process or when Redis cannot say.
+    /// within it and the calls spent; `None` in process or when Redis cannot say.
     pub async fn quota_spend(
         &self,
         client: &str,
         period: &str,
         calls: u64,
         expire_at_ms: u64,
-    ) -> Option<bool> {
+    ) -> Option<(bool, u64)> {
         match self {
             Store::Memory(_) => None,
             Store::Redis(r) => r.quota_spend(client, period, calls, expire_at_ms).await,
+        }
+    }
+
+    /// Gives back one fleet-wide call of `period` not made after all (nothing in process).
+    pub async fn quota_refund(&self, client: &str, period: &str) {
+        if let Store::Redis(r) = self {
+            r.quota_refund(client, period).await;
         }
     }
 

@@ -231,14 +231,14 @@ if tat < now then tat = now end
 local nxt = tat + interval
 local allow_at = nxt - interval * tonumber(ARGV[2])
 if now < allow_at then return allow_at - now end
-redis.call('SET', KEYS[1], string.format('%.0f', nxt), 'PX', math.floor((nxt - now) / 1000) + 1)
+redis.call('SET', KEYS[1], string.format('%.0f', nxt), 'PX', string.format('%.0f', math.floor((nxt - now) / 1000) + 1))
 return 0
 "#,
     )
 });
 
 /// Spends one call of a client's quota for a period. KEYS: the period's count. ARGV: calls
-/// allowed, expiry (unix ms). Returns 1 (spent) or 0 (over: nothing spent).
+/// allowed, expiry (unix ms). Returns `{1, spent}` or `{0, spent}` (over: nothing spent).
 pub(super) static QUOTA: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -246,9 +246,20 @@ local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('PEXPIREAT', KEYS[1], ARGV[2]) end
 if n > tonumber(ARGV[1]) then
   redis.call('DECR', KEYS[1])
-  return 0
+  return {0, n - 1}
 end
-return 1
+return {1, n}
+"#,
+    )
+});
+
+/// Gives back one call of a period that was spent and then not made. KEYS: the period's count.
+pub(super) static REFUND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local n = tonumber(redis.call('GET', KEYS[1]))
+if n and n > 0 then return redis.call('DECR', KEYS[1]) end
+return 0
 "#,
     )
 });
@@ -269,6 +280,7 @@ pub(super) async fn load_scripts(conn: &mut Link) -> RedisResult<()> {
         &*UNSTEP,
         &*RATE,
         &*QUOTA,
+        &*REFUND,
     ] {
         script.load_async(conn).await?;
     }
