@@ -84,6 +84,10 @@ pub fn answer(state: &State, req: &Request<Incoming>) -> Response<Body> {
         "/healthz" => json_response(StatusCode::OK, r#"{"status":"ok"}"#.into()),
         "/readyz" => readiness(state),
         "/stats" => json_response(StatusCode::OK, crate::stats::snapshot(state).to_string()),
+        "/config" => json_response(
+            StatusCode::OK,
+            crate::config::to_json(&state.config).to_string(),
+        ),
         "/metrics" => {
             // Gauges that mirror state are read at scrape time, so they are never stale.
             let degraded = matches!(state.store.status(), StoreStatus::Degraded(_));

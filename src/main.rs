@@ -34,7 +34,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Validate the config and print every problem; exit non-zero if any.
-    Check,
+    Check {
+        /// Also print the effective config (defaults and environment applied, secrets
+        /// redacted), like `nginx -T`.
+        #[arg(long)]
+        print: bool,
+    },
     /// Probe the admin listener the config names: `/healthz` (or `/readyz` with `--ready`);
     /// exit 0 when it answers 200, else 1. For container HEALTHCHECKs and exec probes.
     Healthcheck {
@@ -96,7 +101,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Some(Command::Check) => check(cli.config),
+        Some(Command::Check { print }) => check(cli.config, print),
         Some(Command::Healthcheck { ready }) => healthcheck(cli.config, ready),
         Some(Command::Sandbox(args)) => runtime.block_on(sandbox(args)),
         Some(Command::Demo { listen }) => {
@@ -113,8 +118,17 @@ fn load(path: Option<PathBuf>) -> Result<Config, mono_proxy::config::ConfigError
     Ok(config)
 }
 
-fn check(path: Option<PathBuf>) -> ExitCode {
+fn check(path: Option<PathBuf>, print: bool) -> ExitCode {
     match load(path) {
+        Ok(c) if print => {
+            // Only the TOML on stdout, so it can be piped; the summary goes to stderr.
+            eprintln!(
+                "config ok: listen {}, upstream {}",
+                c.listen, c.upstream.base_url
+            );
+            print!("{}", mono_proxy::config::to_toml(&c));
+            ExitCode::SUCCESS
+        }
         Ok(c) => {
             println!(
                 "config ok: listen {}, upstream {}",

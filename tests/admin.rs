@@ -55,7 +55,7 @@ async fn with_a_token_the_admin_api_wants_it_and_the_probes_do_not() {
     for open in ["/healthz", "/readyz", "/"] {
         assert_eq!(get(&p.admin(open), &[]).await.status, 200, "{open}");
     }
-    for guarded in ["/metrics", "/stats"] {
+    for guarded in ["/metrics", "/stats", "/config"] {
         let none = get(&p.admin(guarded), &[]).await;
         assert_eq!(none.status, 401, "{guarded}");
         assert!(none
@@ -77,6 +77,13 @@ async fn with_a_token_the_admin_api_wants_it_and_the_probes_do_not() {
     // The token is not a client token: the proxy port does not take it.
     let through = p.get("/v2/accounts/adm1/balance", &[]).await;
     assert_eq!(through.status, 200);
+    let config = get(&p.admin("/config"), &[("authorization", bearer.as_str())]).await;
+    assert_eq!(config.status, 200);
+    let c = config.json();
+    assert_eq!(c["admin"]["token"], "[redacted]");
+    assert_eq!(c["upstream"]["secret_key"], "[redacted]");
+    assert!(!config.text().contains(TOKEN) && !config.text().contains(KEY));
+    assert_eq!(get(&p.admin("/config"), &[]).await.status, 401);
     let stats = get(&p.admin("/stats"), &[("authorization", bearer.as_str())]).await;
     assert!(
         !stats.text().contains(TOKEN),

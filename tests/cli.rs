@@ -414,3 +414,43 @@ async fn healthcheck_probes_the_admin_listener_the_config_names() {
     proc.terminate().await;
     assert!(proc.wait().await.success());
 }
+
+#[tokio::test]
+async fn check_print_shows_the_effective_config_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[store]\nbackend = \"redis\"\nredis_url = \"redis://app:hunter2@127.0.0.1:6379\"\n\
+         [[clients]]\nname = \"billing\"\ntoken_env = \"TOKEN_B\"\nquota = \"100/day\"\n",
+    );
+    let mut cmd = mono_proxy(dir.path());
+    cmd.args(["check", "--print", "--config"])
+        .arg(&config)
+        .env("MONO_SEC_KEY", KEY)
+        .env("TOKEN_B", "client-token-secret")
+        .env("MONO_PROXY_LISTEN", "127.0.0.1:18080")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = tokio::time::timeout(STEP, cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    // Stdout is the config alone, as TOML, with defaults and the environment applied.
+    let t: toml::Table = printed.parse().unwrap_or_else(|e| panic!("{e}\n{printed}"));
+    assert_eq!(t["listen"].as_str(), Some("127.0.0.1:18080"));
+    assert_eq!(t["cache"]["ttl"].as_str(), Some("5m"));
+    assert_eq!(
+        t["clients"][0]["limits"]["quota"]["calls"].as_integer(),
+        Some(100)
+    );
+    assert_eq!(t["upstream"]["secret_key"].as_str(), Some("[redacted]"));
+    for secret in [KEY, "hunter2", "client-token-secret"] {
+        assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
+    }
+}

@@ -5,11 +5,13 @@ use std::path::PathBuf;
 
 use toml::Table;
 
+use serde::Serialize;
+
 use super::fields::Fields;
 use super::{Env, Secret, SecretSource};
 
 /// The admin listener's access control.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AdminConfig {
     /// `Authorization: Bearer …` required on every admin endpoint but `/healthz`, `/readyz`
     /// and the static page at `/`; none when unset.

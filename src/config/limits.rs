@@ -1,6 +1,8 @@
 //! A client's limits in its `[[clients]]` table: `rate` with `burst`, `max_concurrent_upstream`
 //! and a `quota` of billable calls per day or month.
 
+use serde::Serialize;
+
 use super::fields::Fields;
 
 /// The highest `rate` accepted: past it a limit is not a limit, and the GCRA interval (µs)
@@ -12,7 +14,7 @@ const MIN_RATE: f64 = 0.001;
 const MAX_BURST: u64 = 1_000_000;
 
 /// What one client may spend; every limit is optional.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ClientLimits {
     /// Requests per second with a burst (GCRA).
     pub rate: Option<RateLimit>,
@@ -30,7 +32,7 @@ impl ClientLimits {
 }
 
 /// A request rate: `per_second` sustained, `burst` at once.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct RateLimit {
     /// Requests per second, sustained.
     pub per_second: f64,
@@ -39,7 +41,7 @@ pub struct RateLimit {
 }
 
 /// A number of billable calls per calendar period.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Quota {
     /// Calls allowed per period.
     pub calls: u64,
@@ -48,7 +50,8 @@ pub struct Quota {
 }
 
 /// A quota's calendar period (UTC), after which the count starts again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum QuotaPeriod {
     /// From 00:00 UTC to the next.
     Day,

@@ -12,6 +12,7 @@ mod limits;
 mod routes;
 mod secret;
 mod sections;
+mod show;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -19,12 +20,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::Uri;
+use serde::Serialize;
 use toml::Table;
 
 pub use admin::AdminConfig;
 pub use limits::{ClientLimits, Quota, QuotaPeriod, RateLimit};
 pub use routes::{check_template, RouteConfig};
 pub use secret::{redact_url, url_password, Secret, SecretError, SecretSource};
+pub use show::{to_json, to_toml};
 
 /// Default proxy listen address: loopback only, as a sidecar.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -92,7 +95,8 @@ pub const DEFAULT_MAX_COOLDOWN: Duration = Duration::from_secs(300);
 pub const DEFAULT_SHARED_MAX_ENTRY: u64 = 1024 * 1024;
 
 /// What to do with a `mono-sec-key` an app sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ClientKeyPolicy {
     /// Remove it and inject the configured key (default).
     Strip,
@@ -101,7 +105,8 @@ pub enum ClientKeyPolicy {
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,
@@ -110,7 +115,8 @@ pub enum LogFormat {
 }
 
 /// Which store holds the realtime window and job records.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// In process (one replica).
     Memory,
@@ -119,7 +125,7 @@ pub enum Backend {
 }
 
 /// The whole validated configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Config {
     /// Proxy listen address.
     pub listen: SocketAddr,
@@ -148,19 +154,23 @@ pub struct Config {
     /// Client tokens; empty means any local client is trusted.
     pub clients: Vec<ClientConfig>,
     /// `[[route]]` tables, before the built-in routes.
+    #[serde(rename = "route")]
     pub routes: Vec<RouteConfig>,
 }
 
 /// Client-facing server limits.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ServerConfig {
     /// Time allowed to send request headers.
+    #[serde(serialize_with = "show::duration")]
     pub header_read_timeout: Duration,
     /// A connection with no request for this long (none in flight) is closed.
+    #[serde(serialize_with = "show::duration")]
     pub idle_timeout: Duration,
     /// Concurrent connections accepted; more wait in the listen backlog.
     pub max_connections: usize,
     /// Time in-flight requests get after SIGTERM.
+    #[serde(serialize_with = "show::duration")]
     pub drain_timeout: Duration,
     /// Largest request header block.
     pub max_header_bytes: usize,
@@ -169,23 +179,29 @@ pub struct ServerConfig {
 }
 
 /// The Mono origin and how to reach it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct UpstreamConfig {
     /// Scheme + authority of the upstream, e.g. `https://api.withmono.com`.
+    #[serde(serialize_with = "show::uri")]
     pub base_url: Uri,
     /// Where the secret key comes from.
     pub secret_key: SecretSource,
     /// Response timeout of ordinary calls.
+    #[serde(serialize_with = "show::duration")]
     pub timeout: Duration,
     /// Connect timeout (TCP + TLS).
+    #[serde(serialize_with = "show::duration")]
     pub connect_timeout: Duration,
     /// Response timeout of realtime calls.
+    #[serde(serialize_with = "show::duration")]
     pub realtime_timeout: Duration,
     /// Extra trust roots (PEM).
+    #[serde(serialize_with = "show::opt_path")]
     pub ca_file: Option<PathBuf>,
     /// Authorities accepted in absolute-form targets (lowercase `host` or `host:port`).
     pub accept_hosts: Vec<String>,
     /// Idle time of pooled connections.
+    #[serde(serialize_with = "show::duration")]
     pub pool_idle_timeout: Duration,
     /// Idle pooled connections per host.
     pub pool_max_idle_per_host: usize,
@@ -195,29 +211,35 @@ pub struct UpstreamConfig {
     pub max_response_bytes: usize,
     /// After a Mono 429 on a route, calls for that tenant, route and account are answered 429
     /// locally for this long when Mono gives no `Retry-After`.
+    #[serde(serialize_with = "show::duration")]
     pub cooldown: Duration,
     /// The longest cooldown a `Retry-After` may impose.
+    #[serde(serialize_with = "show::duration")]
     pub max_cooldown: Duration,
 }
 
 /// Realtime window settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct RealtimeConfig {
     /// Mono's realtime window per account and endpoint.
+    #[serde(serialize_with = "show::duration")]
     pub window: Duration,
     /// Estimated cost of one realtime call, to report savings.
     pub cost_per_call: Option<f64>,
     /// Longest hold a Mono 429's `Retry-After` may impose (default: the window), so a hostile
     /// or broken value cannot block an account's refreshes for a year.
+    #[serde(serialize_with = "show::duration")]
     pub max_retry_after: Duration,
 }
 
 /// Response cache settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct CacheConfig {
     /// Freshness lifetime of a cached response.
+    #[serde(serialize_with = "show::duration")]
     pub ttl: Duration,
     /// How long past `ttl` an entry may be served when the upstream fails.
+    #[serde(serialize_with = "show::duration")]
     pub max_stale: Duration,
     /// Memory bound in bytes.
     pub max_bytes: u64,
@@ -233,28 +255,32 @@ pub struct CacheConfig {
 }
 
 /// Job poller settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct JobsConfig {
     /// Poll processing jobs when no webhook tells us first.
     pub poll: bool,
     /// First delay between polls.
+    #[serde(serialize_with = "show::duration")]
     pub poll_interval: Duration,
     /// Give up polling a job after this long.
+    #[serde(serialize_with = "show::duration")]
     pub poll_deadline: Duration,
     /// Jobs polled at once.
     pub poll_concurrency: usize,
 }
 
 /// Webhook receiver and relay settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct WebhookConfig {
     /// Path Mono delivers to.
     pub path: String,
     /// Where the webhook secret comes from.
     pub secret: SecretSource,
     /// Targets the webhook is relayed to.
+    #[serde(serialize_with = "show::uris")]
     pub forward_to: Vec<Uri>,
     /// Per-target relay timeout.
+    #[serde(serialize_with = "show::duration")]
     pub timeout: Duration,
     /// Body limit.
     pub max_body: usize,
@@ -263,36 +289,43 @@ pub struct WebhookConfig {
 }
 
 /// Shared-state settings.
-#[derive(Clone)]
+#[derive(Clone, Serialize)]
 pub struct StoreConfig {
     /// Memory or Redis.
     pub backend: Backend,
     /// Redis URL.
+    #[serde(serialize_with = "show::url")]
     pub redis_url: String,
     /// Key prefix.
     pub prefix: String,
     /// Timeout of one Redis operation.
+    #[serde(serialize_with = "show::duration")]
     pub timeout: Duration,
     /// Serve from local state when Redis is down (true) or answer 503 (false).
     pub fail_open: bool,
     /// Extra trusted CA certificates (PEM) for `rediss://`; replaces the built-in web roots.
+    #[serde(serialize_with = "show::opt_path")]
     pub ca_file: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS.
+    #[serde(serialize_with = "show::opt_path")]
     pub client_cert: Option<PathBuf>,
     /// Client private key (PEM) for mutual TLS.
+    #[serde(serialize_with = "show::opt_path")]
     pub client_key: Option<PathBuf>,
     /// The Redis password when not in the URL: `password_file` or `MONO_PROXY_REDIS_PASSWORD`.
     pub password: SecretSource,
     /// Redis Cluster seed nodes; when set, `redis_url` is not used.
+    #[serde(serialize_with = "show::urls")]
     pub cluster_nodes: Vec<String>,
     /// Sentinel addresses; when set, the master named `sentinel_master` is followed.
+    #[serde(serialize_with = "show::urls")]
     pub sentinels: Vec<String>,
     /// The master name the sentinels monitor.
     pub sentinel_master: Option<String>,
 }
 
 /// How the proxy reaches Redis.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Topology {
     /// One server (or a managed endpoint that looks like one).
     Single,
@@ -399,7 +432,7 @@ impl fmt::Debug for StoreConfig {
 }
 
 /// Logging settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct LogConfig {
     /// Text or JSON.
     pub format: LogFormat,
@@ -408,7 +441,7 @@ pub struct LogConfig {
 }
 
 /// One app allowed to use the proxy when it listens beyond loopback.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ClientConfig {
     /// Name used in logs and metrics.
     pub name: String,
@@ -419,6 +452,7 @@ pub struct ClientConfig {
     /// With its own key, the webhook secret its Mono app sends.
     pub webhook_secret: SecretSource,
     /// With its own key, where its webhooks are relayed.
+    #[serde(serialize_with = "show::uris")]
     pub forward_to: Vec<Uri>,
     /// Its rate, concurrency and billable-call limits.
     pub limits: ClientLimits,

@@ -5,18 +5,22 @@ use std::time::Duration;
 use http::Method;
 use toml::Value;
 
+use serde::Serialize;
+
 use super::fields::Fields;
 
 /// One `[[route]]` table as configured (compiled into the route table at start).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RouteConfig {
     /// Name in metrics and logs; a built-in route of the same name is replaced.
     pub name: String,
     /// Path template: literal segments and `{placeholders}`; `{id}` is the account id.
     pub path: String,
     /// Methods the route matches (only GET and HEAD answers are ever cached).
+    #[serde(serialize_with = "super::show::methods")]
     pub methods: Vec<Method>,
     /// Freshness of cached answers; `None` = `[cache] ttl`; zero = not cached.
+    #[serde(serialize_with = "super::show::opt_duration")]
     pub ttl: Option<Duration>,
     /// A finished sync of the account drops the route's cached answers.
     pub invalidate_on_sync: bool,
