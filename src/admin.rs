@@ -9,10 +9,12 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::body::Body;
+use crate::body::{collect_limited, Body};
 use crate::error::json_response;
+use crate::logging::{self, FilterError};
 use crate::state::State;
 use crate::store::StoreStatus;
 
@@ -46,7 +48,7 @@ pub async fn run(
                 TokioIo::new(stream),
                 service_fn(move |req| {
                     let state = Arc::clone(&state);
-                    async move { Ok::<_, std::convert::Infallible>(answer(&state, &req)) }
+                    async move { Ok::<_, std::convert::Infallible>(answer(&state, req).await) }
                 }),
             )
             .into_owned();
@@ -59,10 +61,10 @@ pub async fn run(
 }
 
 /// Routes one admin request.
-pub fn answer(state: &State, req: &Request<Incoming>) -> Response<Body> {
+pub async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
     // Probes need no secret, and the page at / is static: it asks for the token itself.
     let open = matches!(req.uri().path(), "/healthz" | "/readyz" | "/");
-    if !open && !authorized(state, req) {
+    if !open && !authorized(state, &req) {
         let mut resp = json_response(
             StatusCode::UNAUTHORIZED,
             r#"{"error":"admin token required: Authorization: Bearer <[admin] token>"}"#.into(),
@@ -73,40 +75,76 @@ pub fn answer(state: &State, req: &Request<Incoming>) -> Response<Body> {
         );
         return resp;
     }
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return json_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            r#"{"error":"GET only"}"#.into(),
-        );
-    }
-    match req.uri().path() {
-        "/" => crate::status::page(),
-        "/healthz" => json_response(StatusCode::OK, r#"{"status":"ok"}"#.into()),
-        "/readyz" => readiness(state),
-        "/stats" => json_response(StatusCode::OK, crate::stats::snapshot(state).to_string()),
-        "/config" => json_response(
+    let read = req.method() == Method::GET || req.method() == Method::HEAD;
+    let path = req.uri().path().to_string();
+    match (path.as_str(), read) {
+        ("/", true) => crate::status::page(),
+        ("/healthz", true) => json_response(StatusCode::OK, r#"{"status":"ok"}"#.into()),
+        ("/readyz", true) => readiness(state),
+        ("/stats", true) => {
+            json_response(StatusCode::OK, crate::stats::snapshot(state).to_string())
+        }
+        ("/config", true) => json_response(
             StatusCode::OK,
             crate::config::to_json(&state.config).to_string(),
         ),
-        "/metrics" => {
-            // Gauges that mirror state are read at scrape time, so they are never stale.
-            let degraded = matches!(state.store.status(), StoreStatus::Degraded(_));
-            state.metrics.set_store_degraded(degraded);
-            state.metrics.sync_store_errors(state.store.errors());
-            let text = state
-                .metrics
-                .encode(state.cache.entry_count(), state.cache.weighted_size());
-            let mut resp = Response::new(Body::full(text));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            resp
+        ("/metrics", true) => metrics(state),
+        ("/log", true) => match logging::filter() {
+            Some(f) => json_response(StatusCode::OK, json!({ "filter": f }).to_string()),
+            None => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &FilterError::NotReloadable.to_string(),
+            ),
+        },
+        ("/log", false) if req.method() == Method::PUT => put_log(req).await,
+        ("/" | "/healthz" | "/readyz" | "/stats" | "/config" | "/metrics", false) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "GET only")
         }
-        _ => json_response(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#.into()),
+        ("/log", false) => error(StatusCode::METHOD_NOT_ALLOWED, "GET or PUT"),
+        _ => error(StatusCode::NOT_FOUND, "not found"),
     }
+}
+
+/// Largest admin request body (a log filter, a purge).
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+
+/// `PUT /log` with a tracing filter as the body: applied to every later event.
+async fn put_log(req: Request<Incoming>) -> Response<Body> {
+    let body = match collect_limited(req.into_body(), MAX_ADMIN_BODY).await {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return error(StatusCode::BAD_REQUEST, "the filter must be UTF-8 text");
+    };
+    match logging::set_filter(text) {
+        Ok(()) => json_response(StatusCode::OK, json!({ "filter": text.trim() }).to_string()),
+        Err(e @ FilterError::NotReloadable) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+/// `{"error": message}` with `status`.
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    json_response(status, json!({ "error": message }).to_string())
+}
+
+/// The OpenMetrics exposition; gauges that mirror state are read now, so never stale.
+fn metrics(state: &State) -> Response<Body> {
+    let degraded = matches!(state.store.status(), StoreStatus::Degraded(_));
+    state.metrics.set_store_degraded(degraded);
+    state.metrics.sync_store_errors(state.store.errors());
+    let text = state
+        .metrics
+        .encode(state.cache.entry_count(), state.cache.weighted_size());
+    let mut resp = Response::new(Body::full(text));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    resp
 }
 
 /// Whether the request may use the admin API: no token configured, or its bearer token

@@ -1,6 +1,7 @@
 //! Log setup: `tracing` with a `RUST_LOG`-style filter, as text or one JSON object per line.
 
 use std::io::IsTerminal;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use tracing_subscriber::EnvFilter;
 
@@ -17,22 +18,81 @@ pub enum LogSetupError {
     Install(String),
 }
 
-/// Installs the global subscriber, writing to stderr.
+/// Swaps the installed subscriber's filter (its type depends on the format, hence a closure).
+type Apply = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+
+/// The filter in force and how to change it, once a subscriber is installed.
+static CONTROL: OnceLock<(Mutex<String>, Apply)> = OnceLock::new();
+
+/// Why the filter could not be changed.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    /// The text is not a filter.
+    #[error("invalid log filter: {0}")]
+    Invalid(#[from] tracing_subscriber::filter::ParseError),
+    /// No reloadable subscriber in this process (a library user, or tests in process).
+    #[error("the log filter cannot be changed in this process")]
+    NotReloadable,
+    /// The subscriber refused the new filter.
+    #[error("log filter: {0}")]
+    Reload(String),
+}
+
+/// Installs the global subscriber, writing to stderr, with a filter that can be changed at
+/// run time ([`set_filter`]).
 pub fn init(cfg: &LogConfig) -> Result<(), LogSetupError> {
     let filter = EnvFilter::try_new(&cfg.filter)?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal: container runtimes and log shippers store
-        // stderr as-is, and escape codes there make lines unreadable and ungreppable.
-        .with_ansi(std::io::stderr().is_terminal());
-    let result = match cfg.format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
-        LogFormat::Text => builder.try_init(),
+    // Colour only for a person at a terminal: container runtimes and log shippers store
+    // stderr as-is, and escape codes there make lines unreadable and ungreppable.
+    let ansi = std::io::stderr().is_terminal();
+    let (result, apply): (_, Apply) = match cfg.format {
+        LogFormat::Json => {
+            let builder = tracing_subscriber::fmt()
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi)
+                .with_env_filter(filter)
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            let apply = Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()));
+            (builder.try_init(), apply)
+        }
+        LogFormat::Text => {
+            let builder = tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi)
+                .with_env_filter(filter)
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            let apply = Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()));
+            (builder.try_init(), apply)
+        }
     };
-    result.map_err(|e| LogSetupError::Install(e.to_string()))
+    result.map_err(|e| LogSetupError::Install(e.to_string()))?;
+    let _ = CONTROL.set((Mutex::new(cfg.filter.clone()), apply));
+    Ok(())
+}
+
+/// The filter in force, when this process installed a reloadable subscriber.
+pub fn filter() -> Option<String> {
+    let (current, _) = CONTROL.get()?;
+    Some(
+        current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone(),
+    )
+}
+
+/// Replaces the filter for every later event; the old one stays on any error.
+pub fn set_filter(text: &str) -> Result<(), FilterError> {
+    let filter = EnvFilter::try_new(text.trim())?;
+    let (current, apply) = CONTROL.get().ok_or(FilterError::NotReloadable)?;
+    let mut current = current.lock().unwrap_or_else(PoisonError::into_inner);
+    apply(filter).map_err(FilterError::Reload)?;
+    *current = text.trim().to_string();
+    tracing::info!(filter = %current, "log filter changed");
+    Ok(())
 }

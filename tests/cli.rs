@@ -454,3 +454,44 @@ async fn check_print_shows_the_effective_config_without_secrets() {
         assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
     }
 }
+
+#[tokio::test]
+async fn the_log_filter_changes_at_run_time_through_the_admin_api() {
+    let sb = sandbox(sandbox_config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (listen, admin) = (free_addr(), free_addr());
+    let config = write_config(dir.path(), &run_config(listen, admin, &sb.base_url(false)));
+    let mut cmd = mono_proxy(dir.path());
+    cmd.arg("--config").arg(&config).env("MONO_SEC_KEY", KEY);
+    let mut proc = Proc::spawn(cmd, dir.path());
+    listening(listen, &proc).await;
+    let log_url = format!("http://{admin}/log");
+    let now = bounded_get(&log_url, &[]).await;
+    assert_eq!(now.json()["filter"], "info", "{}", proc.output());
+    let access_lines = |p: &Proc| p.output().matches("mono_proxy::access").count();
+    let balance = format!("http://{listen}/v2/accounts/logs1/balance");
+    assert_eq!(bounded_get(&balance, &[]).await.status, 200);
+    let before = access_lines(&proc);
+    assert!(before >= 1, "{}", proc.output());
+
+    // Access events are at info: a warn filter silences them, at once, without a restart.
+    let put = |body: &'static str| {
+        let url = log_url.clone();
+        async move { send(http::Method::PUT, &url, &[], body.to_string()).await }
+    };
+    let set = put("warn").await;
+    assert_eq!(set.status, 200, "{}", set.text());
+    assert_eq!(bounded_get(&log_url, &[]).await.json()["filter"], "warn");
+    assert_eq!(bounded_get(&balance, &[]).await.status, 200);
+    assert_eq!(access_lines(&proc), before, "{}", proc.output());
+    // A bad filter is refused and the one in force stays.
+    let bad = put("mono_proxy=[[[").await;
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert_eq!(bounded_get(&log_url, &[]).await.json()["filter"], "warn");
+    assert_eq!(put("info").await.status, 200);
+    assert_eq!(bounded_get(&balance, &[]).await.status, 200);
+    let back = eventually(STEP, || async { access_lines(&proc) > before }).await;
+    assert!(back, "{}", proc.output());
+    proc.terminate().await;
+    assert!(proc.wait().await.success());
+}
