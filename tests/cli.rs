@@ -477,7 +477,7 @@ async fn the_log_filter_changes_at_run_time_through_the_admin_api() {
     // Access events are at info: a warn filter silences them, at once, without a restart.
     let put = |body: &'static str| {
         let url = log_url.clone();
-        async move { send(http::Method::PUT, &url, &[], body.to_string()).await }
+        async move { send(Method::PUT, &url, &[], body.to_string()).await }
     };
     let set = put("warn").await;
     assert_eq!(set.status, 200, "{}", set.text());
