@@ -188,20 +188,15 @@ cmd_base() {
 }
 
 # ---- build -------------------------------------------------------------------------------
-# The runtime settings of the Dockerfile's run stage, shared by both images.
+# The runtime settings of the Dockerfile's run stage (ENV through ENTRYPOINT), read from the
+# Dockerfile itself so the offline images and the registry build cannot drift apart.
 runtime_tail() {
-    cat <<'EOF'
-ENV MONO_PROXY_LISTEN=0.0.0.0:8080 \
-    MONO_PROXY_ADMIN_LISTEN=127.0.0.1:9901 \
-    MONO_PROXY_PUBLIC_BASE_URL=http://127.0.0.1:8080 \
-    MONO_PROXY_LOG_FORMAT=json
-EXPOSE 8080 9901
-USER 10001:10001
-HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-    CMD ["/usr/local/bin/mono-proxy", "healthcheck"]
-STOPSIGNAL SIGTERM
-ENTRYPOINT ["/usr/local/bin/mono-proxy"]
-EOF
+    local tail
+    tail="$(sed -n '/^ENV MONO_PROXY_LISTEN=/,/^ENTRYPOINT /p' "$repo/Dockerfile")"
+    if ! grep -q '^HEALTHCHECK ' <<<"$tail" || ! grep -q '^ENTRYPOINT ' <<<"$tail"; then
+        die "cannot find the run stage's ENV ... ENTRYPOINT lines in $repo/Dockerfile"
+    fi
+    printf '%s\n' "$tail"
 }
 
 # --layers=false: no intermediate images are kept; the image this tag named before is

@@ -113,6 +113,21 @@ fn run_config(listen: SocketAddr, admin: SocketAddr, base_url: &str) -> String {
     )
 }
 
+/// The binary running in front of `sb` on free loopback ports, once it listens; its directory
+/// (kept until dropped), the process, and its proxy and admin addresses.
+async fn running_proxy(
+    sb: &mono_proxy::sandbox::RunningSandbox,
+) -> (tempfile::TempDir, Proc, SocketAddr, SocketAddr) {
+    let dir = tempfile::tempdir().unwrap();
+    let (listen, admin) = (free_addr(), free_addr());
+    let config = write_config(dir.path(), &run_config(listen, admin, &sb.base_url(false)));
+    let mut cmd = mono_proxy(dir.path());
+    cmd.arg("--config").arg(&config).env("MONO_SEC_KEY", KEY);
+    let proc = Proc::spawn(cmd, dir.path());
+    listening(listen, &proc).await;
+    (dir, proc, listen, admin)
+}
+
 async fn bounded_get(url: &str, headers: &[(&str, &str)]) -> Reply {
     tokio::time::timeout(STEP, get(url, headers))
         .await
@@ -177,13 +192,7 @@ async fn the_proxy_refuses_to_start_without_a_secret_key() {
 #[tokio::test]
 async fn sigterm_drains_the_request_in_flight_and_exits_zero() {
     let sb = sandbox(sandbox_config()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (listen, admin) = (free_addr(), free_addr());
-    let config = write_config(dir.path(), &run_config(listen, admin, &sb.base_url(false)));
-    let mut cmd = mono_proxy(dir.path());
-    cmd.arg("--config").arg(&config).env("MONO_SEC_KEY", KEY);
-    let mut proc = Proc::spawn(cmd, dir.path());
-    listening(listen, &proc).await;
+    let (_dir, mut proc, listen, admin) = running_proxy(&sb).await;
     let health = bounded_get(&format!("http://{admin}/healthz"), &[]).await;
     assert_eq!(health.status, 200, "{}", proc.output());
 
@@ -458,13 +467,7 @@ async fn check_print_shows_the_effective_config_without_secrets() {
 #[tokio::test]
 async fn the_log_filter_changes_at_run_time_through_the_admin_api() {
     let sb = sandbox(sandbox_config()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (listen, admin) = (free_addr(), free_addr());
-    let config = write_config(dir.path(), &run_config(listen, admin, &sb.base_url(false)));
-    let mut cmd = mono_proxy(dir.path());
-    cmd.arg("--config").arg(&config).env("MONO_SEC_KEY", KEY);
-    let mut proc = Proc::spawn(cmd, dir.path());
-    listening(listen, &proc).await;
+    let (_dir, mut proc, listen, admin) = running_proxy(&sb).await;
     let log_url = format!("http://{admin}/log");
     let now = bounded_get(&log_url, &[]).await;
     assert_eq!(now.json()["filter"], "info", "{}", proc.output());
