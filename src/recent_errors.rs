@@ -26,12 +26,12 @@ pub struct RecentError {
     pub client: &'static str,
 }
 
-/// The last [`KEEP`] failures, newest last.
+/// The last 20 failures (`KEEP`), newest last.
 #[derive(Debug, Default)]
 pub struct RecentErrors(Mutex<VecDeque<RecentError>>);
 
 impl RecentErrors {
-    /// Remembers a failure, forgetting the oldest past [`KEEP`].
+    /// Remembers a failure, forgetting the oldest past `KEEP`.
     pub fn push(&self, e: RecentError) {
         let mut q = self
             .0
