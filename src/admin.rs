@@ -97,6 +97,16 @@ pub async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
             ),
         },
         ("/log", false) if req.method() == Method::PUT => put_log(req).await,
+        (p, true) if p.starts_with("/accounts/") => {
+            let id = &p["/accounts/".len()..];
+            if !crate::route::is_valid_id(id) {
+                return error(StatusCode::BAD_REQUEST, "not an account id");
+            }
+            json_response(
+                StatusCode::OK,
+                crate::account_view::view(state, id).await.to_string(),
+            )
+        }
         ("/" | "/healthz" | "/readyz" | "/stats" | "/config" | "/metrics", false) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "GET only")
         }

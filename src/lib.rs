@@ -7,6 +7,7 @@
 //! [`tenant`], [`metrics`], gathered in [`state`]. [`app`] assembles a proxy and starts its
 //! servers ([`server`], [`admin`]) and background tasks. docs/design.md draws the map.
 
+pub mod account_view;
 pub mod admin;
 pub mod api;
 pub mod app;

@@ -90,3 +90,43 @@ async fn with_a_token_the_admin_api_wants_it_and_the_probes_do_not() {
         "the token leaked into /stats"
     );
 }
+
+#[tokio::test]
+async fn the_account_view_shows_the_window_and_the_cached_entries() {
+    let sb = sandbox(sandbox_config()).await;
+    let p = ProxyBuilder::for_sandbox(&sb).start().await;
+    let rt = p.realtime("/v2/accounts/view1/balance").await;
+    assert_eq!(rt.status, 200);
+    let job = rt.header("x-job-id").unwrap().to_string();
+    assert_eq!(
+        p.get("/v2/accounts/view1/transactions?page=2", &[])
+            .await
+            .status,
+        200
+    );
+    let v = get(&p.admin("/accounts/view1"), &[]).await;
+    assert_eq!(v.status, 200, "{}", v.text());
+    let v = v.json();
+    let t = &v["tenants"][0];
+    assert_eq!(t["used_by"][0], "default", "{v:#}");
+    let window = &t["realtime"]["balance"];
+    assert_eq!(window["job_id"], job.as_str(), "{v:#}");
+    assert_eq!(window["in_window"], true, "{v:#}");
+    assert!(window["window_end"].as_str().unwrap() > window["window_start"].as_str().unwrap());
+    assert_eq!(t["realtime"]["transactions"], serde_json::Value::Null);
+    let cached = t["cached"].as_array().unwrap();
+    let routes: Vec<(&str, &str)> = cached
+        .iter()
+        .map(|c| (c["route"].as_str().unwrap(), c["query"].as_str().unwrap()))
+        .collect();
+    assert!(routes.contains(&("balance", "")), "{v:#}");
+    assert!(routes.contains(&("transactions", "page=2")), "{v:#}");
+    assert!(cached
+        .iter()
+        .all(|c| c["bytes"].as_u64().unwrap() > 0 && c["state"] == "fresh"));
+    assert!(t["x_has_new_data"].is_boolean(), "{v:#}");
+    // Nothing held: an empty view, not an error; a bad id: 400.
+    let empty = get(&p.admin("/accounts/never-seen"), &[]).await.json();
+    assert_eq!(empty["tenants"][0]["cached"].as_array().unwrap().len(), 0);
+    assert_eq!(get(&p.admin("/accounts/a%2Fb"), &[]).await.status, 400);
+}

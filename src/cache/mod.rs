@@ -323,6 +323,22 @@ impl ResponseCache {
         }
     }
 
+    /// Every body cached for an account group, by path (for the admin view).
+    pub fn entries(&self, account_key: &str) -> Vec<(String, Arc<CachedBody>)> {
+        let Some(entry) = self.entries.get(account_key) else {
+            return Vec::new();
+        };
+        let inner = entry
+            .inner
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        inner
+            .paths
+            .iter()
+            .map(|(p, b)| (p.to_string(), Arc::clone(b)))
+            .collect()
+    }
+
     /// Account groups held.
     pub fn entry_count(&self) -> u64 {
         self.entries.run_pending_tasks();
