@@ -128,6 +128,14 @@ async fn running_proxy(
     (dir, proc, listen, admin)
 }
 
+/// Runs a command to its end, bounded by [`STEP`].
+async fn finished(cmd: &mut Command) -> std::process::Output {
+    tokio::time::timeout(STEP, cmd.output())
+        .await
+        .expect("the command finishes in time")
+        .expect("the command runs")
+}
+
 async fn bounded_get(url: &str, headers: &[(&str, &str)]) -> Reply {
     tokio::time::timeout(STEP, get(url, headers))
         .await
@@ -411,10 +419,7 @@ async fn healthcheck_probes_the_admin_listener_the_config_names() {
         // Beyond loopback the config needs an admin token; the probe itself sends none.
         .env("MONO_PROXY_ADMIN_TOKEN", "admin-token-for-the-probe-test")
         .stdout(Stdio::piped());
-    let out = tokio::time::timeout(STEP, env_only.output())
-        .await
-        .unwrap()
-        .unwrap();
+    let out = finished(&mut env_only).await;
     assert!(
         out.status.success(),
         "{}",
@@ -440,10 +445,7 @@ async fn check_print_shows_the_effective_config_without_secrets() {
         .env("MONO_PROXY_LISTEN", "127.0.0.1:18080")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let out = tokio::time::timeout(STEP, cmd.output())
-        .await
-        .unwrap()
-        .unwrap();
+    let out = finished(&mut cmd).await;
     assert!(
         out.status.success(),
         "{}",

@@ -154,16 +154,26 @@ impl ResponseCache {
 
     /// The body cached for a path of an account, whatever its age.
     pub fn lookup(&self, account_key: &str, path: &str) -> Option<Arc<CachedBody>> {
+        self.with_paths(account_key, |paths| {
+            paths
+                .iter()
+                .find(|(p, _)| &**p == path)
+                .map(|(_, b)| Arc::clone(b))
+        })?
+    }
+
+    /// Runs `f` over an account group's cached paths, under its read lock.
+    fn with_paths<T>(
+        &self,
+        account_key: &str,
+        f: impl FnOnce(&[(Box<str>, Arc<CachedBody>)]) -> T,
+    ) -> Option<T> {
         let entry = self.entries.get(account_key)?;
         let inner = entry
             .inner
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        inner
-            .paths
-            .iter()
-            .find(|(p, _)| &**p == path)
-            .map(|(_, b)| Arc::clone(b))
+        Some(f(&inner.paths))
     }
 
     /// How fresh a body is now.
@@ -325,18 +335,13 @@ impl ResponseCache {
 
     /// Every body cached for an account group, by path (for the admin view).
     pub fn entries(&self, account_key: &str) -> Vec<(String, Arc<CachedBody>)> {
-        let Some(entry) = self.entries.get(account_key) else {
-            return Vec::new();
-        };
-        let inner = entry
-            .inner
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        inner
-            .paths
-            .iter()
-            .map(|(p, b)| (p.to_string(), Arc::clone(b)))
-            .collect()
+        self.with_paths(account_key, |paths| {
+            paths
+                .iter()
+                .map(|(p, b)| (p.to_string(), Arc::clone(b)))
+                .collect()
+        })
+        .unwrap_or_default()
     }
 
     /// Account groups held.
