@@ -68,13 +68,19 @@ pub fn watch_secrets(state: &Arc<State>) {
 
 fn secret_files(state: &State) -> Vec<PathBuf> {
     let c = &state.config;
-    let mut files: Vec<PathBuf> = [c.upstream.secret_key.file(), c.webhook.secret.file()]
-        .into_iter()
-        .flatten()
-        .map(PathBuf::from)
-        .collect();
+    // Every secret Secrets::load reads, so a rotated file of any of them reloads.
+    let mut files: Vec<PathBuf> = [
+        c.upstream.secret_key.file(),
+        c.webhook.secret.file(),
+        c.admin.token.file(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(PathBuf::from)
+    .collect();
     for client in &c.clients {
         files.extend(client.token.file().map(PathBuf::from));
+        files.extend(client.webhook_secret.file().map(PathBuf::from));
     }
     files
 }

@@ -130,3 +130,39 @@ async fn the_account_view_shows_the_window_and_the_cached_entries() {
     assert_eq!(empty["tenants"][0]["cached"].as_array().unwrap().len(), 0);
     assert_eq!(get(&p.admin("/accounts/a%2Fb"), &[]).await.status, 400);
 }
+
+#[tokio::test]
+async fn a_rotated_admin_token_file_is_picked_up_without_restart() {
+    let sb = sandbox(sandbox_config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("admin-token");
+    std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
+    let p = ProxyBuilder::for_sandbox(&sb)
+        .toml(&format!("[admin]\ntoken_file = \"{}\"", file.display()))
+        .start()
+        .await;
+    let old = format!("Bearer {TOKEN}");
+    assert_eq!(
+        get(&p.admin("/stats"), &[("authorization", old.as_str())])
+            .await
+            .status,
+        200
+    );
+    let rotated = "rotated-admin-token-abcdef0123";
+    std::fs::write(&file, format!("{rotated}\n")).unwrap();
+    let new = format!("Bearer {rotated}");
+    let picked = eventually(std::time::Duration::from_secs(15), || async {
+        get(&p.admin("/stats"), &[("authorization", new.as_str())])
+            .await
+            .status
+            == 200
+    })
+    .await;
+    assert!(picked, "the rotated admin token was not picked up");
+    assert_eq!(
+        get(&p.admin("/stats"), &[("authorization", old.as_str())])
+            .await
+            .status,
+        401
+    );
+}
