@@ -148,7 +148,9 @@ fn bench_state(rt: &tokio::runtime::Runtime) -> Arc<State> {
          [cache]\nttl = \"1h\"\n[log]\nfilter = \"warn\"\n"
     );
     let config = Config::parse_runnable(&text, &[("MONO_SEC_KEY", "k")]).expect("bench config");
-    rt.block_on(State::new(config)).expect("bench state").0
+    rt.block_on(State::new(config, None))
+        .expect("bench state")
+        .0
 }
 
 fn cache_hit(c: &mut Criterion) {
@@ -160,7 +162,13 @@ fn cache_hit(c: &mut Criterion) {
     let state = bench_state(&rt);
     let tenant = state.secrets.load().default.clone();
     let request_id = headers::new_request_id();
-    let balance = Arc::clone(state.routes.by_name("balance").expect("the balance route"));
+    let balance = Arc::clone(
+        state
+            .routes
+            .load()
+            .by_name("balance")
+            .expect("the balance route"),
+    );
     let target: PathAndQuery = "/v2/accounts/acc/balance".parse().unwrap();
     let read = AccountRead::new(
         tenant.clone(),
@@ -226,6 +234,7 @@ fn header_synthesis(c: &mut Criterion) {
         ttl: std::time::Duration::from_secs(300),
         hash: cache::data_hash(BALANCE).expect("an envelope"),
         has_new_data: false,
+        purged: Default::default(),
     };
     let mut g = c.benchmark_group("headers");
     g.bench_function("set_cache_status_hit_ttl", |b| {

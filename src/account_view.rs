@@ -14,7 +14,7 @@ use crate::store::RecordKey;
 /// The view of `account` (an id already checked by the caller).
 pub async fn view(state: &State, account: &str) -> Value {
     let secrets = state.secrets.load();
-    let window = state.config.realtime.window.as_millis() as u64;
+    let window = state.config.load().realtime.window.as_millis() as u64;
     let mut tenants = Vec::new();
     for tenant in secrets.tenant_ids() {
         // Who uses this tenant: the default key, and clients with their own key.
@@ -52,6 +52,7 @@ pub async fn view(state: &State, account: &str) -> Value {
             let (fresh, ttl_left) = match state.cache.freshness(&body) {
                 Freshness::Fresh(left) => ("fresh", left),
                 Freshness::Stale(past) => ("stale", -past),
+                Freshness::Purged => ("purged", 0),
                 Freshness::Expired => ("expired", 0),
             };
             if route == "balance" || route == "transactions" {

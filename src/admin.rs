@@ -1,5 +1,6 @@
 //! The admin listener: the status page (`/`), `/healthz`, `/readyz` (why not ready, as JSON),
-//! `/metrics` and `/stats`.
+//! `/metrics`, `/stats`, `/config`, `/log`, `/accounts/{id}`, and the controls `POST /purge`
+//! and `POST /reload`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use tokio::net::TcpListener;
 use crate::body::{collect_limited, Body};
 use crate::error::json_response;
 use crate::logging::{self, FilterError};
+use crate::purge::PurgeError;
 use crate::state::State;
 use crate::store::StoreStatus;
 
@@ -86,7 +88,7 @@ pub async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
         }
         ("/config", true) => json_response(
             StatusCode::OK,
-            crate::config::to_json(&state.config).to_string(),
+            crate::config::to_json(&state.config.load()).to_string(),
         ),
         ("/metrics", true) => metrics(state),
         ("/log", true) => match logging::filter() {
@@ -97,6 +99,8 @@ pub async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
             ),
         },
         ("/log", false) if req.method() == Method::PUT => put_log(req).await,
+        ("/purge", false) if req.method() == Method::POST => purge(state, req).await,
+        ("/reload", false) if req.method() == Method::POST => reload(state),
         (p, true) if p.starts_with("/accounts/") => {
             let id = &p["/accounts/".len()..];
             if !crate::route::is_valid_id(id) {
@@ -111,6 +115,7 @@ pub async fn answer(state: &State, req: Request<Incoming>) -> Response<Body> {
             error(StatusCode::METHOD_NOT_ALLOWED, "GET only")
         }
         ("/log", false) => error(StatusCode::METHOD_NOT_ALLOWED, "GET or PUT"),
+        ("/purge" | "/reload", _) => error(StatusCode::METHOD_NOT_ALLOWED, "POST only"),
         _ => error(StatusCode::NOT_FOUND, "not found"),
     }
 }
@@ -133,6 +138,33 @@ async fn put_log(req: Request<Incoming>) -> Response<Body> {
             error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
         }
         Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+/// `POST /purge` with a JSON order.
+async fn purge(state: &State, req: Request<Incoming>) -> Response<Body> {
+    let body = match collect_limited(req.into_body(), MAX_ADMIN_BODY).await {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
+    match crate::purge::run(state, &body).await {
+        Ok(answer) => json_response(StatusCode::OK, answer.to_string()),
+        Err(e @ PurgeError::BadOrder(_)) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(e @ PurgeError::Window(_)) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
+/// `POST /reload`: what changed, or every problem found (and nothing changed).
+fn reload(state: &State) -> Response<Body> {
+    match crate::reload::reload(state, "POST /reload") {
+        Ok(done) => json_response(
+            StatusCode::OK,
+            json!({ "reloaded": true, "changed": done.changed, "restart_required": done.restart_required, "log_filter_applied": done.log_filter_applied }).to_string(),
+        ),
+        Err(e) => json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({ "reloaded": false, "error": "the config was not reloaded; the running config stays", "problems": e.0 }).to_string(),
+        ),
     }
 }
 
@@ -181,7 +213,7 @@ fn readiness(state: &State) -> Response<Body> {
         StoreStatus::Local => "memory".to_string(),
         StoreStatus::Shared => "ok".to_string(),
         StoreStatus::Degraded(why) => {
-            if !state.config.store.fail_open {
+            if !state.config.load().store.fail_open {
                 reasons.push(format!("store degraded (fail-closed): {why}"));
             }
             format!("degraded: {why}")

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, Origin};
 use crate::request::{poller, sync};
 use crate::state::{State, StateError};
 use crate::{admin, lifecycle, server};
@@ -80,18 +80,37 @@ pub async fn start(
     listener: TcpListener,
     admin: TcpListener,
 ) -> Result<Running, StartError> {
+    launch(config, None, listener, admin).await
+}
+
+/// [`start`] for a config read from `origin`, which `POST /reload` and SIGHUP read again.
+pub async fn start_from(
+    config: Config,
+    origin: Origin,
+    listener: TcpListener,
+    admin: TcpListener,
+) -> Result<Running, StartError> {
+    launch(config, Some(origin), listener, admin).await
+}
+
+async fn launch(
+    config: Config,
+    origin: Option<Origin>,
+    listener: TcpListener,
+    admin: TcpListener,
+) -> Result<Running, StartError> {
     let addr = listener.local_addr().map_err(StartError::Listener)?;
     let admin_addr = admin.local_addr().map_err(StartError::Listener)?;
     if !addr.ip().is_loopback() && config.clients.is_empty() {
         tracing::warn!(listen = %addr, "listening beyond loopback without [[clients]] tokens: anything that can connect can spend the Mono key");
     }
-    let (state, polls) = State::new(config).await?;
+    let (state, polls) = State::new(config, origin).await?;
     // Background tasks hold the state weakly: they end when the proxy is dropped.
     tokio::spawn(poller::run(Arc::downgrade(&state), polls));
     if let Some(broadcasts) = state.store.subscribe() {
         tokio::spawn(sync::listen(Arc::downgrade(&state), broadcasts));
     }
-    lifecycle::watch_secrets(&state);
+    lifecycle::watch(&state);
 
     let (stop, rx) = watch::channel(false);
     let server = tokio::spawn(server::run(listener, Arc::clone(&state), stopped(rx)));
@@ -101,7 +120,7 @@ pub async fn start(
         Arc::clone(&state),
         std::future::pending(),
     ));
-    tracing::info!(listen = %addr, admin = %admin_addr, upstream = %state.config.upstream.base_url, "mono-proxy started");
+    tracing::info!(listen = %addr, admin = %admin_addr, upstream = %state.config.load().upstream.base_url, "mono-proxy started");
     Ok(Running {
         addr,
         admin_addr,
@@ -117,7 +136,7 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 }
 
 /// Binds the configured listeners and starts.
-pub async fn bind_and_start(config: Config) -> Result<Running, StartError> {
+pub async fn bind_and_start(config: Config, origin: Option<Origin>) -> Result<Running, StartError> {
     let bind = |addr: SocketAddr, what: &'static str| async move {
         TcpListener::bind(addr)
             .await
@@ -125,5 +144,5 @@ pub async fn bind_and_start(config: Config) -> Result<Running, StartError> {
     };
     let listener = bind(config.listen, "proxy").await?;
     let admin = bind(config.admin_listen, "admin").await?;
-    start(config, listener, admin).await
+    launch(config, origin, listener, admin).await
 }

@@ -1,4 +1,5 @@
-//! Process signals: SIGTERM/SIGINT start the drain; SIGHUP or a changed secret file reloads secrets.
+//! Process signals: SIGTERM/SIGINT start the drain; SIGHUP reloads the whole config (secrets
+//! only for a proxy started without a config source); a changed secret file reloads secrets.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
@@ -35,12 +36,11 @@ pub async fn terminated() {
     }
 }
 
-/// Reloads secrets on SIGHUP and whenever a configured secret file changes.
+/// Reloads the config on SIGHUP, and secrets whenever a configured secret file changes.
 ///
 /// The SIGHUP handler is registered before this returns, so a SIGHUP sent once the caller has
 /// moved on reloads instead of killing the process (SIGHUP's default action).
-pub fn watch_secrets(state: &Arc<State>) {
-    let files: Vec<PathBuf> = secret_files(state);
+pub fn watch(state: &Arc<State>) {
     let weak = Arc::downgrade(state);
     #[cfg(unix)]
     {
@@ -51,7 +51,12 @@ pub fn watch_secrets(state: &Arc<State>) {
                 tokio::spawn(async move {
                     while hup.recv().await.is_some() {
                         let Some(state) = weak.upgrade() else { return };
-                        reload(&state, "SIGHUP");
+                        if state.origin.is_some() {
+                            // Logged by the reload itself, either way.
+                            let _ = crate::reload::reload(&state, "SIGHUP");
+                        } else {
+                            reload(&state, "SIGHUP");
+                        }
                     }
                 });
             }
@@ -60,14 +65,11 @@ pub fn watch_secrets(state: &Arc<State>) {
             }
         }
     }
-    if files.is_empty() {
-        return;
-    }
-    tokio::spawn(watch_files(weak, files));
+    tokio::spawn(watch_files(weak));
 }
 
 fn secret_files(state: &State) -> Vec<PathBuf> {
-    let c = &state.config;
+    let c = state.config.load();
     // Every secret Secrets::load reads, so a rotated file of any of them reloads.
     let mut files: Vec<PathBuf> = [
         c.upstream.secret_key.file(),
@@ -97,11 +99,21 @@ fn fingerprint(files: &[PathBuf]) -> Vec<Option<[u8; 32]>> {
         .collect()
 }
 
-async fn watch_files(weak: Weak<State>, files: Vec<PathBuf>) {
+async fn watch_files(weak: Weak<State>) {
+    let Some(state) = weak.upgrade() else { return };
+    let mut files = secret_files(&state);
     let mut last = fingerprint(&files);
+    drop(state);
     loop {
         tokio::time::sleep(SECRET_FILE_CHECK).await;
         let Some(state) = weak.upgrade() else { return };
+        // A config reload may name other files: those are watched from now on.
+        let named = secret_files(&state);
+        if named != files {
+            files = named;
+            last = fingerprint(&files);
+            continue;
+        }
         let now = fingerprint(&files);
         if now != last {
             last = now;

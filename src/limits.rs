@@ -36,6 +36,20 @@ impl Limiters {
         Limiters { by_client }
     }
 
+    /// The limiters of a reloaded client list: a client whose limits did not change keeps its
+    /// limiter, and with it what it has spent and the upstream calls it holds.
+    pub fn reloaded(&self, clients: &[ClientConfig]) -> Limiters {
+        let mut fresh = Limiters::new(clients);
+        for (label, limiter) in &mut fresh.by_client {
+            if let Some(old) = self.by_client.get(label) {
+                if old.limits == limiter.limits {
+                    *limiter = Arc::clone(old);
+                }
+            }
+        }
+        fresh
+    }
+
     /// The limiter of a client (its label), if it has limits.
     pub fn get(&self, client: &str) -> Option<&Arc<ClientLimiter>> {
         if self.by_client.is_empty() {

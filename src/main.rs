@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use mono_proxy::config::{Config, ProcessEnv};
+use mono_proxy::config::{Config, Origin, ProcessEnv};
 use mono_proxy::sandbox::{Sandbox, SandboxConfig};
 
 /// jemalloc keeps RSS per cached entry lowest among the allocators measured (glibc malloc,
@@ -184,16 +184,14 @@ fn healthcheck(path: Option<PathBuf>, ready: bool) -> ExitCode {
 const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 async fn run(path: Option<PathBuf>, listen: Option<SocketAddr>) -> ExitCode {
-    let mut config = match load(path) {
+    let origin = Origin::resolve(path.as_deref(), listen, &ProcessEnv);
+    let config = match origin.load(&ProcessEnv) {
         Ok(c) => c,
         Err(e) => {
             eprint!("mono-proxy: refusing to start: {e}");
             return ExitCode::from(2);
         }
     };
-    if let Some(addr) = listen {
-        config.listen = addr;
-    }
     if let Err(e) = mono_proxy::logging::init(&config.log) {
         eprintln!("mono-proxy: {e}");
         return ExitCode::from(2);
@@ -210,7 +208,7 @@ async fn run(path: Option<PathBuf>, listen: Option<SocketAddr>) -> ExitCode {
     if signalled {
         return ExitCode::SUCCESS;
     }
-    let running = match mono_proxy::app::bind_and_start(config).await {
+    let running = match mono_proxy::app::bind_and_start(config, Some(origin)).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");

@@ -89,6 +89,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Changes the estimated cost of a realtime call (a reload).
+    pub fn set_cost_per_call(&self, cost_per_call: Option<f64>) {
+        self.cost_per_call_micros
+            .store(cost_micros(cost_per_call), Ordering::Relaxed);
+    }
+
     /// Registers every metric; `cost_per_call` turns collapsed calls into an amount saved.
     pub fn new(cost_per_call: Option<f64>) -> Metrics {
         let mut registry = Registry::with_prefix("mono_proxy");
@@ -218,9 +224,7 @@ impl Metrics {
             polls,
             secret_reloads,
             not_stored,
-            cost_per_call_micros: AtomicU64::new(
-                cost_per_call.map_or(0, |c| (c * 1_000_000.0) as u64),
-            ),
+            cost_per_call_micros: AtomicU64::new(cost_micros(cost_per_call)),
         }
     }
 
@@ -367,6 +371,11 @@ impl Metrics {
         }
         out
     }
+}
+
+/// A cost as whole millionths, as the saved-cost counter keeps it.
+fn cost_micros(cost_per_call: Option<f64>) -> u64 {
+    cost_per_call.map_or(0, |c| (c * 1_000_000.0) as u64)
 }
 
 #[cfg(test)]

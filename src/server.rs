@@ -37,7 +37,7 @@ pub async fn run(
     state: Arc<State>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let cfg = state.config.server.clone();
+    let cfg = state.config.load().server.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

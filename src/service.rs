@@ -212,7 +212,7 @@ async fn pipeline(
         } => {
             let tenant = authorize(state, &req, summary)?;
             let limiter = limit(state, summary.client).await?;
-            let directives = if state.config.cache.request_directives {
+            let directives = if state.config.load().cache.request_directives {
                 Directives::parse(req.headers())
             } else {
                 Directives::default()
@@ -259,11 +259,11 @@ async fn limit(
     state: &State,
     client: &'static str,
 ) -> Result<Option<Arc<ClientLimiter>>, ProxyError> {
-    let Some(limiter) = state.limiters.get(client) else {
+    let Some(limiter) = state.limiters.load().get(client).cloned() else {
         return Ok(None);
     };
-    limits::admit(state, limiter).await?;
-    Ok(Some(Arc::clone(limiter)))
+    limits::admit(state, &limiter).await?;
+    Ok(Some(limiter))
 }
 
 /// Decides the request class and refuses what must never be forwarded.
@@ -285,10 +285,11 @@ fn classify(state: &State, req: &Request<Incoming>) -> Result<Class, ProxyError>
     } else {
         req.uri()
     };
+    let (config, routes) = (state.config.load(), state.routes.load());
     let rules = Rules {
-        webhook_path: &state.config.webhook.path,
-        accept_hosts: &state.config.upstream.accept_hosts,
-        routes: &state.routes,
+        webhook_path: &config.webhook.path,
+        accept_hosts: &config.upstream.accept_hosts,
+        routes: &routes,
     };
     route::classify(req.method(), uri, req.headers(), &rules)
 }
@@ -318,7 +319,7 @@ fn authorize(
     let secrets = state.secrets.load();
     let h = req.headers();
     if secrets.clients.is_empty() {
-        if state.config.upstream.client_key == ClientKeyPolicy::Reject
+        if state.config.load().upstream.client_key == ClientKeyPolicy::Reject
             && h.contains_key(MONO_SEC_KEY)
         {
             return Err(ProxyError::BadRequest(

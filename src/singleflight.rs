@@ -110,6 +110,14 @@ impl<K: Eq + Hash + Clone, V: Clone> Flights<K, V> {
         self.len() == 0
     }
 
+    /// Whether a flight for `key` is in progress.
+    pub fn is_running(&self, key: &K) -> bool {
+        self.inflight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(key)
+    }
+
     fn remove(&self, key: &K, id: u64) {
         let mut map = self
             .inflight

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::cache::ResponseCache;
-use crate::config::Config;
+use crate::config::{Config, Origin};
 use crate::cooldowns::Cooldowns;
 use crate::deliveries::Deliveries;
 use crate::inflight::InFlight;
@@ -17,6 +17,7 @@ use crate::limits::Limiters;
 use crate::metrics::Metrics;
 use crate::pagination::Rewrite;
 use crate::polls::{PollQueue, PollReceiver};
+use crate::purges::Purges;
 use crate::recent_errors::RecentErrors;
 use crate::routes::Routes;
 use crate::store::{Store, StoreOpenError};
@@ -39,18 +40,21 @@ pub enum StateError {
 
 /// Everything the request path shares; cheap to reach through `Arc<State>`.
 pub struct State {
-    /// Validated config.
-    pub config: Config,
+    /// Validated config; swapped whole by a reload.
+    pub config: ArcSwap<Config>,
+    /// Where the config was read from, so a reload reads the same place (`None`: built from a
+    /// value, nothing to re-read).
+    pub origin: Option<Origin>,
     /// Pooled upstream client.
     pub upstream: Upstream,
     /// Secrets, swapped on rotation.
     pub secrets: ArcSwap<Secrets>,
-    /// The route table.
-    pub routes: Routes,
+    /// The route table; swapped by a reload.
+    pub routes: ArcSwap<Routes>,
     /// Mono 429 cooldowns in force.
     pub cooldowns: Cooldowns,
-    /// Per-client rate, quota and concurrency limits.
-    pub limiters: Limiters,
+    /// Per-client rate, quota and concurrency limits; swapped by a reload.
+    pub limiters: ArcSwap<Limiters>,
     /// The last requests that failed (admin `/stats`).
     pub recent_errors: RecentErrors,
     /// Response cache storage.
@@ -65,8 +69,10 @@ pub struct State {
     pub deliveries: Deliveries,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Pagination link rewriting.
-    pub pagination: Rewrite,
+    /// Pagination link rewriting; swapped by a reload.
+    pub pagination: ArcSwap<Rewrite>,
+    /// Purges the admin API ordered: what a shared body must be newer than to be adopted.
+    pub purges: Purges,
     /// Set on SIGTERM: `/readyz` fails while in-flight requests drain.
     pub draining: AtomicBool,
 }
@@ -74,7 +80,10 @@ pub struct State {
 impl State {
     /// Builds the state: reads secrets, builds the upstream client, connects the store. Also
     /// returns the poll queue's receiving end, for the poller task.
-    pub async fn new(config: Config) -> Result<(Arc<State>, PollReceiver), StateError> {
+    pub async fn new(
+        config: Config,
+        origin: Option<Origin>,
+    ) -> Result<(Arc<State>, PollReceiver), StateError> {
         let secrets = Secrets::load(&config)?;
         let metrics = Arc::new(Metrics::new(config.realtime.cost_per_call));
         let upstream = Upstream::new(&config.upstream, Arc::clone(&metrics))?;
@@ -82,10 +91,12 @@ impl State {
         let (polls, poll_rx) = PollQueue::new(config.jobs.poll);
         let routes = Routes::new(&config.routes, &config.cache);
         let state = Arc::new(State {
-            limiters: Limiters::new(&config.clients),
+            limiters: ArcSwap::from_pointee(Limiters::new(&config.clients)),
             recent_errors: RecentErrors::default(),
             cache: ResponseCache::new(&config.cache, routes.max_ttl()),
-            routes,
+            routes: ArcSwap::from_pointee(routes),
+            origin,
+            purges: Purges::default(),
             cooldowns: Cooldowns::new(config.upstream.max_cooldown),
             inflight: InFlight::default(),
             polls,
@@ -94,16 +105,16 @@ impl State {
             upstream,
             store,
             metrics,
-            pagination: pagination_rewrite(&config),
+            pagination: ArcSwap::from_pointee(pagination_rewrite(&config)),
             draining: AtomicBool::new(false),
-            config,
+            config: ArcSwap::from_pointee(config),
         });
         Ok((state, poll_rx))
     }
 
     /// Re-reads secret files; the old secrets stay in force if the new ones cannot be read.
     pub fn reload_secrets(&self) -> Result<(), SecretsError> {
-        match Secrets::load(&self.config) {
+        match Secrets::load(&self.config.load()) {
             Ok(s) => {
                 self.secrets.store(Arc::new(s));
                 self.metrics.secret_reload("ok");
@@ -134,7 +145,7 @@ fn most_targets(config: &Config) -> usize {
 }
 
 /// Mono's origins (and the configured upstream's) become the proxy's public base URL.
-fn pagination_rewrite(config: &Config) -> Rewrite {
+pub fn pagination_rewrite(config: &Config) -> Rewrite {
     let base = config.upstream.base_url.to_string();
     let mut origins = vec![
         "https://api.withmono.com".to_string(),

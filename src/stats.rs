@@ -72,31 +72,22 @@ pub fn snapshot(state: &State) -> Value {
     let mut clients = Map::new();
     let limited: Vec<&Sample> = of("mono_proxy_client_limited_total").collect();
     let per_client = by("client");
-    let mut names: Vec<String> = state
-        .config
-        .clients
-        .iter()
-        .map(|c| c.name.clone())
-        .collect();
+    let config = state.config.load();
+    let mut names: Vec<String> = config.clients.iter().map(|c| c.name.clone()).collect();
     names.push("anonymous".into());
     for name in names {
         let mut refused = Map::new();
         for s in limited.iter().filter(|s| s.label("client") == name) {
             refused.insert(s.label("limit").to_string(), json!(s.value));
         }
-        let limits = state
-            .config
-            .clients
-            .iter()
-            .find(|c| c.name == name)
-            .map(|c| {
-                json!({
-                    "rate": c.limits.rate.map(|r| r.per_second),
-                    "burst": c.limits.rate.map(|r| r.burst),
-                    "max_concurrent_upstream": c.limits.max_concurrent_upstream,
-                    "quota": c.limits.quota.map(|q| format!("{}/{}", q.calls, q.period.as_str())),
-                })
-            });
+        let limits = config.clients.iter().find(|c| c.name == name).map(|c| {
+            json!({
+                "rate": c.limits.rate.map(|r| r.per_second),
+                "burst": c.limits.rate.map(|r| r.burst),
+                "max_concurrent_upstream": c.limits.max_concurrent_upstream,
+                "quota": c.limits.quota.map(|q| format!("{}/{}", q.calls, q.period.as_str())),
+            })
+        });
         clients.insert(
             name.clone(),
             json!({
@@ -132,7 +123,7 @@ pub fn snapshot(state: &State) -> Value {
         "realtime": {
             "calls": realtime,
             "saved_cost": saved,
-            "cost_per_call": state.config.realtime.cost_per_call,
+            "cost_per_call": state.config.load().realtime.cost_per_call,
         },
         "upstream": {
             "by_status": upstream_status,

@@ -4,6 +4,7 @@
 //! Entries are grouped per (tenant, account) so that invalidating an account after a sync is one
 //! operation and the pre-sync content hashes that drive `x-has-new-data` live beside the bodies.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -45,6 +46,23 @@ pub struct CachedBody {
     pub hash: u64,
     /// The synthesized `x-has-new-data` for this body.
     pub has_new_data: bool,
+    /// Soft-purged by an operator: served stale while one refresh replaces it.
+    pub purged: AtomicBool,
+}
+
+impl CachedBody {
+    /// The same body with another `x-has-new-data`.
+    fn with_new_data(&self, has_new_data: bool) -> CachedBody {
+        CachedBody {
+            body: self.body.clone(),
+            content_type: self.content_type.clone(),
+            stored_at: self.stored_at,
+            ttl: self.ttl,
+            hash: self.hash,
+            has_new_data,
+            purged: AtomicBool::new(self.purged.load(Ordering::Relaxed)),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -127,29 +145,95 @@ pub enum Freshness {
     Stale(i64),
     /// Too old to serve at all.
     Expired,
+    /// Soft-purged: served stale while one refresh replaces it.
+    Purged,
+}
+
+/// The route name a path key (`transactions?page=2`, `statement_job/j1`) starts with.
+pub fn route_of(path_key: &str) -> &str {
+    path_key.split(['/', '?']).next().unwrap_or(path_key)
+}
+
+/// Which account groups a purge touches.
+#[derive(Debug, Clone, Copy)]
+pub enum Groups<'a> {
+    /// These group keys (`tenant:account`).
+    Keys(&'a [String]),
+    /// Every group.
+    All,
+}
+
+/// How long an account group lives after its last change: the longest route freshness plus
+/// `max_stale`, both reloadable, so the expiry reads them when an entry is written.
+struct Retention {
+    ms: Arc<AtomicU64>,
+}
+
+impl moka::Expiry<Arc<str>, Arc<AccountEntry>> for Retention {
+    fn expire_after_create(
+        &self,
+        _: &Arc<str>,
+        _: &Arc<AccountEntry>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(Duration::from_millis(self.ms.load(Ordering::Relaxed)))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &Arc<str>,
+        _: &Arc<AccountEntry>,
+        _: std::time::Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(Duration::from_millis(self.ms.load(Ordering::Relaxed)))
+    }
 }
 
 /// The bounded response cache.
 pub struct ResponseCache {
     entries: moka::sync::Cache<Arc<str>, Arc<AccountEntry>>,
-    max_stale: Duration,
+    /// `max_stale` in ms (reloadable).
+    max_stale_ms: AtomicU64,
+    /// A group's life after its last change, in ms (reloadable).
+    retention_ms: Arc<AtomicU64>,
 }
 
 impl ResponseCache {
     /// A cache bounded by `max_bytes`, keeping account groups for the longest route freshness
     /// (`max_ttl`, at least `ttl`) plus `max_stale`.
     pub fn new(cfg: &CacheConfig, max_ttl: Duration) -> ResponseCache {
+        let retention_ms = Arc::new(AtomicU64::new(0));
         let entries = moka::sync::Cache::builder()
             .max_capacity(cfg.max_bytes)
             .weigher(|k: &Arc<str>, v: &Arc<AccountEntry>| {
                 (k.len() + v.weight()).try_into().unwrap_or(u32::MAX)
             })
-            .time_to_live(cfg.ttl.max(max_ttl) + cfg.max_stale)
+            .expire_after(Retention {
+                ms: Arc::clone(&retention_ms),
+            })
             .build();
-        ResponseCache {
+        let cache = ResponseCache {
             entries,
-            max_stale: cfg.max_stale,
-        }
+            max_stale_ms: AtomicU64::new(0),
+            retention_ms,
+        };
+        cache.set_lifetimes(cfg, max_ttl);
+        cache
+    }
+
+    /// Applies reloaded freshness settings: `max_stale` at once, the retention of a group from
+    /// its next change (bodies keep the TTL they were stored with).
+    pub fn set_lifetimes(&self, cfg: &CacheConfig, max_ttl: Duration) {
+        let ms = |d: Duration| d.as_millis().min(u64::MAX as u128) as u64;
+        self.max_stale_ms
+            .store(ms(cfg.max_stale), Ordering::Relaxed);
+        self.retention_ms
+            .store(ms(cfg.ttl.max(max_ttl) + cfg.max_stale), Ordering::Relaxed);
+    }
+
+    fn max_stale(&self) -> Duration {
+        Duration::from_millis(self.max_stale_ms.load(Ordering::Relaxed))
     }
 
     /// The body cached for a path of an account, whatever its age.
@@ -180,9 +264,12 @@ impl ResponseCache {
     pub fn freshness(&self, body: &CachedBody) -> Freshness {
         let age = body.stored_at.elapsed();
         let ttl = body.ttl;
-        if age < ttl {
+        let max_stale = self.max_stale();
+        if body.purged.load(Ordering::Relaxed) && age < ttl + max_stale {
+            Freshness::Purged
+        } else if age < ttl {
             Freshness::Fresh((ttl - age).as_secs() as i64)
-        } else if age < ttl + self.max_stale {
+        } else if age < ttl + max_stale {
             Freshness::Stale((age - ttl).as_secs() as i64)
         } else {
             Freshness::Expired
@@ -248,8 +335,9 @@ impl ResponseCache {
                 ttl,
                 hash,
                 has_new_data,
+                purged: AtomicBool::new(false),
             });
-            let max_stale = self.max_stale;
+            let max_stale = self.max_stale();
             inner
                 .paths
                 .retain(|(_, b)| b.stored_at.elapsed() < b.ttl + max_stale);
@@ -321,14 +409,62 @@ impl ResponseCache {
         inner.forced = None;
         for (_, body) in &mut inner.paths {
             if body.has_new_data {
-                *body = Arc::new(CachedBody {
-                    body: body.body.clone(),
-                    content_type: body.content_type.clone(),
-                    stored_at: body.stored_at,
-                    ttl: body.ttl,
-                    hash: body.hash,
-                    has_new_data: false,
-                });
+                *body = Arc::new(body.with_new_data(false));
+            }
+        }
+    }
+
+    /// Purges the bodies of `groups` whose path `paths` accepts: `hard` drops them, otherwise
+    /// they are marked to be served stale while one refresh replaces them. What a finished sync
+    /// left to compare (`x-has-new-data`) stays. Returns the bodies purged.
+    pub fn purge(&self, groups: Groups<'_>, paths: &dyn Fn(&str) -> bool, hard: bool) -> usize {
+        let purge_group = |key: Arc<str>, entry: Arc<AccountEntry>| {
+            let n = {
+                let mut inner = entry
+                    .inner
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if hard {
+                    let before = inner.paths.len();
+                    inner.paths.retain(|(p, _)| !paths(p));
+                    before - inner.paths.len()
+                } else {
+                    let mut n = 0;
+                    for (_, body) in inner.paths.iter().filter(|(p, _)| paths(p)) {
+                        body.purged.store(true, Ordering::Relaxed);
+                        n += 1;
+                    }
+                    n
+                }
+            };
+            if hard && n > 0 {
+                // Weighed again with what is left.
+                self.entries.insert(key, entry);
+            }
+            n
+        };
+        match groups {
+            Groups::Keys(keys) => keys
+                .iter()
+                .filter_map(|k| {
+                    let key: Arc<str> = k.as_str().into();
+                    let entry = self.entries.get(&key)?;
+                    Some(purge_group(key, entry))
+                })
+                .sum(),
+            Groups::All => self
+                .entries
+                .iter()
+                .map(|(key, entry)| purge_group(Arc::clone(&key), entry))
+                .sum(),
+        }
+    }
+
+    /// Drops the groups whose key `keep` refuses (a tenant no longer configured).
+    pub fn retain_groups(&self, keep: &dyn Fn(&str) -> bool) {
+        for (key, _) in &self.entries {
+            if !keep(&key) {
+                self.entries.invalidate(&*key);
             }
         }
     }

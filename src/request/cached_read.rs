@@ -7,7 +7,7 @@ use http::header::{self, HeaderValue};
 use http::Response;
 
 use crate::body::Body;
-use crate::cache::{CachedBody, Freshness};
+use crate::cache::{CachedBody, Freshness, Groups};
 use crate::error::ProxyError;
 use crate::headers::{bool_value, set_cache_status, CacheResult, X_HAS_NEW_DATA};
 use crate::inflight::Filled;
@@ -37,6 +37,15 @@ pub async fn serve(
             }
             // Fresh, but the app asked for a newer answer: refetched below.
             Freshness::Fresh(_) => {}
+            // Soft-purged: answered stale at once while one refresh replaces it.
+            Freshness::Purged if !directives.no_cache && directives.max_age.is_none() => {
+                revalidate(state, read);
+                return Ok((
+                    respond(&body, CacheResult::Stale, Some(0), data),
+                    CacheResult::Stale,
+                ));
+            }
+            Freshness::Purged => stale = Some((body, 0)),
             Freshness::Stale(past) => stale = Some((body, past)),
             Freshness::Expired => {}
         }
@@ -47,7 +56,7 @@ pub async fn serve(
     // A miss that goes through the shared tier learns of a fleet cooldown from its lookup
     // (one round trip); any other asks Redis here.
     let refetch = directives.no_cache || directives.max_age.is_some();
-    let via_lookup = state.config.cache.shared && !read.route.personal_data && !refetch;
+    let via_lookup = state.config.load().cache.shared && !read.route.personal_data && !refetch;
     if let Some(left) = cooldown::held_back(
         state,
         &read.tenant.id,
@@ -124,6 +133,41 @@ pub async fn serve(
         }
         (Err(e), None) => Err(e),
     }
+}
+
+/// Starts the one refresh of a soft-purged body, unless one is running, Mono asked us to wait,
+/// or the client has no upstream permit left (the stale answer needs none). An answer that says
+/// the data is gone (a 4xx other than 429) drops the purged body instead of serving it on.
+fn revalidate(state: &Arc<State>, read: &AccountRead) {
+    let (tenant, route) = (&read.tenant.id, read.route.name);
+    if state.inflight.fills.is_running(&read.fill_key())
+        || state
+            .cooldowns
+            .remaining(tenant, route, &read.account)
+            .is_some()
+    {
+        return;
+    }
+    let Ok(permit) = limits::upstream_permit(state, read.limiter.as_deref()) else {
+        return;
+    };
+    let (state, read) = (Arc::clone(state), read.clone());
+    tokio::spawn(async move {
+        match fill::collapsed(&state, &read, false, permit).await.0 {
+            Ok(Filled::Uncacheable(f))
+                if f.status.is_client_error()
+                    && f.status != http::StatusCode::TOO_MANY_REQUESTS =>
+            {
+                let path = read.path_key();
+                let keys = [read.account_key()];
+                state.cache.purge(Groups::Keys(&keys), &|p| p == path, true);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, account = %read.account, "refresh after a purge failed; still serving stale");
+            }
+        }
+    });
 }
 
 /// Builds the response for a cached body; `data` (balance and transactions) adds

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use http::uri::PathAndQuery;
 use http::HeaderValue;
 
+pub use crate::cache::route_of;
 use crate::limits::ClientLimiter;
 use crate::request::directives::Directives;
 use crate::route::Kind;
@@ -188,11 +189,6 @@ pub fn path_key(route: &'static str, params: &str, query: Option<&str>) -> Cow<'
         key.push_str(&q);
     }
     Cow::Owned(key)
-}
-
-/// The route name a path key starts with.
-pub fn route_of(path_key: &str) -> &str {
-    path_key.split(['/', '?']).next().unwrap_or(path_key)
 }
 
 #[cfg(test)]

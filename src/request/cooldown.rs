@@ -19,7 +19,7 @@ pub async fn cool_down(
     account: &str,
     headers: &HeaderMap,
 ) {
-    let upstream = &state.config.upstream;
+    let upstream = &state.config.load().upstream;
     let now = UNIX_EPOCH + Duration::from_millis(now_ms());
     let wait = retry_after(headers, now)
         .unwrap_or(upstream.cooldown)

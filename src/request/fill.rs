@@ -18,7 +18,7 @@ use crate::request::context::AccountRead;
 use crate::request::cooldown;
 use crate::singleflight::Outcome;
 use crate::state::State;
-use crate::store::{BodyKey, SharedBody, SharedLookup};
+use crate::store::{BodyKey, FillTicket, SharedBody, SharedLookup};
 use crate::upstream::Fetched;
 
 /// Lookups of the shared tier per fill at most (each but the last ended by a fill elsewhere
@@ -41,7 +41,7 @@ pub async fn collapsed(
     refetch: bool,
     permit: Option<OwnedSemaphorePermit>,
 ) -> (Result<Filled, ProxyError>, bool) {
-    let timeout = state.config.upstream.timeout + Duration::from_secs(1);
+    let timeout = state.config.load().upstream.timeout + Duration::from_secs(1);
     let call = move || {
         let (state, read) = (Arc::clone(state), read.clone());
         async move {
@@ -83,13 +83,13 @@ pub async fn fetch_and_store(
         route: read.route.name,
     };
     // The fleet's lease lasts as long as one fetch may: past it, the waiters fetch themselves.
-    let lease = state.config.upstream.timeout + Duration::from_secs(1);
+    let lease = state.config.load().upstream.timeout + Duration::from_secs(1);
     let deadline = tokio::time::Instant::now() + lease;
     let mut ticket = None;
     // A wait that ends without a body (that fill failed, or was not cacheable) looks again: the
     // lease is free, so one of the waiting replicas takes it instead of all fetching at once.
     // Personal data (identity, BVN) is never written to Redis, whatever the route's caching.
-    let shared_tier = state.config.cache.shared && !read.route.personal_data;
+    let shared_tier = state.config.load().cache.shared && !read.route.personal_data;
     let rounds = if refetch || !shared_tier {
         0
     } else {
@@ -103,6 +103,15 @@ pub async fn fetch_and_store(
     for _ in 0..rounds {
         match state.store.shared_lookup(&key, lease).await {
             SharedLookup::Hit(shared) => {
+                if state
+                    .purges
+                    .covers(&read.account, read.route.name, shared.stored_at_ms)
+                {
+                    // Stored before an operator's purge: fetched again, and replaced for all.
+                    state.metrics.shared_cache("purged");
+                    ticket = Some(FillTicket::unconditional());
+                    break;
+                }
                 if let Some(filled) = adopt(state, read, shared) {
                     state.metrics.shared_cache("hit");
                     return Ok(filled);
@@ -140,7 +149,7 @@ pub async fn fetch_and_store(
                 break;
             }
             SharedLookup::Off => {
-                if state.config.cache.shared {
+                if state.config.load().cache.shared {
                     state.metrics.shared_cache("skipped");
                 }
                 break;
@@ -150,7 +159,7 @@ pub async fn fetch_and_store(
     let (filled, shared) = fetch(state, read).await;
     if shared
         .as_ref()
-        .is_some_and(|b| b.body.len() as u64 > state.config.cache.shared_max_entry)
+        .is_some_and(|b| b.body.len() as u64 > state.config.load().cache.shared_max_entry)
     {
         state.metrics.shared_cache("too_large");
     }
@@ -181,7 +190,7 @@ async fn fetch(
     };
     let fetched = match state
         .upstream
-        .fetch("cached", req, state.config.upstream.timeout)
+        .fetch("cached", req, state.config.load().upstream.timeout)
         .await
     {
         Ok(f) => f,
@@ -191,7 +200,7 @@ async fn fetch(
     if fetched.status != StatusCode::OK {
         return (Ok(Filled::Uncacheable(Arc::new(fetched))), None);
     }
-    let body = crate::pagination::rewrite(fetched.body.clone(), &state.pagination);
+    let body = crate::pagination::rewrite(fetched.body.clone(), &state.pagination.load());
     if let Some(why) = forbids_storing(&fetched.headers) {
         state.metrics.not_stored("cached", why);
         let passed = Fetched { body, ..fetched };
@@ -229,7 +238,7 @@ async fn fetch(
 /// Takes a body from the shared tier into this replica's cache, with the age it has.
 fn adopt(state: &State, read: &AccountRead, shared: SharedBody) -> Option<Filled> {
     let age = Duration::from_millis(crate::clock::now_ms().saturating_sub(shared.stored_at_ms));
-    let body = crate::pagination::rewrite(shared.body, &state.pagination);
+    let body = crate::pagination::rewrite(shared.body, &state.pagination.load());
     let ct = shared
         .content_type
         .and_then(|v| HeaderValue::from_str(&v).ok());
@@ -293,10 +302,10 @@ pub async fn bypass(
         .get(read.target(), &read.tenant.key, &read.request_id, false)?;
     let fetched = state
         .upstream
-        .fetch("cached", req, state.config.upstream.timeout)
+        .fetch("cached", req, state.config.load().upstream.timeout)
         .await?;
     cool_down_on_429(state, read, &fetched).await;
-    let body = crate::pagination::rewrite(fetched.body.clone(), &state.pagination);
+    let body = crate::pagination::rewrite(fetched.body.clone(), &state.pagination.load());
     let mut resp = Fetched { body, ..fetched }.to_response();
     set_cache_status(resp.headers_mut(), CacheResult::Bypassed, None);
     Ok((resp, CacheResult::Bypassed))

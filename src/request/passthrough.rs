@@ -52,7 +52,7 @@ pub async fn serve(
             return Err(ProxyError::CoolingDown(left));
         }
     }
-    let limit = state.config.server.max_request_body;
+    let limit = state.config.load().server.max_request_body;
     let (mut parts, body) = req.into_parts();
     let declared = parts
         .headers
@@ -94,7 +94,7 @@ pub async fn serve(
         .send(
             "passthrough",
             Request::from_parts(parts, body),
-            state.config.upstream.timeout,
+            state.config.load().upstream.timeout,
         )
         .await?;
     if let (Some(n), StatusCode::TOO_MANY_REQUESTS) = (named, resp.status()) {

@@ -20,7 +20,9 @@ const MAX_POLL_DELAY: Duration = Duration::from_secs(60);
 /// Takes jobs from the poll queue and follows each until it ends, for as long as the state lives.
 pub async fn run(weak: Weak<State>, mut queue: PollReceiver) {
     let Some(state) = weak.upgrade() else { return };
-    let permits = Arc::new(Semaphore::new(state.config.jobs.poll_concurrency.max(1)));
+    let permits = Arc::new(Semaphore::new(
+        state.config.load().jobs.poll_concurrency.max(1),
+    ));
     drop(state);
     while let Some(job) = queue.recv().await {
         let weak = weak.clone();
@@ -37,8 +39,8 @@ pub async fn run(weak: Weak<State>, mut queue: PollReceiver) {
 /// Polls one job until it is terminal, unknown upstream, or past the deadline.
 async fn follow(weak: &Weak<State>, permits: &Arc<Semaphore>, job: &PollRequest) {
     let Some(state) = weak.upgrade() else { return };
-    let mut delay = state.config.jobs.poll_interval;
-    let deadline = Instant::now() + state.config.jobs.poll_deadline;
+    let mut delay = state.config.load().jobs.poll_interval;
+    let deadline = Instant::now() + state.config.load().jobs.poll_deadline;
     let target = job_target(&job.record.account, &job.record.job_id);
     let job_id = job.record.job_id.as_str();
     drop(state);
@@ -72,7 +74,7 @@ async fn follow(weak: &Weak<State>, permits: &Arc<Semaphore>, job: &PollRequest)
         };
         match state
             .upstream
-            .fetch("job_poll", req, state.config.upstream.timeout)
+            .fetch("job_poll", req, state.config.load().upstream.timeout)
             .await
         {
             Ok(f) if f.status.is_success() => {

@@ -52,7 +52,7 @@ pub async fn serve(
 
     // The leader bounds itself: a realtime call, or waiting on another replica and then one
     // plain fetch. Waiters allow for all of it so they hear the leader's own outcome.
-    let upstream = &state.config.upstream;
+    let upstream = &state.config.load().upstream;
     let timeout = upstream.realtime_timeout + upstream.timeout + Duration::from_secs(2);
     let mut retried = false;
     let (outcome, led) = loop {
@@ -118,7 +118,7 @@ fn realtime_key(read: &AccountRead) -> Result<RecordKey, ProxyError> {
 }
 
 fn in_window(state: &State, record: &JobRecord) -> bool {
-    let window = state.config.realtime.window.as_millis() as u64;
+    let window = state.config.load().realtime.window.as_millis() as u64;
     now_ms().saturating_sub(record.started_at) < window
 }
 
@@ -131,7 +131,7 @@ async fn lead(state: &Arc<State>, read: &AccountRead) -> Result<RealtimeAnswer, 
     if let Some(rec) = state.store.get(&key).await?.filter(|r| in_window(state, r)) {
         return from_record(state, read, &rec).await;
     }
-    let realtime_timeout = state.config.upstream.realtime_timeout;
+    let realtime_timeout = state.config.load().upstream.realtime_timeout;
     let lease = realtime_timeout + Duration::from_secs(5);
     // The one billable call, spent from the leader's client quota before the window is
     // claimed, so a client over its quota never holds the fleet's window; given back when
@@ -180,13 +180,17 @@ async fn forward(
         .get(read.target(), &read.tenant.key, &read.request_id, true)?;
     let fetched = state
         .upstream
-        .fetch("realtime", req, state.config.upstream.realtime_timeout)
+        .fetch(
+            "realtime",
+            req,
+            state.config.load().upstream.realtime_timeout,
+        )
         .await?;
     if fetched.status == StatusCode::TOO_MANY_REQUESTS {
         hold_back(state, read, &fetched.headers).await?;
     }
     let record = started_job(state, &fetched, read, started_at);
-    let body = crate::pagination::rewrite(fetched.body, &state.pagination);
+    let body = crate::pagination::rewrite(fetched.body, &state.pagination.load());
     let mut answer = RealtimeAnswer {
         status: fetched.status,
         headers: fetched.headers,
@@ -225,7 +229,7 @@ async fn hold_back(
     read: &AccountRead,
     headers: &HeaderMap,
 ) -> Result<(), ProxyError> {
-    let realtime = &state.config.realtime;
+    let realtime = &state.config.load().realtime;
     let now = UNIX_EPOCH + Duration::from_millis(now_ms());
     let wait = retry_after(headers, now)
         .unwrap_or(realtime.window)

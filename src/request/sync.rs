@@ -118,7 +118,7 @@ pub async fn invalidate(
     let tenants = scope(state, tenant);
     // The shared tier goes first: a miss here or on any replica after its copy is dropped must
     // not find the pre-sync body in Redis and adopt it again.
-    if state.config.cache.shared {
+    if state.config.load().cache.shared {
         state.store.shared_invalidate(&tenants, account).await;
     }
     invalidate_local(state, &tenants, account, has_new_data);
@@ -131,15 +131,22 @@ pub async fn invalidate(
         state.metrics.store_error("publish");
         tracing::warn!(error = %e, "could not broadcast invalidation");
     }
-    let balance = state.routes.by_name("balance").filter(|r| r.cached());
+    let balance = state
+        .routes
+        .load()
+        .by_name("balance")
+        .filter(|r| r.cached())
+        .cloned();
     let target = format!("/v2/accounts/{account}/balance").parse();
-    if let (true, Some(route), Ok(target)) = (state.config.cache.refresh_ahead, balance, target) {
+    if let (true, Some(route), Ok(target)) =
+        (state.config.load().cache.refresh_ahead, balance, target)
+    {
         let state = Arc::clone(state);
         let tenant = state.secrets.load().default.clone();
         let read = AccountRead::new(
             tenant,
             account.to_string(),
-            Arc::clone(route),
+            route,
             "",
             target,
             new_request_id(),
@@ -160,7 +167,8 @@ fn invalidate_local(
     account: &str,
     has_new_data: Option<bool>,
 ) {
-    let drops = |path_key: &str| state.routes.invalidates(route_of(path_key));
+    let routes = state.routes.load();
+    let drops = |path_key: &str| routes.invalidates(route_of(path_key));
     for tenant in tenants {
         state
             .cache
@@ -193,7 +201,7 @@ pub async fn job_started(
     let key = RecordKey::new(&read.tenant.id, &read.account, record.kind);
     state
         .store
-        .put(&key, record, state.config.realtime.window)
+        .put(&key, record, state.config.load().realtime.window)
         .await?;
     let msg = Broadcast::JobStarted {
         tenant: read.tenant.id.to_string(),
@@ -231,6 +239,16 @@ pub async fn listen(weak: Weak<State>, mut rx: broadcast::Receiver<Broadcast>) {
                 state
                     .cache
                     .job_started(&account_key(&tenant.into(), &account));
+            }
+            Broadcast::Purge { scope, hard } => {
+                let tenants = state.secrets.load().tenant_ids();
+                let n = scope.apply_here(&state.cache, &state.purges, &tenants, hard);
+                tracing::info!(
+                    ?scope,
+                    hard,
+                    purged = n,
+                    "purge from another replica applied"
+                );
             }
             Broadcast::Cooldown {
                 tenant,

@@ -46,10 +46,10 @@ pub async fn serve(
         return Err(ProxyError::Unauthorized("invalid mono-webhook-secret"));
     };
     let (tenant, targets): (Option<&str>, &[Uri]) = match app {
-        WebhookApp::Default => (None, &state.config.webhook.forward_to),
+        WebhookApp::Default => (None, &state.config.load().webhook.forward_to),
         WebhookApp::Client(c) => (Some(&c.tenant.id), &c.forward_to),
     };
-    let limit = state.config.webhook.max_body;
+    let limit = state.config.load().webhook.max_body;
     let (parts, body) = req.into_parts();
     let body = collect_limited(body, limit).await.map_err(|e| match e {
         CollectError::TooLarge => ProxyError::PayloadTooLarge(limit),
@@ -226,7 +226,7 @@ fn account_id(data: &Value) -> Option<String> {
 /// Claims a step of an event for this replica; while another replica holds it, waits (a relay
 /// takes at most the webhook timeout) and asks again.
 async fn claim(state: &State, event: &str, step: &str) -> StepClaim {
-    let timeout = state.config.webhook.timeout;
+    let timeout = state.config.load().webhook.timeout;
     let deadline = tokio::time::Instant::now() + timeout;
     // Held well past one relay's timeout, so a slow relay is never done twice at once.
     let lease = (timeout * 2).max(Duration::from_secs(60));
@@ -261,7 +261,7 @@ async fn relay(
     forward.remove(header::HOST);
     forward.remove(header::CONTENT_LENGTH);
     forward.remove(MONO_SEC_KEY);
-    let timeout = state.config.webhook.timeout;
+    let timeout = state.config.load().webhook.timeout;
     let sends = targets
         .iter()
         .zip(delivered.iter())

@@ -67,6 +67,15 @@ impl MemoryStore {
         self.jobs.insert(record.job_id.clone(), key.clone());
     }
 
+    /// Forgets the record of `key` (an operator reset its window); whether one was held.
+    pub fn forget(&self, key: &RecordKey) -> bool {
+        let record = self.records.remove(key);
+        if let Some(r) = &record {
+            self.jobs.invalidate(&r.job_id);
+        }
+        record.is_some()
+    }
+
     /// Jobs indexed now.
     #[cfg(test)]
     fn indexed_jobs(&self) -> u64 {

@@ -12,6 +12,7 @@ use tokio::sync::broadcast;
 
 use crate::config::{Backend, CacheConfig, StoreConfig};
 use crate::error::ProxyError;
+use crate::purges::PurgeScope;
 
 mod memory;
 pub mod record;
@@ -80,6 +81,15 @@ pub struct FillTicket {
     pub(crate) generation: String,
 }
 
+impl FillTicket {
+    /// A ticket that stores whatever the generation: the body replaces one a purge refused.
+    pub fn unconditional() -> FillTicket {
+        FillTicket {
+            generation: String::new(),
+        }
+    }
+}
+
 /// Who handles one step of a webhook delivery (applying it, or relaying it to one target) when
 /// a Mono retry may land on any replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +122,13 @@ pub enum Broadcast {
         tenant: String,
         /// Account id.
         account: String,
+    },
+    /// An operator purged cached bodies: the same purge applies here.
+    Purge {
+        /// What it covers.
+        scope: PurgeScope,
+        /// Dropped (true) or marked stale (false).
+        hard: bool,
     },
     /// Mono answered 429: calls for the tenant, route and account wait until `until_ms`.
     Cooldown {
@@ -205,6 +222,15 @@ impl Store {
             // One process: the local single flight already makes this caller the only one.
             Store::Memory(_) => Ok(Claim::Won),
             Store::Redis(r) => r.claim(key, lease, budget).await,
+        }
+    }
+
+    /// Forgets the realtime window of `key` on every replica (record and lease): the next
+    /// realtime read calls Mono. Returns whether a record was held.
+    pub async fn forget_window(&self, key: &RecordKey) -> StoreResult<bool> {
+        match self {
+            Store::Memory(m) => Ok(m.forget(key)),
+            Store::Redis(r) => r.forget_window(key).await,
         }
     }
 

@@ -21,6 +21,7 @@ use mono_proxy::config::Config;
 use mono_proxy::sandbox::{RunningSandbox, Sandbox, SandboxConfig};
 use serde_json::Value;
 use tokio::net::TcpListener;
+pub mod binary;
 pub mod receiver;
 pub mod redis_kinds;
 

@@ -104,6 +104,21 @@ impl RedisStore {
         }
     }
 
+    /// Forgets the realtime window of `key` for the whole fleet: its record and whoever's
+    /// lease (an operator's order, not a failed call). Returns whether a record was held.
+    pub async fn forget_window(&self, key: &RecordKey) -> StoreResult<bool> {
+        let s = &*self.inner;
+        let local = s.local.forget(key);
+        let del = redis::cmd("DEL")
+            .arg(s.keys.record(key))
+            .arg(s.keys.lease(key))
+            .to_owned();
+        match s.cmd::<i64>("forget_window", &del).await {
+            Ok(n) => Ok(n > 0 || local),
+            Err(failure) => Err(StoreError::Unavailable(failure.reason())),
+        }
+    }
+
     /// Deletes our lease so another replica may claim at once.
     pub async fn release(&self, key: &RecordKey) -> StoreResult<()> {
         let s = &*self.inner;
