@@ -110,8 +110,10 @@ async fn watch_files(weak: Weak<State>) {
         // A config reload may name other files: those are watched from now on.
         let named = secret_files(&state);
         if named != files {
+            // Read now: a file rotated just after the reload named it must not be missed.
             files = named;
             last = fingerprint(&files);
+            reload(&state, "secret files renamed by a reload");
             continue;
         }
         let now = fingerprint(&files);

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::purges::PurgeScope;
 use crate::route::Kind;
 use crate::state::State;
-use crate::store::{Broadcast, RecordKey};
+use crate::store::{Broadcast, RecordKey, StoreStatus};
 
 /// A purge order as the admin API takes it.
 #[derive(Debug, Deserialize)]
@@ -59,6 +59,10 @@ pub async fn run(state: &State, body: &[u8]) -> Result<Value, PurgeError> {
         hard: order.hard,
     };
     let fleet = match state.store.publish(&msg).await {
+        // A degraded store in fail-open mode answers Ok without sending anything.
+        Ok(()) if matches!(state.store.status(), StoreStatus::Degraded(_)) => {
+            json!("not broadcast: the shared store is degraded")
+        }
         Ok(()) => json!(state.store.is_shared()),
         Err(e) => {
             state.metrics.store_error("publish");
@@ -70,6 +74,14 @@ pub async fn run(state: &State, body: &[u8]) -> Result<Value, PurgeError> {
         (PurgeScope::Account(id), true) => Some(forget_windows(state, &tenants, id).await?),
         _ => None,
     };
+    if let (Some(_), PurgeScope::Account(id)) = (windows, &scope) {
+        let msg = Broadcast::ForgetWindow {
+            account: id.clone(),
+        };
+        if let Err(e) = state.store.publish(&msg).await {
+            tracing::warn!(error = %e, "could not broadcast a window reset");
+        }
+    }
     tracing::info!(
         ?scope,
         hard = order.hard,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::config::{self, Config, ConfigErrors, ProcessEnv};
+use crate::config::{self, Config, ConfigErrors, ProcessEnv, SecretSource};
 use crate::routes::Routes;
 use crate::state::{pagination_rewrite, State};
 use crate::tenant::Secrets;
@@ -26,8 +26,13 @@ pub struct Reloaded {
     pub log_filter_applied: bool,
 }
 
-/// Reads, validates and applies the config again; on error nothing has changed.
+/// Reads, validates and applies the config again; on error nothing has changed. Reloads (and
+/// secret reloads) run one at a time, so two cannot interleave their swaps.
 pub fn reload(state: &State, why: &str) -> Result<Reloaded, ConfigErrors> {
+    let _one_at_a_time = state
+        .reloading
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let result = apply(state);
     match &result {
         Ok(r) => {
@@ -58,6 +63,13 @@ fn apply(state: &State) -> Result<Reloaded, ConfigErrors> {
     let mut new = origin.load(&ProcessEnv)?;
     let old = state.config.load_full();
     let restart_required = keep_restart_only(&old, &mut new);
+    // The new file was checked against its own admin_listen; the one in force may be wider.
+    if !new.admin_listen.ip().is_loopback() && new.admin.token == SecretSource::None {
+        return Err(ConfigErrors(vec![format!(
+            "admin_listen {} (in force until a restart) is beyond loopback: the admin token cannot be removed before the listener moves",
+            new.admin_listen
+        )]));
+    }
     let secrets = Secrets::load(&new).map_err(|e| ConfigErrors(vec![e.to_string()]))?;
     let log_filter_applied = new.log.filter != old.log.filter;
     if log_filter_applied {
@@ -134,6 +146,7 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
         upstream.pool_max_idle_per_host
     );
     keep!("upstream.max_response_bytes", upstream.max_response_bytes);
+    keep!("upstream.max_cooldown", upstream.max_cooldown);
     keep!("realtime.window", realtime.window);
     keep!("cache.max_bytes", cache.max_bytes);
     keep!("cache.shared", cache.shared);

@@ -4,7 +4,7 @@
 //! This is the floor the request classes stand on; it imports nothing from them.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
@@ -75,6 +75,8 @@ pub struct State {
     pub purges: Purges,
     /// Set on SIGTERM: `/readyz` fails while in-flight requests drain.
     pub draining: AtomicBool,
+    /// Held by a config or secret reload, so two never interleave.
+    pub reloading: Mutex<()>,
 }
 
 impl State {
@@ -107,6 +109,7 @@ impl State {
             metrics,
             pagination: ArcSwap::from_pointee(pagination_rewrite(&config)),
             draining: AtomicBool::new(false),
+            reloading: Mutex::new(()),
             config: ArcSwap::from_pointee(config),
         });
         Ok((state, poll_rx))
@@ -114,6 +117,10 @@ impl State {
 
     /// Re-reads secret files; the old secrets stay in force if the new ones cannot be read.
     pub fn reload_secrets(&self) -> Result<(), SecretsError> {
+        let _one_at_a_time = self
+            .reloading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match Secrets::load(&self.config.load()) {
             Ok(s) => {
                 self.secrets.store(Arc::new(s));

@@ -227,4 +227,23 @@ async fn a_purge_reaches_every_replica_and_the_shared_tier() {
     assert!(refreshed);
     sb.sandbox.set_fault_spec(None);
     assert_eq!(sb.sandbox.count("transactions"), before + 1);
+
+    // A window reset on B holds on A too: A's own copy of the record is forgotten.
+    let calls =
+        || sb.sandbox.count("balance_realtime") + sb.sandbox.count("balance_realtime_repeat");
+    let rt = "/v2/accounts/fleet3/balance";
+    assert_eq!(a.realtime(rt).await.status, 200);
+    assert_eq!(b.realtime(rt).await.status, 200);
+    assert_eq!(a.realtime(rt).await.status, 200);
+    assert_eq!(calls(), 1);
+    let reset = purge(&b, json!({"account": "fleet3", "window": true})).await;
+    assert_eq!(reset.json()["window_reset"], true, "{}", reset.text());
+    let forgotten = eventually(Duration::from_secs(5), || async {
+        let view = get(&a.admin("/accounts/fleet3"), &[]).await.json();
+        view["tenants"][0]["realtime"]["balance"].is_null()
+    })
+    .await;
+    assert!(forgotten, "A still holds the window B reset");
+    assert_eq!(a.realtime(rt).await.status, 200);
+    assert_eq!(calls(), 2);
 }

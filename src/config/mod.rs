@@ -83,6 +83,12 @@ pub const DEFAULT_WEBHOOK_MAX_BODY: u64 = 1024 * 1024;
 pub const DEFAULT_WEBHOOK_MEMORY: u64 = 16 * 1024 * 1024;
 /// Redis URL used when the backend is redis and none is given.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// `service.name` of exported spans.
+pub const DEFAULT_SERVICE_NAME: &str = "mono-proxy";
+/// How often finished spans are exported.
+pub const DEFAULT_EXPORT_INTERVAL: Duration = Duration::from_secs(5);
+/// Time one span export may take.
+pub const DEFAULT_EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Key prefix in the shared store.
 pub const DEFAULT_STORE_PREFIX: &str = "mono-proxy";
 /// Redis operations give up after this long: Redis is a local hop, not worth waiting on.
@@ -151,6 +157,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Logging settings.
     pub log: LogConfig,
+    /// Trace export.
+    pub telemetry: TelemetryConfig,
     /// Client tokens; empty means any local client is trusted.
     pub clients: Vec<ClientConfig>,
     /// `[[route]]` tables, before the built-in routes.
@@ -440,6 +448,23 @@ pub struct LogConfig {
     pub filter: String,
 }
 
+/// Trace export (OpenTelemetry over OTLP/HTTP); off unless an endpoint is set.
+#[derive(Debug, Clone, Serialize)]
+pub struct TelemetryConfig {
+    /// The OTLP/HTTP traces URL (`…/v1/traces`).
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces sampled (0–1); a caller's sampled flag is followed.
+    pub sampling_ratio: f64,
+    /// `service.name` of the spans.
+    pub service_name: String,
+    /// How often finished spans are sent.
+    #[serde(serialize_with = "show::duration")]
+    pub export_interval: Duration,
+    /// Time one export may take.
+    #[serde(serialize_with = "show::duration")]
+    pub export_timeout: Duration,
+}
+
 /// One app allowed to use the proxy when it listens beyond loopback.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClientConfig {
@@ -553,6 +578,21 @@ impl Origin {
     }
 }
 
+/// A TOML syntax error by line and column, without the source line `Display` quotes: the line
+/// may hold a secret (a token, a URL with a password) and problems are logged and answered.
+fn toml_problem(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("invalid TOML at line {line}, column {column}: {message}")
+        }
+        None => format!("invalid TOML: {message}"),
+    }
+}
+
 impl Config {
     /// Loads, parses and validates the config named by `flag` / the environment.
     pub fn load(flag: Option<&Path>, env: &dyn Env) -> Result<Config, ConfigErrors> {
@@ -568,7 +608,7 @@ impl Config {
     pub fn parse(text: &str, env: &dyn Env) -> Result<Config, ConfigErrors> {
         let root: Table = text
             .parse()
-            .map_err(|e: toml::de::Error| ConfigErrors(vec![format!("invalid TOML: {e}")]))?;
+            .map_err(|e: toml::de::Error| ConfigErrors(vec![toml_problem(text, &e)]))?;
         let mut errors = Vec::new();
         let config = sections::build_config(&root, env, &mut errors);
         if errors.is_empty() {
@@ -634,6 +674,14 @@ pub(crate) mod tests {
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("hunter2"), "{dbg}");
         assert!(dbg.contains("redis://u:***@h:6379/0"), "{dbg}");
+    }
+
+    #[test]
+    fn a_toml_syntax_error_names_the_place_but_never_quotes_the_line() {
+        let text = "[admin]\ntoken = \"hunter2-hunter2-hunter2\nx = 1\n";
+        let e = Config::parse(text, &NO_ENV).unwrap_err().to_string();
+        assert!(e.contains("line 2"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
     }
 
     #[test]

@@ -9,9 +9,19 @@ use super::fields::{section, Fields};
 use super::*;
 
 /// The top-level keys that hold sections, read by their own builders.
-const SECTIONS: [&str; 11] = [
-    "server", "upstream", "realtime", "cache", "jobs", "webhook", "store", "log", "clients",
-    "route", "admin",
+const SECTIONS: [&str; 12] = [
+    "server",
+    "upstream",
+    "realtime",
+    "cache",
+    "jobs",
+    "webhook",
+    "store",
+    "log",
+    "clients",
+    "route",
+    "admin",
+    "telemetry",
 ];
 
 /// The whole config: top-level keys first, then each section in file order of the docs.
@@ -44,6 +54,7 @@ pub(super) fn build_config(root: &Table, env: &dyn Env, errors: &mut Vec<String>
     let store = store(section(root, "store", errors), env, errors);
     let cache = cache(section(root, "cache", errors), &realtime, &store, errors);
     let log = log(section(root, "log", errors), env, errors);
+    let telemetry = telemetry(section(root, "telemetry", errors), env, errors);
     let clients = clients(root.get("clients"), env, errors);
     let admin = admin::admin(section(root, "admin", errors), admin_listen, env, errors);
     let routes = routes::routes(root.get("route"), errors);
@@ -60,6 +71,7 @@ pub(super) fn build_config(root: &Table, env: &dyn Env, errors: &mut Vec<String>
         webhook,
         store,
         log,
+        telemetry,
         clients,
         routes,
     }
@@ -384,6 +396,47 @@ fn log(table: Option<&Table>, env: &dyn Env, errors: &mut Vec<String>) -> LogCon
     }
     f.finish();
     LogConfig { format, filter }
+}
+
+/// `[telemetry]`: where spans go (nowhere unless `otlp_endpoint` is set) and how many.
+fn telemetry(table: Option<&Table>, env: &dyn Env, errors: &mut Vec<String>) -> TelemetryConfig {
+    let mut f = Fields::new("telemetry", table, errors);
+    let endpoint = f.env_or_string("otlp_endpoint", env.var("MONO_PROXY_OTLP_ENDPOINT"));
+    let otlp_endpoint = match endpoint.as_deref().map(parse_url) {
+        None => None,
+        Some(Ok(uri)) => Some(otlp_traces_url(&uri)),
+        Some(Err(e)) => {
+            f.problem("otlp_endpoint", e);
+            None
+        }
+    };
+    let sampling_ratio = f.float("sampling_ratio").unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sampling_ratio) {
+        f.problem("sampling_ratio", "must be between 0 and 1");
+    }
+    let service_name = f
+        .string("service_name")
+        .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_string());
+    let t = TelemetryConfig {
+        otlp_endpoint,
+        sampling_ratio: sampling_ratio.clamp(0.0, 1.0),
+        service_name,
+        export_interval: f.duration("export_interval", DEFAULT_EXPORT_INTERVAL),
+        export_timeout: f.duration("export_timeout", DEFAULT_EXPORT_TIMEOUT),
+    };
+    f.finish();
+    t
+}
+
+/// OTLP/HTTP's traces URL: a base (`http://collector:4318`) gets `/v1/traces`, as the
+/// OpenTelemetry exporters do with `OTEL_EXPORTER_OTLP_ENDPOINT`; a full path stays.
+fn otlp_traces_url(uri: &Uri) -> String {
+    let text = uri.to_string();
+    if uri.path().trim_end_matches('/').is_empty() {
+        format!("{}/v1/traces", text.trim_end_matches('/'))
+    } else {
+        text
+    }
 }
 
 /// `[[clients]]`: an array of tables, each a named app with its token and optional own key.

@@ -136,8 +136,8 @@ pub async fn serve(
 }
 
 /// Starts the one refresh of a soft-purged body, unless one is running, Mono asked us to wait,
-/// or the client has no upstream permit left (the stale answer needs none). An answer that says
-/// the data is gone (a 4xx other than 429) drops the purged body instead of serving it on.
+/// or the client has no upstream permit left (the stale answer needs none). An answer with
+/// nothing to store (other than a 5xx or 429) drops the purged body instead of serving it on.
 fn revalidate(state: &Arc<State>, read: &AccountRead) {
     let (tenant, route) = (&read.tenant.id, read.route.name);
     if state.inflight.fills.is_running(&read.fill_key())
@@ -148,14 +148,20 @@ fn revalidate(state: &Arc<State>, read: &AccountRead) {
     {
         return;
     }
-    let Ok(permit) = limits::upstream_permit(state, read.limiter.as_deref()) else {
-        return;
+    // Asked of the limiter itself: a client without a permit still gets its 200 STALE, which
+    // is no refusal to count.
+    let permit = match read.limiter.as_deref().map(crate::limits::ClientLimiter::upstream_permit) {
+        None => None,
+        Some(Ok(permit)) => permit,
+        Some(Err(_)) => return,
     };
     let (state, read) = (Arc::clone(state), read.clone());
     tokio::spawn(async move {
         match fill::collapsed(&state, &read, false, permit).await.0 {
+            // Mono answered, but with nothing to store (gone, not a 200, not storable): the
+            // purged body is not served on. A 5xx or 429 keeps it, as stale-if-error does.
             Ok(Filled::Uncacheable(f))
-                if f.status.is_client_error()
+                if !f.status.is_server_error()
                     && f.status != http::StatusCode::TOO_MANY_REQUESTS =>
             {
                 let path = read.path_key();

@@ -18,7 +18,7 @@ use crate::request::context::AccountRead;
 use crate::request::cooldown;
 use crate::singleflight::Outcome;
 use crate::state::State;
-use crate::store::{BodyKey, FillTicket, SharedBody, SharedLookup};
+use crate::store::{BodyKey, SharedBody, SharedLookup};
 use crate::upstream::Fetched;
 
 /// Lookups of the shared tier per fill at most (each but the last ended by a fill elsewhere
@@ -107,9 +107,10 @@ pub async fn fetch_and_store(
                     .purges
                     .covers(&read.account, read.route.name, shared.stored_at_ms)
                 {
-                    // Stored before an operator's purge: fetched again, and replaced for all.
+                    // Stored before an operator's purge: fetched again, and replaced for all
+                    // unless a sync moved the account's generation meanwhile.
                     state.metrics.shared_cache("purged");
-                    ticket = Some(FillTicket::unconditional());
+                    ticket = state.store.shared_ticket(&key).await;
                     break;
                 }
                 if let Some(filled) = adopt(state, read, shared) {

@@ -297,7 +297,13 @@ async fn from_record(
     let held = state
         .cache
         .lookup(&read.account_key(), read.path_key())
-        .filter(|b| state.cache.freshness(b) != Freshness::Expired);
+        .filter(|b| {
+            // A soft-purged body is what the operator asked to replace: fetched again here.
+            !matches!(
+                state.cache.freshness(b),
+                Freshness::Expired | Freshness::Purged
+            )
+        });
     let body = match held {
         Some(b) => b,
         None => match fill::fill(state, read).await.0? {

@@ -250,6 +250,15 @@ pub async fn listen(weak: Weak<State>, mut rx: broadcast::Receiver<Broadcast>) {
                     "purge from another replica applied"
                 );
             }
+            Broadcast::ForgetWindow { account } => {
+                for tenant in state.secrets.load().tenant_ids() {
+                    for kind in [Kind::Balance, Kind::Transactions] {
+                        state
+                            .store
+                            .forget_local(&RecordKey::new(&tenant, &account, kind));
+                    }
+                }
+            }
             Broadcast::Cooldown {
                 tenant,
                 route,

@@ -81,15 +81,6 @@ pub struct FillTicket {
     pub(crate) generation: String,
 }
 
-impl FillTicket {
-    /// A ticket that stores whatever the generation: the body replaces one a purge refused.
-    pub fn unconditional() -> FillTicket {
-        FillTicket {
-            generation: String::new(),
-        }
-    }
-}
-
 /// Who handles one step of a webhook delivery (applying it, or relaying it to one target) when
 /// a Mono retry may land on any replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +120,11 @@ pub enum Broadcast {
         scope: PurgeScope,
         /// Dropped (true) or marked stale (false).
         hard: bool,
+    },
+    /// An operator reset an account's realtime windows: every replica forgets its copies.
+    ForgetWindow {
+        /// Account id (all tenants).
+        account: String,
     },
     /// Mono answered 429: calls for the tenant, route and account wait until `until_ms`.
     Cooldown {
@@ -231,6 +227,17 @@ impl Store {
         match self {
             Store::Memory(m) => Ok(m.forget(key)),
             Store::Redis(r) => r.forget_window(key).await,
+        }
+    }
+
+    /// Forgets this replica's own copy of the record of `key` (another replica reset the
+    /// window); without this a local copy would answer, and later seed the record back.
+    pub fn forget_local(&self, key: &RecordKey) {
+        match self {
+            Store::Memory(m) => {
+                m.forget(key);
+            }
+            Store::Redis(r) => r.forget_local(key),
         }
     }
 

@@ -119,6 +119,11 @@ impl RedisStore {
         }
     }
 
+    /// Forgets only this replica's copy of the record of `key`.
+    pub fn forget_local(&self, key: &RecordKey) {
+        self.inner.local.forget(key);
+    }
+
     /// Deletes our lease so another replica may claim at once.
     pub async fn release(&self, key: &RecordKey) -> StoreResult<()> {
         let s = &*self.inner;
