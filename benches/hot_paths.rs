@@ -301,8 +301,53 @@ fn body_work(c: &mut Criterion) {
     g.finish();
 }
 
+/// What tracing costs a cache hit with span export off, under the subscriber production
+/// installs (JSON lines at `info`, no exporting layer): the request span and three phase spans,
+/// and the request's trace context with and without a caller's `traceparent`.
+fn telemetry(c: &mut Criterion) {
+    use mono_proxy::telemetry::{Trace, SPANS};
+    let cfg = mono_proxy::config::LogConfig {
+        format: mono_proxy::config::LogFormat::Json,
+        filter: "info".into(),
+    };
+    let (subscriber, _) = mono_proxy::logging::build(&cfg, None).expect("subscriber");
+    let _installed = tracing::subscriber::set_default(subscriber);
+    let mut g = c.benchmark_group("telemetry");
+    g.bench_function("hit_spans_export_off", |b| {
+        b.iter(|| {
+            let span = tracing::trace_span!(
+                target: SPANS,
+                "request",
+                otel.kind = "server",
+                http.request.method = "GET",
+                url.path = black_box("/v2/accounts/a/balance"),
+                http.route = tracing::field::Empty,
+            );
+            for phase in ["classify", "authorize", "cache lookup"] {
+                let _p = tracing::trace_span!(target: SPANS, "phase", phase).entered();
+                black_box(&_p);
+            }
+            black_box(span.is_disabled())
+        });
+    });
+    let none = HeaderMap::new();
+    g.bench_function("trace_of_request_new", |b| {
+        b.iter(|| Trace::of_request(black_box(&none), &tracing::Span::none()));
+    });
+    let mut caller = HeaderMap::new();
+    caller.insert(
+        "traceparent",
+        HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+    );
+    g.bench_function("trace_of_request_traceparent", |b| {
+        b.iter(|| Trace::of_request(black_box(&caller), &tracing::Span::none()));
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    telemetry,
     classify,
     cache_keys,
     cache_hit,

@@ -34,7 +34,7 @@ BENCH_IDS=$N BENCH_ID_BASE=0 BENCH_THREADS=1 BENCH_MAX_REQS=$N timeout 300 \
 sleep 1
 after=$(rss)
 metrics=$(curl -s "http://$AD/metrics")
-entries=$(awk '/^mono_proxy_cache_entries /{print $2}' <<<"$metrics")
+entries=$(awk '/^mono_proxy_cache_accounts /{print $2}' <<<"$metrics")
 bytes=$(awk '/^mono_proxy_cache_bytes /{print $2}' <<<"$metrics")
 echo "idle_rss_kib=$idle rss_after_warmup_kib=$before rss_after_kib=$after entries=$entries cache_bytes=$bytes"
 awk -v a="$after" -v b="$before" -v n="$entries" 'BEGIN{printf "rss_growth_per_entry_bytes=%.0f\n", (a-b)*1024/(n-200)}'

@@ -3,7 +3,10 @@
 //! The tables live here, below the request classes, with the values their waiters receive, so
 //! the state can hold them without knowing the classes that lead and join the flights.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use opentelemetry::trace::SpanContext;
 
 use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
@@ -13,6 +16,7 @@ use crate::cache::CachedBody;
 use crate::error::ProxyError;
 use crate::headers::{set_cache_status, CacheResult};
 use crate::singleflight::Flights;
+use crate::telemetry;
 use crate::upstream::Fetched;
 
 /// What a fill (an upstream fetch for a cache miss) produced, shared by its waiters.
@@ -60,4 +64,44 @@ pub struct InFlight {
     pub fills: Arc<Flights<String, Result<Filled, ProxyError>>>,
     /// Realtime calls, keyed by `tenant:account:kind`.
     pub realtime: Arc<Flights<String, Result<RealtimeAnswer, ProxyError>>>,
+    /// The span of each flight's leader, while spans are exported, so a waiter's span links
+    /// to the call it waited on.
+    pub leaders: Leaders,
+}
+
+/// The exported span leading each flight, by flight key.
+#[derive(Default)]
+pub struct Leaders(Mutex<HashMap<String, SpanContext>>);
+
+impl Leaders {
+    /// The leader of `key` is `span` until [`Leaders::done`]; nothing when spans are not
+    /// exported.
+    pub fn lead(&self, key: &str, span: &tracing::Span) {
+        if let Some(cx) = telemetry::span_context(span) {
+            self.map().insert(key.to_string(), cx);
+        }
+    }
+
+    /// The flight of `key` ended.
+    pub fn done(&self, key: &str) {
+        if telemetry::exporting() {
+            self.map().remove(key);
+        }
+    }
+
+    /// Links `span` (a waiter's) to the leader of `key`, if one is known.
+    pub fn link(&self, key: &str, span: &tracing::Span) {
+        if !telemetry::exporting() {
+            return;
+        }
+        if let Some(cx) = self.map().get(key).cloned() {
+            telemetry::link(span, cx);
+        }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, SpanContext>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }

@@ -44,5 +44,6 @@ pub mod state;
 pub mod stats;
 pub mod status;
 pub mod store;
+pub mod telemetry;
 pub mod tenant;
 pub mod upstream;

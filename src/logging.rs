@@ -3,9 +3,14 @@
 use std::io::IsTerminal;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
-use tracing_subscriber::EnvFilter;
+use tracing::Level;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, reload, EnvFilter, Layer};
 
 use crate::config::{LogConfig, LogFormat};
+use crate::telemetry::SPANS;
 
 /// Why logging could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -18,8 +23,8 @@ pub enum LogSetupError {
     Install(String),
 }
 
-/// Swaps the installed subscriber's filter (its type depends on the format, hence a closure).
-type Apply = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+/// Swaps the installed log layer's filter.
+pub type Apply = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
 
 /// The filter in force and how to change it, once a subscriber is installed.
 static CONTROL: OnceLock<(Mutex<String>, Apply)> = OnceLock::new();
@@ -38,41 +43,55 @@ pub enum FilterError {
     Reload(String),
 }
 
-/// Installs the global subscriber, writing to stderr, with a filter that can be changed at
-/// run time ([`set_filter`]).
-pub fn init(cfg: &LogConfig) -> Result<(), LogSetupError> {
-    let filter = EnvFilter::try_new(&cfg.filter)?;
+/// Installs the global subscriber: log lines to stderr under a filter that can be changed at
+/// run time ([`set_filter`]), and, with a `tracer`, the phase spans exported through it. Each
+/// has its own filter, so the log filter never decides which spans are exported.
+pub fn init(
+    cfg: &LogConfig,
+    tracer: Option<opentelemetry_sdk::trace::Tracer>,
+) -> Result<(), LogSetupError> {
+    let (subscriber, apply) = build(cfg, tracer)?;
+    subscriber
+        .try_init()
+        .map_err(|e| LogSetupError::Install(e.to_string()))?;
+    let _ = CONTROL.set((Mutex::new(cfg.filter.clone()), apply));
+    Ok(())
+}
+
+/// The subscriber [`init`] installs, and how to change its log filter (benches use it
+/// without installing it globally).
+pub fn build(
+    cfg: &LogConfig,
+    tracer: Option<opentelemetry_sdk::trace::Tracer>,
+) -> Result<(impl tracing::Subscriber + Send + Sync, Apply), LogSetupError> {
+    let (filter, handle) = reload::Layer::new(EnvFilter::try_new(&cfg.filter)?);
     // Colour only for a person at a terminal: container runtimes and log shippers store
     // stderr as-is, and escape codes there make lines unreadable and ungreppable.
     let ansi = std::io::stderr().is_terminal();
-    let (result, apply): (_, Apply) = match cfg.format {
-        LogFormat::Json => {
-            let builder = tracing_subscriber::fmt()
-                .json()
-                .flatten_event(true)
-                .with_current_span(false)
-                .with_writer(std::io::stderr)
-                .with_ansi(ansi)
-                .with_env_filter(filter)
-                .with_filter_reloading();
-            let handle = builder.reload_handle();
-            let apply = Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()));
-            (builder.try_init(), apply)
-        }
-        LogFormat::Text => {
-            let builder = tracing_subscriber::fmt()
-                .with_writer(std::io::stderr)
-                .with_ansi(ansi)
-                .with_env_filter(filter)
-                .with_filter_reloading();
-            let handle = builder.reload_handle();
-            let apply = Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()));
-            (builder.try_init(), apply)
-        }
+    let lines = match cfg.format {
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .boxed(),
+        LogFormat::Text => fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .boxed(),
     };
-    result.map_err(|e| LogSetupError::Install(e.to_string()))?;
-    let _ = CONTROL.set((Mutex::new(cfg.filter.clone()), apply));
-    Ok(())
+    let spans = tracer.map(|t| {
+        tracing_opentelemetry::layer()
+            .with_tracer(t)
+            .with_filter(Targets::new().with_target(SPANS, Level::TRACE))
+    });
+    let subscriber = tracing_subscriber::registry()
+        .with(lines.with_filter(filter))
+        .with(spans);
+    let apply: Apply = Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()));
+    Ok((subscriber, apply))
 }
 
 /// The filter in force, when this process installed a reloadable subscriber.

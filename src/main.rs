@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use mono_proxy::config::{Config, Origin, ProcessEnv};
 use mono_proxy::sandbox::{Sandbox, SandboxConfig};
+use mono_proxy::telemetry::Exporter;
 
 /// jemalloc keeps RSS per cached entry lowest among the allocators measured (glibc malloc,
 /// mimalloc, jemalloc) and returns memory freed by request buffers well (docs/performance.md).
@@ -192,9 +193,22 @@ async fn run(path: Option<PathBuf>, listen: Option<SocketAddr>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = mono_proxy::logging::init(&config.log) {
+    let (exporter, tracer) = match config.telemetry.otlp_endpoint {
+        None => (None, None),
+        Some(_) => match Exporter::new(&config.telemetry) {
+            Ok((exporter, tracer)) => (Some(exporter), Some(tracer)),
+            Err(e) => {
+                eprintln!("mono-proxy: refusing to start: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    if let Err(e) = mono_proxy::logging::init(&config.log, tracer) {
         eprintln!("mono-proxy: {e}");
         return ExitCode::from(2);
+    }
+    if let Some(endpoint) = &config.telemetry.otlp_endpoint {
+        tracing::info!(endpoint = %endpoint, sampling_ratio = config.telemetry.sampling_ratio, "exporting spans over OTLP/HTTP");
     }
     // Install the SIGTERM/SIGINT handlers (on the future's first poll) before binding, so that
     // once the port answers a signal always drains instead of killing the process outright.
@@ -217,7 +231,12 @@ async fn run(path: Option<PathBuf>, listen: Option<SocketAddr>) -> ExitCode {
     };
     terminated.await;
     tracing::info!("shutting down: not ready, draining in-flight requests");
-    report(running.stop().await)
+    let stopped = running.stop().await;
+    if let Some(exporter) = exporter {
+        // Sends the last spans; it waits on the export, which runs on this runtime.
+        let _ = tokio::task::spawn_blocking(move || exporter.shutdown()).await;
+    }
+    report(stopped)
 }
 
 async fn sandbox(args: SandboxArgs) -> ExitCode {
@@ -273,7 +292,7 @@ fn init_plain_logging() {
         format: mono_proxy::config::LogFormat::Text,
         filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
     };
-    if let Err(e) = mono_proxy::logging::init(&cfg) {
+    if let Err(e) = mono_proxy::logging::init(&cfg, None) {
         eprintln!("mono-proxy: {e}");
     }
 }

@@ -23,7 +23,26 @@ struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamLabels {
     class: &'static str,
+    /// The HTTP status Mono answered; empty when none came.
     status: String,
+    /// Why no usable answer came (`upstream_unreachable`, …); empty when one did.
+    error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassRouteLabels {
+    class: &'static str,
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,6 +72,31 @@ struct OpLabel {
     op: &'static str,
 }
 
+/// Latency of shared-store (Redis) operations, by operation; handed to the store, which
+/// observes each operation it runs.
+#[derive(Clone, Debug)]
+pub struct StoreLatency(Family<OpLabel, Histogram>);
+
+impl Default for StoreLatency {
+    fn default() -> Self {
+        StoreLatency(Family::new_with_constructor(fine_buckets))
+    }
+}
+
+impl StoreLatency {
+    /// Records one operation's time.
+    pub fn observe(&self, op: &'static str, took: Duration) {
+        self.0
+            .get_or_create(&OpLabel { op })
+            .observe(took.as_secs_f64());
+    }
+}
+
+/// Buckets from 50 µs doubling to about 26 s: a cache hit and a realtime call on one scale.
+fn fine_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LimitedLabels {
     client: &'static str,
@@ -70,12 +114,20 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     upstream: Family<UpstreamLabels, Counter>,
     upstream_seconds: Family<ClassLabel, Histogram>,
+    request_seconds: Family<ClassRouteLabels, Histogram>,
+    store_seconds: StoreLatency,
+    relay_seconds: Family<ResultLabel, Histogram>,
+    rss_bytes: Gauge,
+    open_fds: Gauge,
+    cpu_seconds: Counter<f64, AtomicU64>,
+    /// CPU seconds already added to `cpu_seconds` (µs), so each scrape adds what is new.
+    cpu_seen_micros: AtomicU64,
     realtime: Family<OutcomeLabel, Counter>,
     saved: Counter<f64, AtomicU64>,
     webhooks: Family<WebhookLabels, Counter>,
     store_errors: Family<OpLabel, Counter>,
     store_degraded: Gauge,
-    cache_entries: Gauge,
+    cache_accounts: Gauge,
     cache_bytes: Gauge,
     connections_open: Gauge,
     connections: Counter,
@@ -107,8 +159,56 @@ impl Metrics {
         let upstream = Family::<UpstreamLabels, Counter>::default();
         registry.register(
             "upstream_requests",
-            "Requests sent to Mono, by class and status (or error)",
+            "Requests sent to Mono, by class, HTTP status (empty when none came) and error (empty when Mono answered)",
             upstream.clone(),
+        );
+        let request_seconds =
+            Family::<ClassRouteLabels, Histogram>::new_with_constructor(fine_buckets);
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request's head to its response head, by class and route (upstream time included)",
+            request_seconds.clone(),
+        );
+        let store_seconds = StoreLatency::default();
+        registry.register(
+            "store_operation_duration_seconds",
+            "Time of shared-store (Redis) operations, by operation",
+            store_seconds.0.clone(),
+        );
+        let relay_seconds = Family::<ResultLabel, Histogram>::new_with_constructor(fine_buckets);
+        registry.register(
+            "webhook_relay_duration_seconds",
+            "Time of one webhook relay to one target, by result (ok, failed)",
+            relay_seconds.clone(),
+        );
+        let build = Family::<BuildLabels, Gauge>::default();
+        registry.register(
+            "build_info",
+            "1, labelled with the version of the running binary",
+            build.clone(),
+        );
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        let rss_bytes = Gauge::default();
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory of the process",
+            rss_bytes.clone(),
+        );
+        let open_fds = Gauge::default();
+        registry.register(
+            "process_open_fds",
+            "File descriptors open (client and upstream connections, files)",
+            open_fds.clone(),
+        );
+        let cpu_seconds = Counter::<f64, AtomicU64>::default();
+        registry.register(
+            "process_cpu_seconds",
+            "CPU time used by the process, user and system",
+            cpu_seconds.clone(),
         );
         let upstream_seconds = Family::<ClassLabel, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.001, 2.0, 17))
@@ -148,11 +248,11 @@ impl Metrics {
             "1 while the shared store is unreachable",
             store_degraded.clone(),
         );
-        let cache_entries = Gauge::default();
+        let cache_accounts = Gauge::default();
         registry.register(
-            "cache_entries",
-            "Accounts with cached responses",
-            cache_entries.clone(),
+            "cache_accounts",
+            "Accounts (per tenant) with cached responses; each holds one or more bodies",
+            cache_accounts.clone(),
         );
         let cache_bytes = Gauge::default();
         registry.register(
@@ -212,12 +312,19 @@ impl Metrics {
             requests,
             upstream,
             upstream_seconds,
+            request_seconds,
+            store_seconds,
+            relay_seconds,
+            rss_bytes,
+            open_fds,
+            cpu_seconds,
+            cpu_seen_micros: AtomicU64::new(0),
             realtime,
             saved,
             webhooks,
             store_errors,
             store_degraded,
-            cache_entries,
+            cache_accounts,
             cache_bytes,
             connections_open,
             connections,
@@ -249,6 +356,26 @@ impl Metrics {
             .inc();
     }
 
+    /// The proxy's own time for a request, head to head.
+    pub fn request_time(&self, class: &'static str, route: &'static str, took: Duration) {
+        self.request_seconds
+            .get_or_create(&ClassRouteLabels { class, route })
+            .observe(took.as_secs_f64());
+    }
+
+    /// The time of one webhook relay to one target.
+    pub fn relay_time(&self, ok: bool, took: Duration) {
+        let result = if ok { "ok" } else { "failed" };
+        self.relay_seconds
+            .get_or_create(&ResultLabel { result })
+            .observe(took.as_secs_f64());
+    }
+
+    /// The histogram the shared store records its operations in.
+    pub fn store_latency(&self) -> StoreLatency {
+        self.store_seconds.clone()
+    }
+
     /// Counts an answered request.
     pub fn request(
         &self,
@@ -269,12 +396,24 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts an upstream call and its latency; `status` is the code or an error label.
-    pub fn upstream(&self, class: &'static str, status: &str, elapsed: Duration) {
+    /// Counts an upstream call and its latency: Mono's `status` (0: none came) or the `error`.
+    pub fn upstream(
+        &self,
+        class: &'static str,
+        status: u16,
+        error: &'static str,
+        elapsed: Duration,
+    ) {
+        let status = if status == 0 {
+            String::new()
+        } else {
+            status.to_string()
+        };
         self.upstream
             .get_or_create(&UpstreamLabels {
                 class,
-                status: status.to_string(),
+                status,
+                error,
             })
             .inc();
         self.upstream_seconds
@@ -361,16 +500,56 @@ impl Metrics {
             .inc();
     }
 
-    /// Renders the Prometheus text exposition, with cache gauges as of now.
-    pub fn encode(&self, cache_entries: u64, cache_bytes: u64) -> String {
-        self.cache_entries.set(cache_entries as i64);
+    /// Renders the Prometheus text exposition, with cache and process gauges as of now.
+    pub fn encode(&self, cache_accounts: u64, cache_bytes: u64) -> String {
+        self.cache_accounts.set(cache_accounts as i64);
         self.cache_bytes.set(cache_bytes as i64);
+        self.read_process();
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
         out
     }
+}
+
+impl Metrics {
+    /// Reads the process's memory, descriptors and CPU time from `/proc/self` (Linux; elsewhere
+    /// they stay 0).
+    fn read_process(&self) {
+        let Some(p) = process_now() else { return };
+        self.rss_bytes.set(p.rss_bytes as i64);
+        self.open_fds.set(p.open_fds as i64);
+        let before = self.cpu_seen_micros.swap(p.cpu_micros, Ordering::Relaxed);
+        if p.cpu_micros > before {
+            self.cpu_seconds
+                .inc_by((p.cpu_micros - before) as f64 / 1_000_000.0);
+        }
+    }
+}
+
+/// What `/proc/self` says about the process now.
+struct Process {
+    rss_bytes: u64,
+    open_fds: u64,
+    cpu_micros: u64,
+}
+
+fn process_now() -> Option<Process> {
+    // Fields after the command (which may hold spaces) in /proc/self/stat: utime and stime
+    // are the 12th and 13th, in clock ticks (100 per second on Linux).
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let resident_pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    Some(Process {
+        rss_bytes: resident_pages * 4096,
+        open_fds,
+        cpu_micros: ticks * 10_000,
+    })
 }
 
 /// A cost as whole millionths, as the saved-cost counter keeps it.

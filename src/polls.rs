@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use tokio::sync::mpsc;
 
 use crate::store::JobRecord;
+use crate::telemetry::Trace;
 use crate::tenant::Tenant;
 
 /// Jobs followed at once at most; more are left to webhooks and job-status reads.
@@ -21,6 +22,8 @@ pub struct PollRequest {
     pub tenant: Tenant,
     /// The job as it was when tracking began.
     pub record: JobRecord,
+    /// The trace of the realtime call that started it: its polls join it.
+    pub trace: Trace,
 }
 
 /// The receiving end, owned by the poller task.
@@ -46,7 +49,7 @@ impl PollQueue {
     }
 
     /// Starts following a processing job unless polling is off, it ended, or it is followed.
-    pub fn track(&self, tenant: &Tenant, record: &JobRecord) {
+    pub fn track(&self, tenant: &Tenant, record: &JobRecord, trace: &Trace) {
         if !self.enabled || record.status.is_terminal() {
             return;
         }
@@ -66,6 +69,7 @@ impl PollQueue {
         let request = PollRequest {
             tenant: tenant.clone(),
             record: record.clone(),
+            trace: trace.clone(),
         };
         if self.tx.send(request).is_err() {
             // No poller runs (the state is being torn down): nothing will follow the job.

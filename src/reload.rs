@@ -154,6 +154,7 @@ fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static str> {
     keep!("jobs", jobs);
     keep!("webhook.memory", webhook.memory);
     keep!("log.format", log.format);
+    keep!("telemetry", telemetry);
     changed
 }
 

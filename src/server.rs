@@ -81,7 +81,7 @@ pub async fn run(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "set_nodelay failed");
         }
-        let (service, activity) = proxy.for_connection();
+        let (service, activity) = proxy.for_connection(peer);
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();

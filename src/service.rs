@@ -3,6 +3,7 @@
 //! envelope, and every request ends in one summary event and one metric.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,13 +26,17 @@ use crate::request::passthrough::Named;
 use crate::request::{cached_read, job_status, limits, passthrough, realtime, webhook};
 use crate::route::{self, Class, Rules};
 use crate::state::State;
+use crate::telemetry::{self, Trace, SPANS};
 use crate::tenant::Tenant;
+use tracing::Instrument;
 
 /// The proxy as a hyper service: a cheap clone over the shared state.
 #[derive(Clone)]
 pub struct Proxy {
     state: Arc<State>,
     activity: Arc<Activity>,
+    /// The connection's client address (access log).
+    peer: Option<SocketAddr>,
 }
 
 /// What one connection is doing, so the server can close connections that send nothing.
@@ -68,15 +73,17 @@ impl Proxy {
         Proxy {
             state,
             activity: Arc::default(),
+            peer: None,
         }
     }
 
-    /// The service for one new connection, with its own activity counters.
-    pub fn for_connection(&self) -> (Proxy, Arc<Activity>) {
+    /// The service for one new connection from `peer`, with its own activity counters.
+    pub fn for_connection(&self, peer: SocketAddr) -> (Proxy, Arc<Activity>) {
         let activity = Arc::new(Activity::default());
         let proxy = Proxy {
             state: Arc::clone(&self.state),
             activity: Arc::clone(&activity),
+            peer: Some(peer),
         };
         (proxy, activity)
     }
@@ -92,8 +99,9 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
         self.activity.started.fetch_add(1, Ordering::Relaxed);
         self.activity.in_flight.fetch_add(1, Ordering::Relaxed);
         let guard = Busy(Arc::clone(&self.activity));
+        let peer = self.peer;
         Box::pin(async move {
-            let resp = handle(state, req).await;
+            let resp = handle(state, req, peer).await;
             drop(guard);
             Ok(resp)
         })
@@ -111,12 +119,32 @@ struct Summary {
     error: Option<&'static str>,
 }
 
-/// Answers one request and records it (one summary event, one metric).
-pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+/// Answers one request and records it (one summary event, one metric, one span when spans are
+/// exported).
+pub async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+    peer: Option<SocketAddr>,
+) -> Response<Body> {
     let started = Instant::now();
     let request_id = headers::request_id(req.headers());
     let method = req.method().clone();
     let uri = req.uri().clone();
+    let version = req.version();
+    let span = tracing::trace_span!(
+        target: SPANS,
+        "request",
+        otel.kind = "server",
+        http.request.method = %method,
+        url.path = uri.path(),
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        mono_proxy.cache = tracing::field::Empty,
+        mono_proxy.client = tracing::field::Empty,
+    );
+    let trace = Trace::of_request(req.headers(), &span);
+    let user_agent = req.headers().get(header::USER_AGENT).cloned();
+    let bytes_in = declared_length(req.headers()).unwrap_or(0);
     let mut summary = Summary {
         class: "invalid",
         route: "other",
@@ -124,7 +152,10 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
         cache: None,
         error: None,
     };
-    let mut resp = match pipeline(&state, req, &request_id, &mut summary).await {
+    let answered = pipeline(&state, req, &request_id, &trace, &mut summary)
+        .instrument(span.clone())
+        .await;
+    let mut resp = match answered {
         Ok(resp) => resp,
         Err(e) => {
             summary.error = Some(e.kind());
@@ -147,6 +178,7 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
         });
     }
     let cache_label = summary.cache.map_or("none", CacheResult::label);
+    let took = started.elapsed();
     state.metrics.request(
         summary.class,
         summary.route,
@@ -154,9 +186,28 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
         cache_label,
         status,
     );
+    state
+        .metrics
+        .request_time(summary.class, summary.route, took);
+    if !span.is_disabled() {
+        telemetry::rename(&span, format!("{method} {}", summary.route));
+        span.record("http.route", summary.route);
+        span.record("http.response.status_code", status);
+        span.record("mono_proxy.cache", cache_label);
+        span.record("mono_proxy.client", summary.client);
+    }
+    let (upstream_status, upstream_ms) = trace.upstream().unwrap_or((0, 0.0));
+    // Exact for buffered answers and declared lengths; -1 for a body streamed without one.
+    let bytes_out = hyper::body::Body::size_hint(resp.body())
+        .exact()
+        .or_else(|| declared_length(resp.headers()))
+        .map_or(-1, |n| n as i64);
     tracing::info!(
         target: "mono_proxy::access",
         request_id = request_id.to_str().unwrap_or("-"),
+        trace_id = %trace.id(),
+        peer = %peer.map_or_else(|| "-".to_string(), |p| p.to_string()),
+        protocol = ?version,
         method = %method,
         path = uri.path(),
         class = summary.class,
@@ -165,10 +216,25 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
         status,
         cache = cache_label,
         error = summary.error.unwrap_or(""),
-        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        bytes_in,
+        bytes_out,
+        upstream_status,
+        upstream_ms,
+        duration_ms = took.as_secs_f64() * 1000.0,
+        user_agent = user_agent.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
         "request"
     );
     resp
+}
+
+/// A message's declared `Content-Length`.
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// classify → authorize → the class's step.
@@ -176,9 +242,13 @@ async fn pipeline(
     state: &Arc<State>,
     req: Request<Incoming>,
     request_id: &HeaderValue,
+    trace: &Trace,
     summary: &mut Summary,
 ) -> Result<Response<Body>, ProxyError> {
-    let class = classify(state, &req)?;
+    let class = {
+        let _phase = tracing::trace_span!(target: SPANS, "classify").entered();
+        classify(state, &req)?
+    };
     summary.class = class.label();
     summary.route = class.route_name();
     let query = req.uri().query();
@@ -190,7 +260,7 @@ async fn pipeline(
     };
     let (resp, result) = match class {
         // Mono authenticates its webhooks with their own secret; no client token applies.
-        Class::Webhook => return webhook::serve(state, req).await,
+        Class::Webhook => return webhook::serve(state, req, trace).await,
         Class::Passthrough { route, account } => {
             let tenant = authorize(state, &req, summary)?;
             let limiter = limit(state, summary.client).await?;
@@ -202,6 +272,7 @@ async fn pipeline(
                 tenant: &tenant,
                 limiter: limiter.as_deref(),
                 named,
+                trace,
             };
             return passthrough::serve(state, to, req, request_id).await;
         }
@@ -226,14 +297,16 @@ async fn pipeline(
                 request_id.clone(),
             )
             .with_directives(directives)
-            .with_limiter(limiter);
+            .with_limiter(limiter)
+            .with_trace(trace.clone());
             cached_read::serve(state, &read).await?
         }
         Class::Realtime { route, account } => {
             let tenant = authorize(state, &req, summary)?;
             let limiter = limit(state, summary.client).await?;
             let read = AccountRead::new(tenant, account, route, "", target(), request_id.clone())
-                .with_limiter(limiter);
+                .with_limiter(limiter)
+                .with_trace(trace.clone());
             realtime::serve(state, &read).await?
         }
         Class::JobStatus { account, job_id } => {
@@ -245,6 +318,7 @@ async fn pipeline(
                 job_id,
                 query: query.map(str::to_string),
                 request_id: request_id.clone(),
+                trace: trace.clone(),
             };
             job_status::serve(state, &read).await?
         }
@@ -316,6 +390,7 @@ fn authorize(
     req: &Request<Incoming>,
     summary: &mut Summary,
 ) -> Result<Tenant, ProxyError> {
+    let _phase = tracing::trace_span!(target: SPANS, "authorize").entered();
     let secrets = state.secrets.load();
     let h = req.headers();
     if secrets.clients.is_empty() {

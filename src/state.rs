@@ -89,7 +89,13 @@ impl State {
         let secrets = Secrets::load(&config)?;
         let metrics = Arc::new(Metrics::new(config.realtime.cost_per_call));
         let upstream = Upstream::new(&config.upstream, Arc::clone(&metrics))?;
-        let store = Store::open(&config.store, &config.cache, config.realtime.window).await?;
+        let store = Store::open(
+            &config.store,
+            &config.cache,
+            config.realtime.window,
+            metrics.store_latency(),
+        )
+        .await?;
         let (polls, poll_rx) = PollQueue::new(config.jobs.poll);
         let routes = Routes::new(&config.routes, &config.cache);
         let state = Arc::new(State {

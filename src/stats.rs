@@ -63,9 +63,12 @@ pub fn snapshot(state: &State) -> Value {
 
     let mut upstream_status: BTreeMap<String, f64> = BTreeMap::new();
     for s in of("mono_proxy_upstream_requests_total") {
-        *upstream_status
-            .entry(s.label("status").to_string())
-            .or_default() += s.value;
+        // Mono's code, or why none came.
+        let key = match s.label("status") {
+            "" => s.label("error"),
+            code => code,
+        };
+        *upstream_status.entry(key.to_string()).or_default() += s.value;
     }
     let buckets = merged_buckets(of("mono_proxy_upstream_duration_seconds_bucket"));
 

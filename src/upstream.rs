@@ -20,6 +20,8 @@ use crate::config::{Secret, UpstreamConfig};
 use crate::error::ProxyError;
 use crate::headers::{strip_hop_by_hop, MONO_SEC_KEY, REQUEST_ID};
 use crate::metrics::Metrics;
+use crate::telemetry::{Trace, SPANS};
+use tracing::{Instrument, Span};
 
 /// Why the upstream client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -217,44 +219,74 @@ impl Upstream {
         class: &'static str,
         req: Request<Body>,
         timeout: Duration,
+        trace: &Trace,
     ) -> Result<Response<Incoming>, ProxyError> {
         let started = Instant::now();
-        let result = self.relay(req, timeout).await;
-        self.record(class, result.as_ref().map(Response::status), started);
+        let result = self.relay(req, timeout, trace).await;
+        self.record(class, result.as_ref().map(Response::status), started, trace);
         result
     }
 
-    /// Counts one call to Mono under its request class, with its status or error kind.
+    /// Counts one call to Mono under its request class, with its status or error kind, and
+    /// notes it in the request's trace for the access log.
     fn record(
         &self,
         class: &'static str,
         status: Result<StatusCode, &ProxyError>,
         started: Instant,
+        trace: &Trace,
     ) {
-        let label = match status {
-            Ok(s) => s.as_str().to_string(),
+        let took = started.elapsed();
+        let (code, error) = match status {
+            Ok(s) => (s.as_u16(), ""),
             // The client's body was too large or broken: the upstream did nothing wrong.
             Err(ProxyError::PayloadTooLarge(_) | ProxyError::BadRequest(_)) => return,
-            Err(e) => e.kind().to_string(),
+            Err(e) => (0, e.kind()),
         };
-        self.metrics.upstream(class, &label, started.elapsed());
+        trace.saw_upstream(code, took);
+        self.metrics.upstream(class, code, error, took);
     }
 
-    /// Sends a request that is not a call to Mono (a webhook relay): not counted as one.
+    /// Sends one request upstream (Mono, or a webhook relay target, which is not counted as a
+    /// call to Mono) under an `upstream call` span, carrying the request's trace.
     pub async fn relay(
         &self,
-        req: Request<Body>,
+        mut req: Request<Body>,
         timeout: Duration,
+        trace: &Trace,
     ) -> Result<Response<Incoming>, ProxyError> {
+        let span = tracing::trace_span!(
+            target: SPANS,
+            "upstream call",
+            otel.kind = "client",
+            http.request.method = %req.method(),
+            server.address = req.uri().host().unwrap_or_default(),
+            url.path = req.uri().path(),
+            http.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        // A call made away from its request (a detached fill, a job poll) joins its trace.
+        if Span::current().is_none() {
+            trace.adopt(&span);
+        }
+        trace.inject(&span, req.headers_mut());
         let started = Instant::now();
-        match tokio::time::timeout(timeout, self.client.request(req)).await {
+        let sent = tokio::time::timeout(timeout, self.client.request(req))
+            .instrument(span.clone())
+            .await;
+        let result = match sent {
             Err(_) => Err(ProxyError::UpstreamTimeout(timeout.as_millis() as u64)),
             Ok(Err(e)) => Err(classify_client_error(&e, started.elapsed(), timeout)),
             Ok(Ok(mut resp)) => {
                 strip_hop_by_hop(resp.headers_mut());
                 Ok(resp)
             }
-        }
+        };
+        match &result {
+            Ok(resp) => span.record("http.response.status_code", resp.status().as_u16()),
+            Err(e) => span.record("error.type", e.kind()),
+        };
+        result
     }
 
     /// Sends a request for a request class and reads the whole answer within `timeout`,
@@ -264,10 +296,11 @@ impl Upstream {
         class: &'static str,
         req: Request<Body>,
         timeout: Duration,
+        trace: &Trace,
     ) -> Result<Fetched, ProxyError> {
         let started = Instant::now();
-        let result = self.fetch_whole(req, timeout).await;
-        self.record(class, result.as_ref().map(|r| r.status), started);
+        let result = self.fetch_whole(req, timeout, trace).await;
+        self.record(class, result.as_ref().map(|r| r.status), started, trace);
         result
     }
 
@@ -275,10 +308,11 @@ impl Upstream {
         &self,
         req: Request<Body>,
         timeout: Duration,
+        trace: &Trace,
     ) -> Result<Fetched, ProxyError> {
         let limit = self.max_response_bytes;
         let work = async {
-            let resp = self.relay(req, timeout).await?;
+            let resp = self.relay(req, timeout, trace).await?;
             let (parts, body) = resp.into_parts();
             let body = collect_limited(body, limit).await.map_err(|e| match e {
                 CollectError::TooLarge => {

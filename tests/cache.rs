@@ -479,7 +479,7 @@ async fn measure_memory_per_entry() {
     let proxy_heap = live_heap() - heap_before;
     let text = proxy.metrics().await;
     let weighed = metric(&text, "mono_proxy_cache_bytes");
-    let entries = metric(&text, "mono_proxy_cache_entries");
+    let entries = metric(&text, "mono_proxy_cache_accounts");
     let body_len = proxy
         .get("/v2/accounts/m000000/balance", &[])
         .await

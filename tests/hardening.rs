@@ -266,7 +266,7 @@ async fn broken_request_bodies_are_the_clients_fault() {
     }
     let m = proxy.metrics().await;
     assert_eq!(
-        metric(&m, "mono_proxy_upstream_requests_total{class=\"passthrough\",status=\"upstream_unreachable\"}"),
+        metric(&m, "mono_proxy_upstream_requests_total{class=\"passthrough\",status=\"\",error=\"upstream_unreachable\"}"),
         0.0,
         "a client's broken body was counted against Mono:\n{m}"
     );

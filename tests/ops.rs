@@ -37,6 +37,89 @@ async fn proxy_with_key_file(
 }
 
 #[tokio::test]
+async fn request_store_and_relay_latencies_build_info_and_process_metrics_move_under_traffic() {
+    let sb = sandbox(sandbox_config()).await;
+    let redis = TestRedis::start();
+    let target = receiver::Receiver::start().await;
+    let prefix = format!("ops-{}", uuid::Uuid::new_v4().simple());
+    let proxy = ProxyBuilder::for_sandbox(&sb)
+        .toml(&format!(
+            "[store]\nbackend = \"redis\"\nredis_url = \"{}\"\nprefix = \"{prefix}\"\ntimeout = \"1s\"\n[webhook]\nforward_to = [\"{}\"]",
+            redis.url,
+            target.url()
+        ))
+        .start()
+        .await;
+    let before = proxy.metrics().await;
+    let timed = r#"mono_proxy_request_duration_seconds_count{class="cached",route="balance"}"#;
+    assert_eq!(metric(&before, timed), 0.0);
+    assert_eq!(
+        metric(&before, r#"mono_proxy_build_info{version=""#),
+        1.0,
+        "{before}"
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            proxy.get("/v2/accounts/lat1/balance", &[]).await.status,
+            200
+        );
+    }
+    assert_eq!(
+        proxy.realtime("/v2/accounts/lat1/balance").await.status,
+        200
+    );
+    let hook = proxy
+        .webhook(
+            &json!({"event": "mono.events.account_updated", "data": {"account": {"_id": "lat1"}}}),
+        )
+        .await;
+    assert_eq!(hook.status, 200, "{}", hook.text());
+    let after = proxy.metrics().await;
+    assert_eq!(metric(&after, timed), 3.0, "{after}");
+    assert!(
+        metric(
+            &after,
+            r#"mono_proxy_request_duration_seconds_sum{class="cached",route="balance"}"#
+        ) > 0.0
+    );
+    assert!(
+        metric(
+            &after,
+            "mono_proxy_store_operation_duration_seconds_count{op="
+        ) >= 1.0,
+        "{after}"
+    );
+    assert_eq!(
+        metric(
+            &after,
+            r#"mono_proxy_webhook_relay_duration_seconds_count{result="ok"}"#
+        ),
+        1.0,
+        "{after}"
+    );
+    assert!(
+        metric(&after, "mono_proxy_process_resident_memory_bytes") > 1e6,
+        "{after}"
+    );
+    assert!(metric(&after, "mono_proxy_process_open_fds") >= 3.0);
+    assert!(metric(&after, "mono_proxy_process_cpu_seconds_total") > 0.0);
+    // Status labels hold HTTP codes only; why no answer came has a label of its own.
+    for line in after
+        .lines()
+        .filter(|l| l.starts_with("mono_proxy_upstream_requests_total{"))
+    {
+        let status = line
+            .split("status=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        assert!(status.is_empty() || status.parse::<u16>().is_ok(), "{line}");
+    }
+}
+
+#[tokio::test]
 async fn metrics_follow_hits_collapsed_calls_upstream_calls_and_saved_cost() {
     let sb = sandbox(sandbox_config()).await;
     let proxy = ProxyBuilder::for_sandbox(&sb)
@@ -81,7 +164,7 @@ async fn metrics_follow_hits_collapsed_calls_upstream_calls_and_saved_cost() {
     assert_eq!(
         metric(
             &m,
-            r#"mono_proxy_upstream_requests_total{class="cached",status="200"}"#
+            r#"mono_proxy_upstream_requests_total{class="cached",status="200",error=""}"#
         ),
         1.0,
         "{m}"
@@ -101,7 +184,7 @@ async fn metrics_follow_hits_collapsed_calls_upstream_calls_and_saved_cost() {
         ) > 0.0
     );
     assert!(metric(&m, "mono_proxy_connections_total") >= 2.0, "{m}");
-    assert!(metric(&m, "mono_proxy_cache_entries") >= 1.0, "{m}");
+    assert!(metric(&m, "mono_proxy_cache_accounts") >= 1.0, "{m}");
     assert!(metric(&m, "mono_proxy_cache_bytes") > 0.0, "{m}");
 
     let first = proxy.realtime("/v2/accounts/acc2/balance").await;
@@ -120,7 +203,7 @@ async fn metrics_follow_hits_collapsed_calls_upstream_calls_and_saved_cost() {
     assert_eq!(
         metric(
             &m,
-            r#"mono_proxy_upstream_requests_total{class="realtime",status="200"}"#
+            r#"mono_proxy_upstream_requests_total{class="realtime",status="200",error=""}"#
         ),
         1.0,
         "{m}"
@@ -150,10 +233,23 @@ async fn json_log_lines_parse_and_the_access_event_has_its_fields() {
     let mut proxy = Binary::start(&toml, &[("MONO_SEC_KEY", KEY)]).await;
     let reply = get(
         &proxy.url("/v2/accounts/acc1/balance"),
-        &[("x-request-id", "ops-json-1")],
+        &[
+            ("x-request-id", "ops-json-1"),
+            ("user-agent", "ops-test/1.0"),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+        ],
     )
     .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
+    let hit = get(
+        &proxy.url("/v2/accounts/acc1/balance"),
+        &[("x-request-id", "ops-json-2")],
+    )
+    .await;
+    assert_eq!(hit.header("x-cache"), Some("HIT"));
     proxy.signal("TERM");
     assert!(proxy.exited().await.success());
 
@@ -172,6 +268,43 @@ async fn json_log_lines_parse_and_the_access_event_has_its_fields() {
     assert_eq!(access["status"], 200);
     assert_eq!(access["cache"], "miss");
     assert!(access["duration_ms"].is_number(), "{access}");
+    // Every field the access line promises, in its JSON form.
+    assert_eq!(
+        access["trace_id"], "0af7651916cd43dd8448eb211c80319c",
+        "{access}"
+    );
+    assert!(
+        access["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{access}"
+    );
+    assert_eq!(access["protocol"], "HTTP/1.1");
+    assert_eq!(access["method"], "GET");
+    assert_eq!(access["path"], "/v2/accounts/acc1/balance");
+    assert_eq!(access["route"], "balance");
+    assert_eq!(access["client"], "anonymous");
+    assert_eq!(access["user_agent"], "ops-test/1.0");
+    assert_eq!(access["bytes_in"], 0);
+    assert_eq!(
+        access["bytes_out"].as_i64(),
+        Some(reply.body.len() as i64),
+        "{access}"
+    );
+    assert_eq!(access["upstream_status"], 200);
+    assert!(access["upstream_ms"].as_f64().unwrap() > 0.0, "{access}");
+    assert_eq!(access["error"], "");
+    // A hit made no upstream call, and a request without traceparent gets a trace of its own.
+    let hit = events
+        .iter()
+        .find(|e| e["target"] == "mono_proxy::access" && e["request_id"] == "ops-json-2")
+        .unwrap();
+    assert_eq!(hit["cache"], "hit");
+    assert_eq!(hit["upstream_status"], 0);
+    assert_eq!(hit["upstream_ms"], 0.0);
+    let own = hit["trace_id"].as_str().unwrap();
+    assert!(
+        own.len() == 32 && own != "0af7651916cd43dd8448eb211c80319c",
+        "{hit}"
+    );
 }
 
 #[tokio::test]

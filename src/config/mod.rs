@@ -685,6 +685,45 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn telemetry_is_off_by_default_and_an_endpoint_gets_the_traces_path() {
+        let env = [("MONO_SEC_KEY", "k")];
+        assert!(Config::parse("", &env)
+            .unwrap()
+            .telemetry
+            .otlp_endpoint
+            .is_none());
+        let c = Config::parse(
+            "[telemetry]\notlp_endpoint = \"http://collector:4318\"\nsampling_ratio = 0.25",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(
+            c.telemetry.otlp_endpoint.as_deref(),
+            Some("http://collector:4318/v1/traces")
+        );
+        assert_eq!(c.telemetry.sampling_ratio, 0.25);
+        let full = Config::parse(
+            "[telemetry]\notlp_endpoint = \"https://c.example/otlp/v1/traces\"",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(
+            full.telemetry.otlp_endpoint.as_deref(),
+            Some("https://c.example/otlp/v1/traces")
+        );
+        let e = Config::parse(
+            "[telemetry]\notlp_endpoint = \"collector\"\nsampling_ratio = 2.0\nsampler = 1",
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("otlp_endpoint") && e.contains("sampling_ratio") && e.contains("sampler"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn missing_secret_refuses_to_run() {
         let err = Config::parse_runnable("", &NO_ENV).unwrap_err();
         assert!(err.to_string().contains("MONO_SEC_KEY"));

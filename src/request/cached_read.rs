@@ -14,6 +14,7 @@ use crate::inflight::Filled;
 use crate::request::context::AccountRead;
 use crate::request::{cooldown, fill, limits};
 use crate::state::State;
+use crate::telemetry::SPANS;
 
 /// Answers a cached read: hit → answer; miss → fill (collapsed); failure → stale if allowed.
 pub async fn serve(
@@ -27,7 +28,11 @@ pub async fn serve(
     }
     let data = read.kind().is_some();
     let mut stale = None;
-    if let Some(body) = state.cache.lookup(&read.account_key(), read.path_key()) {
+    let held = {
+        let _phase = tracing::trace_span!(target: SPANS, "cache lookup").entered();
+        state.cache.lookup(&read.account_key(), read.path_key())
+    };
+    if let Some(body) = held {
         match state.cache.freshness(&body) {
             Freshness::Fresh(ttl) if directives.accepts(body.stored_at.elapsed().as_secs()) => {
                 return Ok((
@@ -150,7 +155,11 @@ fn revalidate(state: &Arc<State>, read: &AccountRead) {
     }
     // Asked of the limiter itself: a client without a permit still gets its 200 STALE, which
     // is no refusal to count.
-    let permit = match read.limiter.as_deref().map(crate::limits::ClientLimiter::upstream_permit) {
+    let permit = match read
+        .limiter
+        .as_deref()
+        .map(crate::limits::ClientLimiter::upstream_permit)
+    {
         None => None,
         Some(Ok(permit)) => permit,
         Some(Err(_)) => return,

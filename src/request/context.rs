@@ -15,6 +15,7 @@ use crate::request::directives::Directives;
 use crate::route::Kind;
 use crate::routes::Route;
 use crate::store::RecordKey;
+use crate::telemetry::Trace;
 use crate::tenant::Tenant;
 
 /// One read of a cached (or realtime) route: who asks, for what, under which id.
@@ -37,6 +38,8 @@ pub struct AccountRead {
     pub directives: Directives,
     /// The client's limits, when it has any (its upstream permits and quota).
     pub limiter: Option<Arc<ClientLimiter>>,
+    /// The request's trace, carried to the upstream calls the read causes.
+    pub trace: Trace,
 }
 
 impl AccountRead {
@@ -58,7 +61,14 @@ impl AccountRead {
             request_id,
             directives: Directives::default(),
             limiter: None,
+            trace: Trace::default(),
         }
+    }
+
+    /// The same read in the request's trace.
+    pub fn with_trace(mut self, trace: Trace) -> AccountRead {
+        self.trace = trace;
+        self
     }
 
     /// The same read under its client's limits.
@@ -123,6 +133,8 @@ pub struct JobRead {
     pub query: Option<String>,
     /// The request id sent upstream and logged.
     pub request_id: HeaderValue,
+    /// The request's trace.
+    pub trace: Trace,
 }
 
 impl JobRead {

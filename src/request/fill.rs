@@ -19,7 +19,9 @@ use crate::request::cooldown;
 use crate::singleflight::Outcome;
 use crate::state::State;
 use crate::store::{BodyKey, SharedBody, SharedLookup};
+use crate::telemetry::SPANS;
 use crate::upstream::Fetched;
+use tracing::Instrument;
 
 /// Lookups of the shared tier per fill at most (each but the last ended by a fill elsewhere
 /// that stored nothing).
@@ -42,22 +44,34 @@ pub async fn collapsed(
     permit: Option<OwnedSemaphorePermit>,
 ) -> (Result<Filled, ProxyError>, bool) {
     let timeout = state.config.load().upstream.timeout + Duration::from_secs(1);
-    let call = move || {
-        let (state, read) = (Arc::clone(state), read.clone());
-        async move {
-            let _permit = permit;
-            fetch_and_store(&state, &read, refetch).await
-        }
-    };
     let mut key = read.fill_key();
     if refetch {
         key.push_str("#refetch");
     }
+    let leader_key = key.clone();
+    let call = move || {
+        let (state, read) = (Arc::clone(state), read.clone());
+        // Detached from the caller's task: the span joins the caller's trace by hand.
+        let span = tracing::trace_span!(target: SPANS, "cache fill");
+        read.trace.adopt(&span);
+        state.inflight.leaders.lead(&leader_key, &span);
+        async move {
+            let _permit = permit;
+            let filled = fetch_and_store(&state, &read, refetch).await;
+            state.inflight.leaders.done(&leader_key);
+            filled
+        }
+        .instrument(span)
+    };
+    let wait = tracing::trace_span!(target: SPANS, "single-flight wait", flight = "fill", led = tracing::field::Empty);
+    state.inflight.leaders.link(&key, &wait);
     let (outcome, led) = state
         .inflight
         .fills
         .lead_or_follow(&key, timeout, call)
+        .instrument(wait.clone())
         .await;
+    wait.record("led", led);
     let result = match outcome {
         Outcome::Done(r) => r,
         Outcome::LeaderLost => Err(ProxyError::Internal("the cache fill was abandoned".into())),
@@ -191,7 +205,12 @@ async fn fetch(
     };
     let fetched = match state
         .upstream
-        .fetch("cached", req, state.config.load().upstream.timeout)
+        .fetch(
+            "cached",
+            req,
+            state.config.load().upstream.timeout,
+            &read.trace,
+        )
         .await
     {
         Ok(f) => f,
@@ -303,7 +322,12 @@ pub async fn bypass(
         .get(read.target(), &read.tenant.key, &read.request_id, false)?;
     let fetched = state
         .upstream
-        .fetch("cached", req, state.config.load().upstream.timeout)
+        .fetch(
+            "cached",
+            req,
+            state.config.load().upstream.timeout,
+            &read.trace,
+        )
         .await?;
     cool_down_on_429(state, read, &fetched).await;
     let body = crate::pagination::rewrite(fetched.body.clone(), &state.pagination.load());

@@ -33,7 +33,12 @@ pub async fn serve(
         .get(&read.target(), &read.tenant.key, &read.request_id, false)?;
     let fetched = state
         .upstream
-        .fetch("job_status", req, state.config.load().upstream.timeout)
+        .fetch(
+            "job_status",
+            req,
+            state.config.load().upstream.timeout,
+            &read.trace,
+        )
         .await?;
     if ours && fetched.status.is_success() {
         if let Some(update) = sync::parse_job_status(&fetched.body) {

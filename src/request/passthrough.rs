@@ -13,6 +13,7 @@ use crate::headers::{header_bool, X_PROXY_TOKEN, X_REALTIME};
 use crate::limits::ClientLimiter;
 use crate::request::{cooldown, guards, limits};
 use crate::state::State;
+use crate::telemetry::Trace;
 use crate::tenant::Tenant;
 
 /// The route and account a forwarded request names, for its 429 cooldown.
@@ -33,6 +34,8 @@ pub struct To<'a> {
     pub limiter: Option<&'a ClientLimiter>,
     /// The route and account, for Mono's 429 cooldowns.
     pub named: Option<Named<'a>>,
+    /// The request's trace.
+    pub trace: &'a Trace,
 }
 
 /// Forwards a request the proxy does not cache, within the request-body limit.
@@ -46,6 +49,7 @@ pub async fn serve(
         tenant,
         limiter,
         named,
+        trace,
     } = to;
     if let Some(n) = named {
         if let Some(left) = cooldown::held_back(state, &tenant.id, n.route, n.account, true).await {
@@ -95,6 +99,7 @@ pub async fn serve(
             "passthrough",
             Request::from_parts(parts, body),
             state.config.load().upstream.timeout,
+            trace,
         )
         .await?;
     if let (Some(n), StatusCode::TOO_MANY_REQUESTS) = (named, resp.status()) {

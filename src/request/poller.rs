@@ -74,7 +74,12 @@ async fn follow(weak: &Weak<State>, permits: &Arc<Semaphore>, job: &PollRequest)
         };
         match state
             .upstream
-            .fetch("job_poll", req, state.config.load().upstream.timeout)
+            .fetch(
+                "job_poll",
+                req,
+                state.config.load().upstream.timeout,
+                &job.trace,
+            )
             .await
         {
             Ok(f) if f.status.is_success() => {

@@ -23,7 +23,9 @@ use crate::route::is_valid_id;
 use crate::singleflight::Outcome;
 use crate::state::State;
 use crate::store::{Claim, JobRecord, JobStatus, RecordKey};
+use crate::telemetry::SPANS;
 use crate::upstream::Fetched;
+use tracing::Instrument;
 
 /// Realtime read: window → 429 memory → single flight → (claim → upstream | other replica).
 pub async fn serve(
@@ -59,18 +61,31 @@ pub async fn serve(
         // The permit goes with the call if this caller leads it: held until Mono answers,
         // even if the caller hangs up.
         let permit = limits::upstream_permit(state, read.limiter.as_deref())?;
+        let flight = key.flat();
+        let leader_key = flight.clone();
         let call = move || {
             let (state, read) = (Arc::clone(state), read.clone());
+            // Detached from the caller's task: the span joins the caller's trace by hand.
+            let span = tracing::trace_span!(target: SPANS, "realtime call");
+            read.trace.adopt(&span);
+            state.inflight.leaders.lead(&leader_key, &span);
             async move {
                 let _permit = permit;
-                lead(&state, &read).await
+                let answer = lead(&state, &read).await;
+                state.inflight.leaders.done(&leader_key);
+                answer
             }
+            .instrument(span)
         };
+        let wait = tracing::trace_span!(target: SPANS, "single-flight wait", flight = "realtime", led = tracing::field::Empty);
+        state.inflight.leaders.link(&flight, &wait);
         let (outcome, led) = state
             .inflight
             .realtime
-            .lead_or_follow(&key.flat(), timeout, call)
+            .lead_or_follow(&flight, timeout, call)
+            .instrument(wait.clone())
             .await;
+        wait.record("led", led);
         // A flight led by another client that its own limit refused says nothing of this
         // caller's: it tries again, leading with its own limits.
         if let Outcome::Done(Err(ProxyError::Limited(d))) = &outcome {
@@ -137,7 +152,12 @@ async fn lead(state: &Arc<State>, read: &AccountRead) -> Result<RealtimeAnswer, 
     // claimed, so a client over its quota never holds the fleet's window; given back when
     // another replica's call or record answers instead.
     let spent = limits::spend(state, read.limiter.as_deref()).await?;
-    let claim = match state.store.claim(&key, lease, realtime_timeout).await {
+    let claim = match state
+        .store
+        .claim(&key, lease, realtime_timeout)
+        .instrument(tracing::trace_span!(target: SPANS, "store claim"))
+        .await
+    {
         Ok(claim) => claim,
         Err(e) => {
             limits::refund(state, spent).await;
@@ -184,6 +204,7 @@ async fn forward(
             "realtime",
             req,
             state.config.load().upstream.realtime_timeout,
+            &read.trace,
         )
         .await?;
     if fetched.status == StatusCode::TOO_MANY_REQUESTS {

@@ -210,7 +210,7 @@ pub async fn job_started(
     if let Err(e) = state.store.publish(&msg).await {
         tracing::warn!(error = %e, "could not broadcast job start");
     }
-    state.polls.track(&read.tenant, record);
+    state.polls.track(&read.tenant, record, &read.trace);
     Ok(())
 }
 

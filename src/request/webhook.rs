@@ -21,12 +21,15 @@ use crate::request::sync;
 use crate::route::is_valid_id;
 use crate::state::State;
 use crate::store::{JobStatus, JobUpdate, StepClaim};
+use crate::telemetry::{Trace, SPANS};
 use crate::tenant::WebhookApp;
+use tracing::Instrument;
 
 /// Handles one delivery from Mono.
 pub async fn serve(
     state: &Arc<State>,
     req: Request<Incoming>,
+    trace: &Trace,
 ) -> Result<Response<Body>, ProxyError> {
     let secrets = state.secrets.load_full();
     if !secrets.any_webhook_secret() {
@@ -78,7 +81,10 @@ pub async fn serve(
     let event_name = key.hex();
     if !progress.applied {
         match claim(state, &event_name, "apply").await {
-            StepClaim::Mine => match apply(state, &name, &event, tenant).await {
+            StepClaim::Mine => match apply(state, &name, &event, tenant)
+                .instrument(tracing::trace_span!(target: SPANS, "webhook apply", event = %name))
+                .await
+            {
                 Ok(()) => {
                     state.store.step_done(&event_name, "apply").await;
                     state.metrics.webhook(&name, "applied");
@@ -104,6 +110,7 @@ pub async fn serve(
             name: &name,
             event: &event_name,
             targets,
+            trace,
         },
         &parts.headers,
         &body,
@@ -246,6 +253,7 @@ struct Relay<'a> {
     name: &'a str,
     event: &'a str,
     targets: &'a [Uri],
+    trace: &'a Trace,
 }
 
 async fn relay(
@@ -255,7 +263,7 @@ async fn relay(
     body: &Bytes,
     delivered: &mut [bool],
 ) -> usize {
-    let (name, event, targets) = (what.name, what.event, what.targets);
+    let (name, event, targets, trace) = (what.name, what.event, what.targets, what.trace);
     let mut forward = headers.clone();
     strip_hop_by_hop(&mut forward);
     forward.remove(header::HOST);
@@ -273,7 +281,11 @@ async fn relay(
                 let step = target_step(&target.to_string());
                 let result = match claim(state, event, &step).await {
                     StepClaim::Mine => {
-                        let sent = send(state, target, forward, body.clone(), timeout).await;
+                        let started = std::time::Instant::now();
+                        let sent = send(state, target, forward, body.clone(), timeout, trace)
+                            .instrument(tracing::trace_span!(target: SPANS, "webhook relay", target = %target))
+                            .await;
+                        state.metrics.relay_time(sent.is_ok(), started.elapsed());
                         match &sent {
                             Ok(()) => state.store.step_done(event, &step).await,
                             Err(_) => state.store.step_failed(event, &step).await,
@@ -311,6 +323,7 @@ async fn send(
     headers: &HeaderMap,
     body: Bytes,
     timeout: Duration,
+    trace: &Trace,
 ) -> Result<(), String> {
     let mut req = Request::new(Body::full(body));
     *req.method_mut() = Method::POST;
@@ -323,7 +336,7 @@ async fn send(
     }
     let resp = state
         .upstream
-        .relay(req, timeout)
+        .relay(req, timeout, trace)
         .await
         .map_err(|e| e.to_string())?;
     let status = resp.status();

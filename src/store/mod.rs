@@ -12,6 +12,7 @@ use tokio::sync::broadcast;
 
 use crate::config::{Backend, CacheConfig, StoreConfig};
 use crate::error::ProxyError;
+use crate::metrics::StoreLatency;
 use crate::purges::PurgeScope;
 
 mod memory;
@@ -190,10 +191,11 @@ impl Store {
         cfg: &StoreConfig,
         cache: &CacheConfig,
         window: Duration,
+        latency: StoreLatency,
     ) -> Result<Store, StoreOpenError> {
         Ok(match cfg.backend {
             Backend::Memory => Store::Memory(MemoryStore::new()),
-            Backend::Redis => Store::Redis(RedisStore::open(cfg, cache, window).await?),
+            Backend::Redis => Store::Redis(RedisStore::open(cfg, cache, window, latency).await?),
         })
     }
 

@@ -24,6 +24,7 @@ use redis::{FromRedisValue, RedisResult};
 use tokio::sync::{broadcast, watch, Notify};
 
 use crate::config::{redact_url, url_password, CacheConfig, SecretError, StoreConfig};
+use crate::metrics::StoreLatency;
 use crate::store::{Broadcast, MemoryStore, StoreError, StoreResult, StoreStatus};
 
 mod connect;
@@ -84,6 +85,8 @@ pub enum StoreOpenError {
 
 /// Shared by the store handle and its background tasks.
 struct Inner {
+    /// Where each operation's time is recorded.
+    latency: StoreLatency,
     /// The connection; `None` until a first connection (Sentinel found no master yet).
     link: ArcSwapOption<Link>,
     /// Makes connections (again, when a Sentinel master moves).
@@ -164,7 +167,10 @@ impl Inner {
             let reason = self.reason().unwrap_or_else(|| "redis unreachable".into());
             return Err(OpError::Down(reason));
         }
-        match tokio::time::timeout(self.timeout, fut).await {
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(self.timeout, fut).await;
+        self.latency.observe(op, started.elapsed());
+        match result {
             Ok(Ok(v)) => Ok(v),
             // The connection's own response timeout: as slow as ours, not down.
             Ok(Err(e)) if e.is_timeout() => Err(self.slow(op)),
@@ -338,6 +344,7 @@ impl RedisStore {
         cfg: &StoreConfig,
         cache: &CacheConfig,
         window: Duration,
+        latency: StoreLatency,
     ) -> Result<RedisStore, StoreOpenError> {
         let shown = cfg
             .urls()
@@ -364,6 +371,7 @@ impl RedisStore {
         let (stored, _) = broadcast::channel(BROADCAST_CAPACITY);
         let (shutdown, shutdown_rx) = watch::channel(());
         let inner = Arc::new(Inner {
+            latency,
             link: ArcSwapOption::empty(),
             connector,
             timeouts,
