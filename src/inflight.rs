@@ -69,34 +69,49 @@ pub struct InFlight {
     pub leaders: Leaders,
 }
 
+/// A leader's entry in [`Leaders`], removed on drop unless a later leader replaced it.
+pub struct Led<'a> {
+    leaders: &'a Leaders,
+    key: String,
+    span_id: opentelemetry::trace::SpanId,
+}
+
+impl Drop for Led<'_> {
+    fn drop(&mut self) {
+        let mut map = self.leaders.map();
+        if map
+            .get(&self.key)
+            .is_some_and(|cx| cx.span_id() == self.span_id)
+        {
+            map.remove(&self.key);
+        }
+    }
+}
+
 /// The exported span leading each flight, by flight key.
 #[derive(Default)]
 pub struct Leaders(Mutex<HashMap<String, SpanContext>>);
 
 impl Leaders {
-    /// The leader of `key` is `span` until [`Leaders::done`]; nothing when spans are not
-    /// exported.
-    pub fn lead(&self, key: &str, span: &tracing::Span) {
-        if let Some(cx) = telemetry::span_context(span) {
-            self.map().insert(key.to_string(), cx);
-        }
+    /// The leader of `key` is `span` for as long as the returned guard lives (dropped with the
+    /// leader's work, however it ends); nothing when `span` is not exported.
+    pub fn lead<'a>(&'a self, key: String, span: &tracing::Span) -> Option<Led<'a>> {
+        let cx = telemetry::span_context(span)?;
+        let span_id = cx.span_id();
+        self.map().insert(key.clone(), cx);
+        Some(Led {
+            leaders: self,
+            key,
+            span_id,
+        })
     }
 
-    /// The flight of `key` ended.
-    pub fn done(&self, key: &str) {
-        if telemetry::exporting() {
-            self.map().remove(key);
-        }
-    }
-
-    /// Links `span` (a waiter's) to the leader of `key`, if one is known.
-    pub fn link(&self, key: &str, span: &tracing::Span) {
+    /// The span leading the flight of `key` now, if known (looked up before joining it).
+    pub fn leader(&self, key: &str) -> Option<SpanContext> {
         if !telemetry::exporting() {
-            return;
+            return None;
         }
-        if let Some(cx) = self.map().get(key).cloned() {
-            telemetry::link(span, cx);
-        }
+        self.map().get(key).cloned()
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, SpanContext>> {

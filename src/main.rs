@@ -208,6 +208,7 @@ async fn run(path: Option<PathBuf>, listen: Option<SocketAddr>) -> ExitCode {
         return ExitCode::from(2);
     }
     if let Some(endpoint) = &config.telemetry.otlp_endpoint {
+        let endpoint = mono_proxy::config::redact_url(endpoint);
         tracing::info!(endpoint = %endpoint, sampling_ratio = config.telemetry.sampling_ratio, "exporting spans over OTLP/HTTP");
     }
     // Install the SIGTERM/SIGINT handlers (on the future's first poll) before binding, so that

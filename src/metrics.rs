@@ -92,9 +92,10 @@ impl StoreLatency {
     }
 }
 
-/// Buckets from 50 µs doubling to about 26 s: a cache hit and a realtime call on one scale.
+/// Buckets from 50 µs doubling to about 105 s: a cache hit and a realtime call (up to its
+/// 45 s timeout, and a fallback fetch after it) on one scale.
 fn fine_buckets() -> Histogram {
-    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 22))
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -520,7 +521,10 @@ impl Metrics {
         let Some(p) = process_now() else { return };
         self.rss_bytes.set(p.rss_bytes as i64);
         self.open_fds.set(p.open_fds as i64);
-        let before = self.cpu_seen_micros.swap(p.cpu_micros, Ordering::Relaxed);
+        // Two scrapes at once: only the one that moves the mark adds, and only what is new.
+        let before = self
+            .cpu_seen_micros
+            .fetch_max(p.cpu_micros, Ordering::Relaxed);
         if p.cpu_micros > before {
             self.cpu_seconds
                 .inc_by((p.cpu_micros - before) as f64 / 1_000_000.0);
@@ -542,11 +546,18 @@ fn process_now() -> Option<Process> {
     let after = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = after.split_whitespace().collect();
     let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let resident_pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // VmRSS is in kB whatever the page size.
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
     let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
     Some(Process {
-        rss_bytes: resident_pages * 4096,
+        rss_bytes: rss_kb * 1024,
         open_fds,
         cpu_micros: ticks * 10_000,
     })

@@ -144,7 +144,12 @@ pub async fn handle(
     );
     let trace = Trace::of_request(req.headers(), &span);
     let user_agent = req.headers().get(header::USER_AGENT).cloned();
-    let bytes_in = declared_length(req.headers()).unwrap_or(0);
+    // The declared length; 0 for no body, -1 for one streamed without a length.
+    let bytes_in = match declared_length(req.headers()) {
+        Some(n) => n as i64,
+        None if hyper::body::Body::is_end_stream(req.body()) => 0,
+        None => -1,
+    };
     let mut summary = Summary {
         class: "invalid",
         route: "other",
@@ -206,7 +211,7 @@ pub async fn handle(
         target: "mono_proxy::access",
         request_id = request_id.to_str().unwrap_or("-"),
         trace_id = %trace.id(),
-        peer = %peer.map_or_else(|| "-".to_string(), |p| p.to_string()),
+        peer = %Peer(peer),
         protocol = ?version,
         method = %method,
         path = uri.path(),
@@ -225,6 +230,18 @@ pub async fn handle(
         "request"
     );
     resp
+}
+
+/// A client address for the log, `-` when unknown, without allocating.
+struct Peer(Option<SocketAddr>);
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => write!(f, "{addr}"),
+            None => f.write_str("-"),
+        }
+    }
 }
 
 /// A message's declared `Content-Length`.

@@ -37,6 +37,9 @@ pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// W3C `tracestate`.
 pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
+/// W3C's limit on `tracestate` (512 characters).
+const MAX_TRACESTATE: usize = 512;
+
 /// Set once spans are exported.
 static EXPORTING: AtomicBool = AtomicBool::new(false);
 
@@ -63,7 +66,8 @@ pub struct Trace {
     parent_id: u64,
     sampled: bool,
     state: Option<HeaderValue>,
-    seen: Arc<Seen>,
+    /// Where this request's upstream calls note Mono's answer; none for background work.
+    seen: Option<Arc<Seen>>,
 }
 
 /// The last upstream answer of a request: status (0: none) and time, in µs.
@@ -76,48 +80,51 @@ struct Seen {
 impl Trace {
     /// The trace of a request whose span is `span`: with spans exported, the span joins the
     /// caller's trace (`traceparent`) and the trace is the span's; else the caller's trace,
-    /// else a new one.
+    /// else a new one. The caller's `tracestate` goes with the caller's trace only.
     pub fn of_request(headers: &HeaderMap, span: &Span) -> Trace {
-        let state = headers.get(&TRACESTATE).cloned();
-        if exporting() {
-            if let Some((trace_id, parent_id, flags)) = headers
-                .get(&TRACEPARENT)
-                .and_then(|v| parse_traceparent(v.as_bytes()))
-            {
-                let caller = Trace {
-                    trace_id,
-                    parent_id,
-                    sampled: flags & 1 == 1,
-                    state: state.clone(),
-                    seen: Arc::default(),
-                };
-                let _ = span.set_parent(caller.context());
-            }
-            let cx = span.context();
-            let sc = cx.span().span_context().clone();
-            if sc.is_valid() {
-                return Trace {
-                    trace_id: u128::from_be_bytes(sc.trace_id().to_bytes()),
-                    parent_id: u64::from_be_bytes(sc.span_id().to_bytes()),
-                    sampled: sc.is_sampled(),
-                    state,
-                    seen: Arc::default(),
-                };
-            }
-        }
-        match headers
+        let caller = headers
             .get(&TRACEPARENT)
             .and_then(|v| parse_traceparent(v.as_bytes()))
-        {
-            Some((trace_id, parent_id, flags)) => Trace {
+            .map(|(trace_id, parent_id, flags)| Trace {
                 trace_id,
                 parent_id,
                 sampled: flags & 1 == 1,
-                state,
-                seen: Arc::default(),
-            },
+                // W3C's limit: a longer list may be dropped whole.
+                state: headers
+                    .get(&TRACESTATE)
+                    .filter(|v| v.len() <= MAX_TRACESTATE)
+                    .cloned(),
+                seen: None,
+            });
+        let mut trace = match caller {
+            Some(caller) if exporting() => {
+                let _ = span.set_parent(caller.context());
+                match Trace::of_span(span) {
+                    Some(own) => Trace {
+                        state: caller.state,
+                        ..own
+                    },
+                    None => caller,
+                }
+            }
+            Some(caller) => caller,
+            None if exporting() => Trace::of_span(span).unwrap_or_else(Trace::root),
             None => Trace::root(),
-        }
+        };
+        trace.seen = Some(Arc::default());
+        trace
+    }
+
+    /// The trace an exported span is in, with the span as the parent of what follows.
+    fn of_span(span: &Span) -> Option<Trace> {
+        let sc = span_context(span)?;
+        Some(Trace {
+            trace_id: u128::from_be_bytes(sc.trace_id().to_bytes()),
+            parent_id: u64::from_be_bytes(sc.span_id().to_bytes()),
+            sampled: sc.is_sampled(),
+            state: None,
+            seen: None,
+        })
     }
 
     /// A trace started here, for work no request carries.
@@ -129,18 +136,29 @@ impl Trace {
         }
     }
 
+    /// The same trace for work the request does not wait for (a refresh in the background):
+    /// what that work sees of Mono is not the request's to log.
+    pub fn detached(&self) -> Trace {
+        Trace {
+            seen: None,
+            ..self.clone()
+        }
+    }
+
     /// Notes an upstream answer (its status, 0 for none, and how long it took).
     pub fn saw_upstream(&self, status: u16, took: Duration) {
-        self.seen
-            .micros
-            .store(took.as_micros() as u64, Ordering::Relaxed);
-        self.seen.status.store(u64::from(status), Ordering::Relaxed);
+        if let Some(seen) = &self.seen {
+            seen.micros
+                .store(took.as_micros() as u64, Ordering::Relaxed);
+            seen.status.store(u64::from(status), Ordering::Relaxed);
+        }
     }
 
     /// The last upstream answer noted: status (0 when none came) and ms, if a call was made.
     pub fn upstream(&self) -> Option<(u16, f64)> {
-        let micros = self.seen.micros.load(Ordering::Relaxed);
-        let status = self.seen.status.load(Ordering::Relaxed) as u16;
+        let seen = self.seen.as_ref()?;
+        let micros = seen.micros.load(Ordering::Relaxed);
+        let status = seen.status.load(Ordering::Relaxed) as u16;
         (micros > 0 || status > 0).then(|| (status, micros as f64 / 1000.0))
     }
 
@@ -182,23 +200,23 @@ impl Trace {
     /// Sets `traceparent` (and the caller's `tracestate`) on an upstream call made under
     /// `span`: the span's own id when exported, else a new id for this hop.
     pub fn inject(&self, span: &Span, headers: &mut HeaderMap) {
-        let mut span_id = 0;
-        let mut sampled = self.sampled;
-        if exporting() {
-            let cx = span.context();
-            let sc = cx.span().span_context().clone();
-            if sc.is_valid() {
-                span_id = u64::from_be_bytes(sc.span_id().to_bytes());
-                sampled = sc.is_sampled();
+        let (trace_id, span_id, sampled) = match Trace::of_span(span) {
+            // Exported: the call's own span, in the trace that span is in.
+            Some(own) => (own.trace_id, own.parent_id, own.sampled),
+            // Not exported: the caller's parent goes on unchanged (the proxy adds no span to
+            // its trace); a trace started here gets an id for the hop.
+            None => {
+                let trace_id = if self.trace_id == 0 {
+                    Trace::root().trace_id
+                } else {
+                    self.trace_id
+                };
+                let span_id = match self.parent_id {
+                    0 => uuid::Uuid::new_v4().as_u64_pair().0 | 1,
+                    id => id,
+                };
+                (trace_id, span_id, self.sampled)
             }
-        }
-        if span_id == 0 {
-            span_id = uuid::Uuid::new_v4().as_u64_pair().0 | 1;
-        }
-        let trace_id = if self.trace_id == 0 {
-            Trace::root().trace_id
-        } else {
-            self.trace_id
         };
         let value = format!(
             "00-{trace_id:032x}-{span_id:016x}-{:02x}",
@@ -286,6 +304,8 @@ fn lower_hex(digits: &[u8]) -> Option<u128> {
 /// The span exporter's pipeline: flushed and stopped by [`Exporter::shutdown`].
 pub struct Exporter {
     provider: SdkTracerProvider,
+    /// How long the last export may take at shutdown.
+    flush: Duration,
 }
 
 impl Exporter {
@@ -326,12 +346,13 @@ impl Exporter {
             .build();
         let tracer = provider.tracer("mono-proxy");
         EXPORTING.store(true, Ordering::Relaxed);
-        Ok((Exporter { provider }, tracer))
+        let flush = cfg.export_timeout + Duration::from_secs(1);
+        Ok((Exporter { provider, flush }, tracer))
     }
 
     /// Sends what is still buffered and stops exporting.
     pub fn shutdown(&self) {
-        if let Err(e) = self.provider.shutdown() {
+        if let Err(e) = self.provider.shutdown_with_timeout(self.flush) {
             tracing::debug!(error = %e, "span exporter shutdown");
         }
     }
@@ -429,8 +450,19 @@ mod tests {
             "{sent}"
         );
         assert!(sent.ends_with("-01"));
-        assert!(!sent.contains("00f067aa0ba902b7"), "a hop of its own");
+        assert!(
+            sent.contains("-00f067aa0ba902b7-"),
+            "not exporting, the caller's parent goes on unchanged: {sent}"
+        );
         assert_eq!(out.get(&TRACESTATE).unwrap(), "vendor=x");
+        // A caller's tracestate without a valid traceparent belongs to no trace sent on.
+        let mut orphan = HeaderMap::new();
+        orphan.insert(&TRACEPARENT, HeaderValue::from_static("00-bad"));
+        orphan.insert(&TRACESTATE, HeaderValue::from_static("vendor=x"));
+        let mut out = HeaderMap::new();
+        Trace::of_request(&orphan, &Span::none()).inject(&Span::none(), &mut out);
+        assert!(out.get(&TRACESTATE).is_none());
+        assert!(out.get(&TRACEPARENT).is_some());
         let root = Trace::of_request(&HeaderMap::new(), &Span::none());
         assert_ne!(root.id().to_string(), Trace::root().id().to_string());
     }

@@ -222,7 +222,7 @@ impl Upstream {
         trace: &Trace,
     ) -> Result<Response<Incoming>, ProxyError> {
         let started = Instant::now();
-        let result = self.relay(req, timeout, trace).await;
+        let result = self.call(req, timeout, trace, true).await;
         self.record(class, result.as_ref().map(Response::status), started, trace);
         result
     }
@@ -247,13 +247,24 @@ impl Upstream {
         self.metrics.upstream(class, code, error, took);
     }
 
-    /// Sends one request upstream (Mono, or a webhook relay target, which is not counted as a
-    /// call to Mono) under an `upstream call` span, carrying the request's trace.
+    /// Sends a request that is not a call to Mono (a webhook relay): not counted as one, and
+    /// its path (which may be a receiver's secret) stays out of the span.
     pub async fn relay(
+        &self,
+        req: Request<Body>,
+        timeout: Duration,
+        trace: &Trace,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        self.call(req, timeout, trace, false).await
+    }
+
+    /// Sends one request under an `upstream call` span, carrying the request's trace.
+    async fn call(
         &self,
         mut req: Request<Body>,
         timeout: Duration,
         trace: &Trace,
+        mono: bool,
     ) -> Result<Response<Incoming>, ProxyError> {
         let span = tracing::trace_span!(
             target: SPANS,
@@ -261,10 +272,13 @@ impl Upstream {
             otel.kind = "client",
             http.request.method = %req.method(),
             server.address = req.uri().host().unwrap_or_default(),
-            url.path = req.uri().path(),
+            url.path = tracing::field::Empty,
             http.response.status_code = tracing::field::Empty,
             error.type = tracing::field::Empty,
         );
+        if mono {
+            span.record("url.path", req.uri().path());
+        }
         // A call made away from its request (a detached fill, a job poll) joins its trace.
         if Span::current().is_none() {
             trace.adopt(&span);
@@ -312,7 +326,7 @@ impl Upstream {
     ) -> Result<Fetched, ProxyError> {
         let limit = self.max_response_bytes;
         let work = async {
-            let resp = self.relay(req, timeout, trace).await?;
+            let resp = self.call(req, timeout, trace, true).await?;
             let (parts, body) = resp.into_parts();
             let body = collect_limited(body, limit).await.map_err(|e| match e {
                 CollectError::TooLarge => {

@@ -452,6 +452,7 @@ pub struct LogConfig {
 #[derive(Debug, Clone, Serialize)]
 pub struct TelemetryConfig {
     /// The OTLP/HTTP traces URL (`…/v1/traces`).
+    #[serde(serialize_with = "show::opt_url")]
     pub otlp_endpoint: Option<String>,
     /// Share of new traces sampled (0–1); a caller's sampled flag is followed.
     pub sampling_ratio: f64,

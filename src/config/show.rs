@@ -60,6 +60,13 @@ pub(super) fn url<S: Serializer>(u: &str, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&redact_url(u))
 }
 
+pub(super) fn opt_url<S: Serializer>(u: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match u {
+        Some(u) => url(u, s),
+        None => s.serialize_str("none"),
+    }
+}
+
 pub(super) fn urls<S: Serializer>(us: &[String], s: S) -> Result<S::Ok, S::Error> {
     let mut seq = s.serialize_seq(Some(us.len()))?;
     for u in us {

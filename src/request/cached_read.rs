@@ -164,7 +164,8 @@ fn revalidate(state: &Arc<State>, read: &AccountRead) {
         Some(Ok(permit)) => permit,
         Some(Err(_)) => return,
     };
-    let (state, read) = (Arc::clone(state), read.clone());
+    let (state, mut read) = (Arc::clone(state), read.clone());
+    read.trace = read.trace.detached();
     tokio::spawn(async move {
         match fill::collapsed(&state, &read, false, permit).await.0 {
             // Mono answered, but with nothing to store (gone, not a 200, not storable): the

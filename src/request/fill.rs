@@ -19,9 +19,9 @@ use crate::request::cooldown;
 use crate::singleflight::Outcome;
 use crate::state::State;
 use crate::store::{BodyKey, SharedBody, SharedLookup};
-use crate::telemetry::SPANS;
+use crate::telemetry::{self, SPANS};
 use crate::upstream::Fetched;
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
 /// Lookups of the shared tier per fill at most (each but the last ended by a fill elsewhere
 /// that stored nothing).
@@ -48,23 +48,24 @@ pub async fn collapsed(
     if refetch {
         key.push_str("#refetch");
     }
-    let leader_key = key.clone();
+    let leader_key = telemetry::exporting().then(|| key.clone());
     let call = move || {
         let (state, read) = (Arc::clone(state), read.clone());
         // Detached from the caller's task: the span joins the caller's trace by hand.
         let span = tracing::trace_span!(target: SPANS, "cache fill");
         read.trace.adopt(&span);
-        state.inflight.leaders.lead(&leader_key, &span);
         async move {
             let _permit = permit;
-            let filled = fetch_and_store(&state, &read, refetch).await;
-            state.inflight.leaders.done(&leader_key);
-            filled
+            let _led = leader_key.and_then(|k| state.inflight.leaders.lead(k, &Span::current()));
+            fetch_and_store(&state, &read, refetch).await
         }
         .instrument(span)
     };
     let wait = tracing::trace_span!(target: SPANS, "single-flight wait", flight = "fill", led = tracing::field::Empty);
-    state.inflight.leaders.link(&key, &wait);
+    if Span::current().is_none() {
+        read.trace.adopt(&wait);
+    }
+    let leader = state.inflight.leaders.leader(&key);
     let (outcome, led) = state
         .inflight
         .fills
@@ -72,6 +73,9 @@ pub async fn collapsed(
         .instrument(wait.clone())
         .await;
     wait.record("led", led);
+    if let (false, Some(leader)) = (led, leader) {
+        telemetry::link(&wait, leader);
+    }
     let result = match outcome {
         Outcome::Done(r) => r,
         Outcome::LeaderLost => Err(ProxyError::Internal("the cache fill was abandoned".into())),

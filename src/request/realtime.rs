@@ -23,9 +23,9 @@ use crate::route::is_valid_id;
 use crate::singleflight::Outcome;
 use crate::state::State;
 use crate::store::{Claim, JobRecord, JobStatus, RecordKey};
-use crate::telemetry::SPANS;
+use crate::telemetry::{self, SPANS};
 use crate::upstream::Fetched;
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
 /// Realtime read: window → 429 memory → single flight → (claim → upstream | other replica).
 pub async fn serve(
@@ -62,23 +62,25 @@ pub async fn serve(
         // even if the caller hangs up.
         let permit = limits::upstream_permit(state, read.limiter.as_deref())?;
         let flight = key.flat();
-        let leader_key = flight.clone();
+        let leader_key = telemetry::exporting().then(|| flight.clone());
         let call = move || {
             let (state, read) = (Arc::clone(state), read.clone());
             // Detached from the caller's task: the span joins the caller's trace by hand.
             let span = tracing::trace_span!(target: SPANS, "realtime call");
             read.trace.adopt(&span);
-            state.inflight.leaders.lead(&leader_key, &span);
             async move {
                 let _permit = permit;
-                let answer = lead(&state, &read).await;
-                state.inflight.leaders.done(&leader_key);
-                answer
+                let _led =
+                    leader_key.and_then(|k| state.inflight.leaders.lead(k, &Span::current()));
+                lead(&state, &read).await
             }
             .instrument(span)
         };
         let wait = tracing::trace_span!(target: SPANS, "single-flight wait", flight = "realtime", led = tracing::field::Empty);
-        state.inflight.leaders.link(&flight, &wait);
+        if Span::current().is_none() {
+            read.trace.adopt(&wait);
+        }
+        let leader = state.inflight.leaders.leader(&flight);
         let (outcome, led) = state
             .inflight
             .realtime
@@ -86,6 +88,9 @@ pub async fn serve(
             .instrument(wait.clone())
             .await;
         wait.record("led", led);
+        if let (false, Some(leader)) = (led, leader) {
+            telemetry::link(&wait, leader);
+        }
         // A flight led by another client that its own limit refused says nothing of this
         // caller's: it tries again, leading with its own limits.
         if let Outcome::Done(Err(ProxyError::Limited(d))) = &outcome {

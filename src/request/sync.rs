@@ -14,6 +14,7 @@ use crate::request::fill;
 use crate::route::Kind;
 use crate::state::State;
 use crate::store::{Broadcast, JobRecord, JobStatus, JobUpdate, RecordKey, StoreResult};
+use crate::telemetry::Trace;
 
 /// Reads Mono's job-status envelope: `data.job_status`, `data.reauth_required`.
 pub fn parse_job_status(body: &[u8]) -> Option<JobUpdate> {
@@ -150,7 +151,8 @@ pub async fn invalidate(
             "",
             target,
             new_request_id(),
-        );
+        )
+        .with_trace(Trace::root());
         tokio::spawn(async move {
             if let (Err(e), _) = fill::fill(&state, &read).await {
                 tracing::debug!(error = %e, "refresh-ahead fetch failed");

@@ -283,7 +283,7 @@ async fn relay(
                     StepClaim::Mine => {
                         let started = std::time::Instant::now();
                         let sent = send(state, target, forward, body.clone(), timeout, trace)
-                            .instrument(tracing::trace_span!(target: SPANS, "webhook relay", target = %target))
+                            .instrument(tracing::trace_span!(target: SPANS, "webhook relay", target = %origin(target)))
                             .await;
                         state.metrics.relay_time(sent.is_ok(), started.elapsed());
                         match &sent {
@@ -309,11 +309,23 @@ async fn relay(
             Err(e) => {
                 failed += 1;
                 state.metrics.webhook(name, "relay_failed");
-                tracing::warn!(target = %targets[i], error = %e, "webhook relay failed");
+                tracing::warn!(target = %origin(&targets[i]), error = %e, "webhook relay failed");
             }
         }
     }
     failed
+}
+
+/// A relay target as logs and spans may show it: scheme, host and port only (the path, a
+/// query or credentials may be the receiver's secret).
+fn origin(target: &Uri) -> String {
+    format!(
+        "{}://{}",
+        target.scheme_str().unwrap_or("http"),
+        target
+            .authority()
+            .map_or("", |a| a.as_str().rsplit('@').next().unwrap_or_default())
+    )
 }
 
 /// One relay to one target: 2xx or the reason it failed.
