@@ -112,6 +112,9 @@ struct LimitLabel {
 /// Every metric the proxy exports, named `mono_proxy_*`.
 pub struct Metrics {
     registry: Registry,
+    /// The process metrics under their standard, unprefixed names (`process_*`), as every
+    /// Prometheus client library exports them and dashboards expect.
+    process: Registry,
     requests: Family<RequestLabels, Counter>,
     upstream: Family<UpstreamLabels, Counter>,
     upstream_seconds: Family<ClassLabel, Histogram>,
@@ -193,23 +196,31 @@ impl Metrics {
                 version: env!("CARGO_PKG_VERSION"),
             })
             .set(1);
+        let mut process = Registry::default();
         let rss_bytes = Gauge::default();
-        registry.register(
+        process.register(
             "process_resident_memory_bytes",
             "Resident memory of the process",
             rss_bytes.clone(),
         );
         let open_fds = Gauge::default();
-        registry.register(
+        process.register(
             "process_open_fds",
             "File descriptors open (client and upstream connections, files)",
             open_fds.clone(),
         );
         let cpu_seconds = Counter::<f64, AtomicU64>::default();
-        registry.register(
+        process.register(
             "process_cpu_seconds",
             "CPU time used by the process, user and system",
             cpu_seconds.clone(),
+        );
+        let started = Gauge::<f64, AtomicU64>::default();
+        started.set(crate::clock::now_ms() as f64 / 1000.0);
+        process.register(
+            "process_start_time_seconds",
+            "When the process started (its metrics were set up), unix seconds",
+            started,
         );
         let upstream_seconds = Family::<ClassLabel, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.001, 2.0, 17))
@@ -307,6 +318,7 @@ impl Metrics {
         );
         Metrics {
             registry,
+            process,
             shared_cache,
             limited,
             limit_fallbacks,
@@ -506,8 +518,12 @@ impl Metrics {
         self.cache_accounts.set(cache_accounts as i64);
         self.cache_bytes.set(cache_bytes as i64);
         self.read_process();
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+        let encoded = encode_registry(&mut out, &self.registry)
+            .and_then(|()| encode_registry(&mut out, &self.process))
+            .and_then(|()| encode_eof(&mut out));
+        if encoded.is_err() {
             out.clear();
         }
         out

@@ -98,11 +98,15 @@ async fn request_store_and_relay_latencies_build_info_and_process_metrics_move_u
         "{after}"
     );
     assert!(
-        metric(&after, "mono_proxy_process_resident_memory_bytes") > 1e6,
+        metric(&after, "process_resident_memory_bytes") > 1e6,
         "{after}"
     );
-    assert!(metric(&after, "mono_proxy_process_open_fds") >= 3.0);
-    assert!(metric(&after, "mono_proxy_process_cpu_seconds_total") > 0.0);
+    assert!(metric(&after, "process_open_fds") >= 3.0);
+    assert!(metric(&after, "process_cpu_seconds_total") > 0.0);
+    assert!(metric(&after, "process_start_time_seconds") > 1.6e9);
+    // One exposition: a single EOF marker, at the end.
+    assert_eq!(after.matches("# EOF").count(), 1);
+    assert!(after.trim_end().ends_with("# EOF"));
     // Status labels hold HTTP codes only; why no answer came has a label of its own.
     for line in after
         .lines()
