@@ -63,7 +63,7 @@ pub fn init(
 pub fn build(
     cfg: &LogConfig,
     tracer: Option<opentelemetry_sdk::trace::Tracer>,
-) -> Result<(impl tracing::Subscriber + Send + Sync, Apply), LogSetupError> {
+) -> Result<(Box<dyn tracing::Subscriber + Send + Sync>, Apply), LogSetupError> {
     let (filter, handle) = reload::Layer::new(EnvFilter::try_new(&cfg.filter)?);
     // Colour only for a person at a terminal: container runtimes and log shippers store
     // stderr as-is, and escape codes there make lines unreadable and ungreppable.
@@ -82,14 +82,19 @@ pub fn build(
             .with_ansi(ansi)
             .boxed(),
     };
-    let spans = tracer.map(|t| {
-        tracing_opentelemetry::layer()
-            .with_tracer(t)
-            .with_filter(Targets::new().with_target(SPANS, Level::TRACE))
-    });
-    let subscriber = tracing_subscriber::registry()
-        .with(lines.with_filter(filter))
-        .with(spans);
+    let logged = tracing_subscriber::registry().with(lines.with_filter(filter));
+    // Two shapes rather than an `Option` layer: an absent `Option` layer answers "always" for
+    // every callsite, which would make every disabled span and event pay to be built.
+    let subscriber: Box<dyn tracing::Subscriber + Send + Sync> = match tracer {
+        Some(t) => Box::new(
+            logged.with(
+                tracing_opentelemetry::layer()
+                    .with_tracer(t)
+                    .with_filter(Targets::new().with_target(SPANS, Level::TRACE)),
+            ),
+        ),
+        None => Box::new(logged),
+    };
     let apply: Apply = Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()));
     Ok((subscriber, apply))
 }

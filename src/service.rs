@@ -157,9 +157,15 @@ pub async fn handle(
         cache: None,
         error: None,
     };
-    let answered = pipeline(&state, req, &request_id, &trace, &mut summary)
-        .instrument(span.clone())
-        .await;
+    // Instrumenting moves the whole pipeline future (several KB) into a wrapper: only when
+    // the span is exported, and then boxed so the move is a pointer's.
+    let answered = if span.is_disabled() {
+        pipeline(&state, req, &request_id, &trace, &mut summary).await
+    } else {
+        Box::pin(pipeline(&state, req, &request_id, &trace, &mut summary))
+            .instrument(span.clone())
+            .await
+    };
     let mut resp = match answered {
         Ok(resp) => resp,
         Err(e) => {

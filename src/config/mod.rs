@@ -703,6 +703,20 @@ pub(crate) mod tests {
             Some("http://collector:4318/v1/traces")
         );
         assert_eq!(c.telemetry.sampling_ratio, 0.25);
+        let otel = Config::parse(
+            "",
+            &[
+                ("MONO_SEC_KEY", "k"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel:4318"),
+                ("OTEL_SERVICE_NAME", "ledger-proxy"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            otel.telemetry.otlp_endpoint.as_deref(),
+            Some("http://otel:4318/v1/traces")
+        );
+        assert_eq!(otel.telemetry.service_name, "ledger-proxy");
         let full = Config::parse(
             "[telemetry]\notlp_endpoint = \"https://c.example/otlp/v1/traces\"",
             &env,

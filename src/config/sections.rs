@@ -401,7 +401,12 @@ fn log(table: Option<&Table>, env: &dyn Env, errors: &mut Vec<String>) -> LogCon
 /// `[telemetry]`: where spans go (nowhere unless `otlp_endpoint` is set) and how many.
 fn telemetry(table: Option<&Table>, env: &dyn Env, errors: &mut Vec<String>) -> TelemetryConfig {
     let mut f = Fields::new("telemetry", table, errors);
-    let endpoint = f.env_or_string("otlp_endpoint", env.var("MONO_PROXY_OTLP_ENDPOINT"));
+    // Ours (over the file), then the file, then OpenTelemetry's own variables, which a
+    // collector's deployment may set for every service.
+    let endpoint = f
+        .env_or_string("otlp_endpoint", env.var("MONO_PROXY_OTLP_ENDPOINT"))
+        .or_else(|| env.var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+        .or_else(|| env.var("OTEL_EXPORTER_OTLP_ENDPOINT"));
     let otlp_endpoint = match endpoint.as_deref().map(parse_url) {
         None => None,
         Some(Ok(uri)) => Some(otlp_traces_url(&uri)),
@@ -416,6 +421,7 @@ fn telemetry(table: Option<&Table>, env: &dyn Env, errors: &mut Vec<String>) -> 
     }
     let service_name = f
         .string("service_name")
+        .or_else(|| env.var("OTEL_SERVICE_NAME"))
         .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_string());
     let t = TelemetryConfig {
         otlp_endpoint,
