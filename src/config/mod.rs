@@ -9,6 +9,7 @@
 mod admin;
 mod fields;
 mod limits;
+mod origin;
 mod routes;
 mod secret;
 mod sections;
@@ -25,6 +26,7 @@ use toml::Table;
 
 pub use admin::AdminConfig;
 pub use limits::{ClientLimits, Quota, QuotaPeriod, RateLimit};
+pub use origin::Origin;
 pub use routes::{check_template, RouteConfig};
 pub use secret::{redact_url, url_password, Secret, SecretError, SecretSource};
 pub use show::{to_json, to_toml};
@@ -545,40 +547,6 @@ pub fn config_path(flag: Option<&Path>, env: &dyn Env) -> Option<(PathBuf, bool)
     default.exists().then_some((default, false))
 }
 
-/// Where a running proxy's config comes from, so a reload reads the same place again.
-#[derive(Debug, Clone, Default)]
-pub struct Origin {
-    /// The config file resolved at start (`None`: defaults and environment only).
-    pub file: Option<PathBuf>,
-    /// The `--listen` given on the command line, which beats the file's.
-    pub listen: Option<SocketAddr>,
-}
-
-impl Origin {
-    /// The origin of a config named by `flag` / the environment, resolved now: a later change
-    /// of the working directory or of `MONO_PROXY_CONFIG` does not move it.
-    pub fn resolve(flag: Option<&Path>, listen: Option<SocketAddr>, env: &dyn Env) -> Origin {
-        Origin {
-            file: config_path(flag, env).map(|(p, _)| p),
-            listen,
-        }
-    }
-
-    /// Reads, parses and validates the config again, and requires its secrets to be readable.
-    pub fn load(&self, env: &dyn Env) -> Result<Config, ConfigErrors> {
-        let text = match &self.file {
-            Some(path) => std::fs::read_to_string(path)
-                .map_err(|e| ConfigErrors(vec![format!("cannot read {}: {e}", path.display())]))?,
-            None => String::new(),
-        };
-        let mut config = Config::parse_runnable(&text, env)?;
-        if let Some(listen) = self.listen {
-            config.listen = listen;
-        }
-        Ok(config)
-    }
-}
-
 /// A TOML syntax error by line and column, without the source line `Display` quotes: the line
 /// may hold a secret (a token, a URL with a password) and problems are logged and answered.
 fn toml_problem(text: &str, e: &toml::de::Error) -> String {
@@ -659,96 +627,4 @@ impl Config {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-
-    /// An empty environment for config tests.
-    pub(crate) const NO_ENV: [(&str, &str); 0] = [];
-
-    #[test]
-    fn a_redis_password_never_prints() {
-        let c = Config::parse(
-            "[store]\nredis_url = \"redis://u:hunter2@h:6379/0\"",
-            &[("MONO_SEC_KEY", "k")],
-        )
-        .unwrap();
-        let dbg = format!("{c:?}");
-        assert!(!dbg.contains("hunter2"), "{dbg}");
-        assert!(dbg.contains("redis://u:***@h:6379/0"), "{dbg}");
-    }
-
-    #[test]
-    fn a_toml_syntax_error_names_the_place_but_never_quotes_the_line() {
-        let text = "[admin]\ntoken = \"hunter2-hunter2-hunter2\nx = 1\n";
-        let e = Config::parse(text, &NO_ENV).unwrap_err().to_string();
-        assert!(e.contains("line 2"), "{e}");
-        assert!(!e.contains("hunter2"), "{e}");
-    }
-
-    #[test]
-    fn telemetry_is_off_by_default_and_an_endpoint_gets_the_traces_path() {
-        let env = [("MONO_SEC_KEY", "k")];
-        assert!(Config::parse("", &env)
-            .unwrap()
-            .telemetry
-            .otlp_endpoint
-            .is_none());
-        let c = Config::parse(
-            "[telemetry]\notlp_endpoint = \"http://collector:4318\"\nsampling_ratio = 0.25",
-            &env,
-        )
-        .unwrap();
-        assert_eq!(
-            c.telemetry.otlp_endpoint.as_deref(),
-            Some("http://collector:4318/v1/traces")
-        );
-        assert_eq!(c.telemetry.sampling_ratio, 0.25);
-        let otel = Config::parse(
-            "",
-            &[
-                ("MONO_SEC_KEY", "k"),
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel:4318"),
-                ("OTEL_SERVICE_NAME", "ledger-proxy"),
-            ],
-        )
-        .unwrap();
-        assert_eq!(
-            otel.telemetry.otlp_endpoint.as_deref(),
-            Some("http://otel:4318/v1/traces")
-        );
-        assert_eq!(otel.telemetry.service_name, "ledger-proxy");
-        let full = Config::parse(
-            "[telemetry]\notlp_endpoint = \"https://c.example/otlp/v1/traces\"",
-            &env,
-        )
-        .unwrap();
-        assert_eq!(
-            full.telemetry.otlp_endpoint.as_deref(),
-            Some("https://c.example/otlp/v1/traces")
-        );
-        let e = Config::parse(
-            "[telemetry]\notlp_endpoint = \"collector\"\nsampling_ratio = 2.0\nsampler = 1",
-            &env,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("otlp_endpoint") && e.contains("sampling_ratio") && e.contains("sampler"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn missing_secret_refuses_to_run() {
-        let err = Config::parse_runnable("", &NO_ENV).unwrap_err();
-        assert!(err.to_string().contains("MONO_SEC_KEY"));
-        assert!(Config::parse_runnable("", &[("MONO_SEC_KEY", "k")]).is_ok());
-    }
-
-    #[test]
-    fn secret_never_prints() {
-        let c = Config::parse("", &[("MONO_SEC_KEY", "live_sk_topsecret")]).unwrap();
-        let dbg = format!("{c:?}");
-        assert!(!dbg.contains("topsecret"), "{dbg}");
-    }
-}
+pub(crate) mod tests;
