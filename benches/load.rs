@@ -4,14 +4,22 @@
 //! processes on free loopback ports, drives keep-alive HTTP/1 connections at them from this
 //! process, and prints one table from one run: direct-to-sandbox, proxy cache hit, proxy
 //! passthrough miss (and the same path direct), and a realtime burst. It also draws the
-//! throughput and p99 of each row into `<target dir>/load-bench.svg`.
+//! throughput and p99 of each row into `<target dir>/load-bench.svg`. Then two more tables:
+//! hits at scale (100, 10,000 and 100,000 cached accounts, with RSS per balance; `scale.rs`)
+//! and the upstream over TLS (passthrough and misses over h2 beside plain, with the TLS
+//! handshakes the misses cost; `tls.rs`).
 //!
 //! Every row is bounded by time AND request count. Environment knobs (defaults):
 //! `LOAD_LATENCY_MS=50` (sandbox latency), `LOAD_SECS=5` (per row), `LOAD_CONNS=64`,
-//! `LOAD_IDS=100`, `LOAD_BURST=200`, `LOAD_MAX_REQS=1000000` (per row).
+//! `LOAD_IDS=100`, `LOAD_BURST=200`, `LOAD_MAX_REQS=1000000` (per row),
+//! `LOAD_SCALE=100,10000,100000` (account levels), `LOAD_TLS_MISSES=100000`.
 //! Loopback only; the children are killed on exit and on panic (a Drop guard).
 
+#[path = "load/scale.rs"]
+mod scale;
 mod support;
+#[path = "load/tls.rs"]
+mod tls;
 
 use std::error::Error;
 use std::net::SocketAddr;
@@ -49,6 +57,17 @@ struct Sample {
 }
 
 impl Sample {
+    /// Notes one answered request.
+    fn note(&mut self, ok: bool, lat: Duration) {
+        self.lat_us
+            .push(lat.as_micros().min(u32::MAX as u128) as u32);
+        if ok {
+            self.ok += 1;
+        } else {
+            self.non2xx += 1;
+        }
+    }
+
     fn merge(&mut self, other: Sample) {
         self.lat_us.extend(other.lat_us);
         self.ok += other.ok;
@@ -139,20 +158,53 @@ async fn drive(
             let mut i = c;
             while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < max_reqs {
                 match call(&mut sender, &target, &paths[i % paths.len()]).await {
-                    Ok((ok, lat)) => {
-                        s.lat_us.push(lat.as_micros().min(u32::MAX as u128) as u32);
-                        if ok {
-                            s.ok += 1;
-                        } else {
-                            s.non2xx += 1;
-                        }
-                    }
+                    Ok((ok, lat)) => s.note(ok, lat),
                     Err(_) => {
                         s.errors += 1;
                         break;
                     }
                 }
                 i += conns;
+            }
+            s
+        }));
+    }
+    let mut all = Sample::default();
+    for t in tasks {
+        if let Ok(s) = t.await {
+            all.merge(s);
+        }
+    }
+    all.elapsed = started.elapsed();
+    all
+}
+
+/// Every path requested once (misses, warming), striped over `conns` keep-alive connections,
+/// until done or `limit`.
+async fn cover(target: &Target, paths: Arc<Vec<String>>, conns: usize, limit: Duration) -> Sample {
+    let started = Instant::now();
+    let deadline = started + limit;
+    let conns = conns.clamp(1, paths.len().max(1));
+    let mut tasks = Vec::with_capacity(conns);
+    for c in 0..conns {
+        let (target, paths) = (target.clone(), Arc::clone(&paths));
+        tasks.push(tokio::spawn(async move {
+            let mut s = Sample::default();
+            let Ok(mut sender) = connect(target.addr).await else {
+                s.errors += 1;
+                return s;
+            };
+            for path in paths.iter().skip(c).step_by(conns) {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                match call(&mut sender, &target, path).await {
+                    Ok((ok, lat)) => s.note(ok, lat),
+                    Err(_) => {
+                        s.errors += 1;
+                        break;
+                    }
+                }
             }
             s
         }));
@@ -184,12 +236,7 @@ async fn burst(target: &Target, path: &str, n: usize) -> Sample {
             match result {
                 Ok((ok, lat)) => {
                     s.finished.push(Instant::now());
-                    s.lat_us.push(lat.as_micros().min(u32::MAX as u128) as u32);
-                    if ok {
-                        s.ok += 1;
-                    } else {
-                        s.non2xx += 1;
-                    }
+                    s.note(ok, lat);
                 }
                 Err(_) => s.errors += 1,
             }
@@ -210,6 +257,11 @@ async fn burst(target: &Target, path: &str, n: usize) -> Sample {
 
 /// The sandbox's `total` counter (API calls that reached "Mono").
 async fn upstream_total(sandbox: SocketAddr) -> Result<u64, BoxError> {
+    sandbox_count(sandbox, "total").await
+}
+
+/// One of the sandbox's counters (`/__sandbox/counts`), read over plain HTTP.
+async fn sandbox_count(sandbox: SocketAddr, name: &str) -> Result<u64, BoxError> {
     let target = Target::new(sandbox, &[]);
     let mut sender = connect(sandbox).await?;
     sender.ready().await?;
@@ -222,9 +274,9 @@ async fn upstream_total(sandbox: SocketAddr) -> Result<u64, BoxError> {
         .collect()
         .await?;
     let v: serde_json::Value = serde_json::from_slice(&body.to_bytes())?;
-    v["total"]
+    v[name]
         .as_u64()
-        .ok_or_else(|| "no total in /__sandbox/counts".into())
+        .ok_or_else(|| format!("no {name} in /__sandbox/counts").into())
 }
 
 /// One row of the table.
@@ -250,6 +302,23 @@ fn percentile(sorted: &[u32], q: f64) -> u32 {
     sorted[rank - 1]
 }
 
+/// Where a row reads the calls that reached the sandbox.
+enum Counts<'a> {
+    /// A sandbox process, over HTTP.
+    Remote(SocketAddr),
+    /// A sandbox in this process (the TLS one).
+    Local(&'a mono_proxy::sandbox::Sandbox),
+}
+
+impl Counts<'_> {
+    async fn total(&self) -> Result<u64, BoxError> {
+        match self {
+            Counts::Remote(addr) => upstream_total(*addr).await,
+            Counts::Local(sandbox) => Ok(sandbox.count("total")),
+        }
+    }
+}
+
 /// Runs one measurement, recording proxy CPU (when `proxy_pid`) and upstream calls around it.
 async fn measure<F>(
     name: &'static str,
@@ -260,11 +329,24 @@ async fn measure<F>(
 where
     F: std::future::Future<Output = Sample>,
 {
-    let up0 = upstream_total(sandbox).await?;
+    measure_with(name, &Counts::Remote(sandbox), proxy_pid, run).await
+}
+
+/// [`measure`], with the sandbox's counts read from `counts`.
+async fn measure_with<F>(
+    name: &'static str,
+    counts: &Counts<'_>,
+    proxy_pid: Option<u32>,
+    run: F,
+) -> Result<Row, BoxError>
+where
+    F: std::future::Future<Output = Sample>,
+{
+    let up0 = counts.total().await?;
     let cpu0 = proxy_pid.and_then(cpu_ticks);
     let mut s = run.await;
     let cpu1 = proxy_pid.and_then(cpu_ticks);
-    let up1 = upstream_total(sandbox).await?;
+    let up1 = counts.total().await?;
     s.lat_us.sort_unstable();
     let reqs = s.ok + s.non2xx;
     let cpu_us_per_req = match (cpu0, cpu1) {
@@ -302,7 +384,7 @@ fn ms(us: u32) -> f64 {
 fn print_table(rows: &[Row], header: &str) {
     println!("\n{header}\n");
     println!(
-        "| {:<26} | {:>9} | {:>9} | {:>8} | {:>8} | {:>9} | {:>12} | {:>9} | {:>6} |",
+        "| {:<28} | {:>9} | {:>9} | {:>8} | {:>8} | {:>9} | {:>12} | {:>9} | {:>6} |",
         "row",
         "requests",
         "req/s",
@@ -314,7 +396,7 @@ fn print_table(rows: &[Row], header: &str) {
         "errors"
     );
     println!(
-        "|{:-<28}|{:->11}|{:->11}|{:->10}|{:->10}|{:->11}|{:->14}|{:->11}|{:->8}|",
+        "|{:-<30}|{:->11}|{:->11}|{:->10}|{:->10}|{:->11}|{:->14}|{:->11}|{:->8}|",
         "", "", "", "", "", "", "", "", ""
     );
     for r in rows {
@@ -322,7 +404,7 @@ fn print_table(rows: &[Row], header: &str) {
             .cpu_us_per_req
             .map_or_else(|| "-".to_string(), |c| format!("{c:.1}"));
         println!(
-            "| {:<26} | {:>9} | {:>9.0} | {:>8.2} | {:>8.2} | {:>9.2} | {:>12} | {:>9} | {:>6} |",
+            "| {:<28} | {:>9} | {:>9.0} | {:>8.2} | {:>8.2} | {:>9.2} | {:>12} | {:>9} | {:>6} |",
             r.name,
             r.reqs,
             r.rps,
@@ -473,45 +555,56 @@ fn main() {
     support::bench_main("load", run);
 }
 
-fn run() -> Result<(), BoxError> {
-    let latency_ms = env_u64("LOAD_LATENCY_MS", 50);
-    let secs = Duration::from_secs(env_u64("LOAD_SECS", 5).clamp(1, 20));
-    let conns = env_u64("LOAD_CONNS", 64).clamp(1, 1024) as usize;
-    let ids = env_u64("LOAD_IDS", 100).clamp(1, 1000) as usize;
-    let burst_n = env_u64("LOAD_BURST", 200).clamp(1, 1000) as usize;
-    let max_reqs = env_u64("LOAD_MAX_REQS", 1_000_000);
-    let bin = env!("CARGO_BIN_EXE_mono-proxy");
-
-    let mut children = Children(Vec::new());
-    let sandbox = free_addr()?;
+/// Starts `mono-proxy sandbox` on a free port with `latency_ms` per call.
+fn spawn_sandbox(
+    children: &mut Children,
+    name: &'static str,
+    latency_ms: u64,
+) -> Result<SocketAddr, BoxError> {
+    let addr = free_addr()?;
     children.spawn(
-        "sandbox",
-        Command::new(bin)
+        name,
+        Command::new(env!("CARGO_BIN_EXE_mono-proxy"))
             .arg("sandbox")
             .arg("--listen")
-            .arg(sandbox.to_string())
+            .arg(addr.to_string())
             .arg("--latency")
             .arg(format!("{latency_ms}ms"))
             .env("MONO_SANDBOX_KEY", SANDBOX_KEY)
             .env("RUST_LOG", "warn"),
     )?;
-    children.wait_listening("sandbox", sandbox)?;
+    children.wait_listening(name, addr)?;
+    Ok(addr)
+}
 
+/// Starts the proxy in front of `upstream` (`http://` unless `upstream_toml` says otherwise),
+/// with long TTLs and windows so nothing expires mid-run; its address, pid and config file.
+fn spawn_proxy(
+    children: &mut Children,
+    name: &'static str,
+    sandbox: SocketAddr,
+    upstream_toml: &str,
+) -> Result<(SocketAddr, u32, tempfile::NamedTempFile), BoxError> {
     let proxy = free_addr()?;
     let admin = free_addr()?;
     let mut config = tempfile::Builder::new()
         .prefix("mono-proxy-load-")
         .suffix(".toml")
         .tempfile()?;
+    let upstream = if upstream_toml.is_empty() {
+        format!("base_url = \"http://{sandbox}\"\n")
+    } else {
+        upstream_toml.to_string()
+    };
     let toml = format!(
         "listen = \"{proxy}\"\nadmin_listen = \"{admin}\"\n\
-         [upstream]\nbase_url = \"http://{sandbox}\"\n\
+         [upstream]\n{upstream}\
          [realtime]\nwindow = \"1h\"\n\
-         [cache]\nttl = \"1h\"\n\
+         [cache]\nttl = \"1h\"\nmax_bytes = \"1GiB\"\n\
          [log]\nfilter = \"warn\"\n"
     );
     std::io::Write::write_all(&mut config, toml.as_bytes())?;
-    let mut cmd = Command::new(bin);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mono-proxy"));
     cmd.arg("--config").arg(config.path());
     cmd.env("MONO_SEC_KEY", SANDBOX_KEY);
     for (k, _) in std::env::vars() {
@@ -519,8 +612,22 @@ fn run() -> Result<(), BoxError> {
             cmd.env_remove(k);
         }
     }
-    let proxy_pid = children.spawn("proxy", &mut cmd)?;
-    children.wait_listening("proxy", proxy)?;
+    let pid = children.spawn(name, &mut cmd)?;
+    children.wait_listening(name, proxy)?;
+    Ok((proxy, pid, config))
+}
+
+fn run() -> Result<(), BoxError> {
+    let latency_ms = env_u64("LOAD_LATENCY_MS", 50);
+    let secs = Duration::from_secs(env_u64("LOAD_SECS", 5).clamp(1, 20));
+    let conns = env_u64("LOAD_CONNS", 64).clamp(1, 1024) as usize;
+    let ids = env_u64("LOAD_IDS", 100).clamp(1, 1000) as usize;
+    let burst_n = env_u64("LOAD_BURST", 200).clamp(1, 1000) as usize;
+    let max_reqs = env_u64("LOAD_MAX_REQS", 1_000_000);
+
+    let mut children = Children(Vec::new());
+    let sandbox = spawn_sandbox(&mut children, "sandbox", latency_ms)?;
+    let (proxy, proxy_pid, _config) = spawn_proxy(&mut children, "proxy", sandbox, "")?;
     std::thread::sleep(Duration::from_millis(300));
     let idle_rss = rss_kib(proxy_pid);
 
@@ -621,5 +728,13 @@ fn run() -> Result<(), BoxError> {
     );
     draw_chart(&svg, &rows, &caption).map_err(|e| format!("drawing {}: {e}", svg.display()))?;
     println!("chart: {}", svg.display());
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let levels = scale::run(&rt, secs, conns, max_reqs)?;
+    scale::print(&levels);
+    let tls = tls::run(&rt, secs, conns, max_reqs)?;
+    tls::print(&tls);
     Ok(())
 }

@@ -88,7 +88,9 @@ pub const MAX_REQUEST_BODY: usize = 16 * 1024 * 1024;
 /// Route counters are also the names faults match on ([`FaultSpec::route`]). `other` counts
 /// every endpoint without a core counter, as it always has, so it also counts the account
 /// reads `node_details` … `assets` (one call bumps both); `bvn_initiate` was `not_found`
-/// before it had a route and is counted only under its own name.
+/// before it had a route and is counted only under its own name. `connections` counts accepted
+/// TCP connections and `tls_handshakes` completed TLS handshakes, so a bench can tell a pooled
+/// upstream client from one that reconnects per call.
 pub const COUNTERS: &[&str] = &[
     "total",
     "balance",
@@ -115,6 +117,8 @@ pub const COUNTERS: &[&str] = &[
     "faulted",
     "webhooks_sent",
     "webhooks_failed",
+    "connections",
+    "tls_handshakes",
 ];
 
 /// Settings for one sandbox instance.

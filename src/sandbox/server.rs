@@ -103,6 +103,7 @@ impl Sandbox {
                     if let Err(err) = stream.set_nodelay(true) {
                         tracing::debug!(error = %err, "sandbox could not set nodelay");
                     }
+                    self.bump("connections");
                     let conn = Connection {
                         sandbox: self.clone(),
                         builder: builder.clone(),
@@ -117,7 +118,10 @@ impl Sandbox {
                                 acceptor.accept(stream),
                             );
                             match handshake.await {
-                                Ok(Ok(stream)) => conn.serve(stream).await,
+                                Ok(Ok(stream)) => {
+                                    conn.sandbox.bump("tls_handshakes");
+                                    conn.serve(stream).await;
+                                }
                                 Ok(Err(err)) => {
                                     tracing::debug!(client.addr = %peer, error = %err, "sandbox tls handshake failed");
                                 }
