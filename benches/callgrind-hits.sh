@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Instructions per cache hit of proxy binaries, by callgrind (deterministic, unlike req/s on a
-# shared machine). Bench only, loopback only.
+# Instructions per cache hit (or per passthrough, ROUTE=identity) of proxy binaries, by
+# callgrind (deterministic, unlike req/s on a shared machine). Bench only, loopback only.
 #
 #   benches/callgrind-hits.sh /tmp/old-mono-proxy /tmp/new-mono-proxy
+#   ROUTE=identity KEEP=/tmp/cg benches/callgrind-hits.sh /tmp/new-mono-proxy
 #
 # Each binary runs twice under valgrind against the peer harness's upstream, serving N1 and N2
-# cache hits (wrk, 4 connections, 10 accounts); instructions per hit = difference / (N2 - N1).
+# requests (wrk, 4 connections, 10 accounts); instructions per request = difference / (N2 - N1).
+# KEEP=DIR keeps the callgrind profiles there (for callgrind_annotate).
 set -u
 command -v wrk >/dev/null || { echo "callgrind-hits: needs wrk (apt-get install wrk)" >&2; exit 1; }
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -14,11 +16,14 @@ export RUN_DIR=${RUN_DIR:-/dev/shm/mono-bench} LATENCY_MS=${LATENCY_MS:-50}
 CTL=$BENCH/peers/ctl.sh
 N1=${N1:-2000}
 N2=${N2:-12000}
+ROUTE=${ROUTE:-balance}
+KEEP=${KEEP:-}
 "$CTL" start upstream >/dev/null 2>&1 || { echo "callgrind-hits: cannot start the harness upstream" >&2; exit 1; }
 trap '"$CTL" stop upstream >/dev/null 2>&1' EXIT
 run() { # bin hits -> total instructions
   local bin=$1 n=$2 out
   out=$(mktemp)
+  [[ -n "$KEEP" ]] && mkdir -p "$KEEP" && out="$KEEP/$(basename "$bin").$ROUTE.$n.out"
   MONO_SEC_KEY=test_sk_bench valgrind --tool=callgrind --callgrind-out-file="$out" \
       "$bin" --config "$HERE/peer.toml" >/dev/null 2>&1 &
   local pid=$!
@@ -26,13 +31,13 @@ run() { # bin hits -> total instructions
   for k in $(seq 0 9); do
     curl -s -o /dev/null "http://127.0.0.1:18083/v2/accounts/666b166ce06b$(printf %03d "$k")/balance"
   done
-  BENCH_IDS=10 BENCH_THREADS=1 BENCH_MAX_REQS=$n wrk -t1 -c4 -d120s -s "$BENCH/wrk/ids.lua" \
+  BENCH_IDS=10 BENCH_THREADS=1 BENCH_MAX_REQS=$n BENCH_ROUTE=$ROUTE wrk -t1 -c4 -d120s -s "$BENCH/wrk/ids.lua" \
       http://127.0.0.1:18083 >/dev/null 2>&1
   kill -INT $pid; wait $pid 2>/dev/null
   awk '/^(summary|totals):/ {print $2; exit}' "$out"
-  rm -f "$out"
+  [[ -n "$KEEP" ]] || rm -f "$out"
 }
 for bin in "$@"; do
   a=$(run "$bin" "$N1"); b=$(run "$bin" "$N2")
-  echo "$bin: $(( (b - a) / (N2 - N1) )) instructions per hit ($a at $N1 hits, $b at $N2)"
+  echo "$bin: $(( (b - a) / (N2 - N1) )) instructions per $ROUTE request ($a at $N1, $b at $N2)"
 done

@@ -6,6 +6,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 
+use crate::upstream::UpstreamBody;
+
 /// The error type of every body the proxy handles.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -18,6 +20,8 @@ pub enum Body {
     Stream(Incoming),
     /// A streamed client body that fails with [`TooLarge`] once it passes a byte limit.
     Limited(http_body_util::Limited<Incoming>, usize),
+    /// A streamed answer from Mono, driving its pooled connection (passthrough).
+    Upstream(UpstreamBody<Body>),
 }
 
 impl Body {
@@ -59,6 +63,7 @@ impl HttpBody for Body {
         match self.get_mut() {
             Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Body::Stream(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Body::Upstream(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             // Typed errors, so whoever sees it fail (the upstream client) can tell the client's
             // oversized (413) or broken (400) body from a broken upstream (502).
             Body::Limited(body, limit) => {
@@ -80,6 +85,7 @@ impl HttpBody for Body {
         match self {
             Body::Full(bytes) => bytes.is_none(),
             Body::Stream(body) => body.is_end_stream(),
+            Body::Upstream(body) => body.is_end_stream(),
             Body::Limited(body, _) => body.is_end_stream(),
         }
     }
@@ -89,6 +95,7 @@ impl HttpBody for Body {
             Body::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Body::Full(None) => SizeHint::with_exact(0),
             Body::Stream(body) => body.size_hint(),
+            Body::Upstream(body) => body.size_hint(),
             Body::Limited(body, _) => body.size_hint(),
         }
     }

@@ -1,32 +1,96 @@
 //! The client-facing server: HTTP/1.1 and HTTP/2 on one port, bounded, with a timed drain.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::service::{Activity, Proxy};
 use crate::state::State;
 
-/// Resolves when a connection should be closed for sending nothing: no request within `first`
-/// of opening (before any parser timeout applies: HTTP/1-vs-2 detection and h2 have none), or
-/// none for `idle` since the last one ended. A request in flight keeps the connection open.
-async fn idle_watchdog(activity: &Activity, first: Duration, idle: Duration) {
-    let mut seen = 0;
-    let mut limit = first;
+/// Resolves when a connection should be closed for sending nothing or too little: no request
+/// within `head` of opening, an HTTP/1 request head still incomplete a whole `head` after it
+/// began arriving (the slowloris guard; closed within two `head`s), or no request for `idle`.
+/// A request in flight keeps the connection open.
+///
+/// This replaces hyper's own header timer, which arms and drops a timer on every request of a
+/// keep-alive connection (and so also closed idle ones after `head`): here one timer per
+/// connection looks at counters the connection keeps anyway.
+async fn watchdog(activity: &Activity, head: Duration, idle: Duration) {
+    let tick = head.min(idle);
+    let (mut seen, mut quiet, mut pending) = (0, Duration::ZERO, false);
     loop {
-        tokio::time::sleep(limit).await;
+        tokio::time::sleep(tick).await;
         let started = activity.started();
-        if started == seen && activity.in_flight() == 0 {
+        if started != seen || activity.in_flight() > 0 {
+            (seen, quiet, pending) = (started, Duration::ZERO, false);
+            continue;
+        }
+        quiet += tick;
+        if started == 0 || quiet >= idle || (pending && activity.head_pending()) {
             return;
         }
-        seen = started;
-        limit = idle;
+        pending = activity.head_pending();
+    }
+}
+
+/// A client socket that notes each read that brought bytes in its connection's [`Activity`].
+struct Counted {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.read();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 
@@ -41,8 +105,8 @@ pub async fn run(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(cfg.header_read_timeout)
+        // The header timeout is the watchdog's (below), one timer per connection.
+        .header_read_timeout(None)
         // A client may shut its write side once its request is sent (`curl --no-buffer`, some
         // SDK transports): keep the connection to answer it instead of dropping the request.
         .half_close(true)
@@ -82,6 +146,10 @@ pub async fn run(
             tracing::debug!(error = %e, "set_nodelay failed");
         }
         let (service, activity) = proxy.for_connection(peer);
+        let stream = Counted {
+            stream,
+            activity: Arc::clone(&activity),
+        };
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
@@ -96,7 +164,7 @@ pub async fn run(
                         tracing::debug!(client.addr = %peer, error = %e, "connection ended with an error");
                     }
                 }
-                _ = idle_watchdog(&activity, first, idle) => {
+                _ = watchdog(&activity, first, idle) => {
                     tracing::debug!(client.addr = %peer, "closing a connection that sent no request in time");
                 }
             }

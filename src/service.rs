@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -39,11 +39,19 @@ pub struct Proxy {
     peer: Option<SocketAddr>,
 }
 
-/// What one connection is doing, so the server can close connections that send nothing.
+/// What one connection is doing, so the server can close connections that send nothing, or
+/// only part of a request head.
 #[derive(Default)]
 pub struct Activity {
     started: AtomicU64,
     in_flight: AtomicUsize,
+    /// Socket reads that brought bytes, so far.
+    reads: AtomicU64,
+    /// `reads` when the last request began: more since then, and no new request, is a head
+    /// still arriving.
+    reads_at_start: AtomicU64,
+    /// The connection speaks HTTP/2, whose frames (pings, window updates) are no request head.
+    h2: AtomicBool,
 }
 
 impl Activity {
@@ -55,6 +63,18 @@ impl Activity {
     /// Requests being answered now.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Notes a socket read that brought bytes.
+    pub fn read(&self) {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether bytes came after the last request began on an HTTP/1 connection: the next
+    /// request's head has started arriving.
+    pub fn head_pending(&self) -> bool {
+        !self.h2.load(Ordering::Relaxed)
+            && self.reads.load(Ordering::Relaxed) != self.reads_at_start.load(Ordering::Relaxed)
     }
 }
 
@@ -96,8 +116,15 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let state = Arc::clone(&self.state);
-        self.activity.started.fetch_add(1, Ordering::Relaxed);
-        self.activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        let activity = &self.activity;
+        activity.started.fetch_add(1, Ordering::Relaxed);
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity
+            .reads_at_start
+            .store(activity.reads.load(Ordering::Relaxed), Ordering::Relaxed);
+        if req.version() == Version::HTTP_2 {
+            activity.h2.store(true, Ordering::Relaxed);
+        }
         let guard = Busy(Arc::clone(&self.activity));
         let peer = self.peer;
         Box::pin(async move {
@@ -260,7 +287,8 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// classify → authorize → the class's step.
+/// classify → authorize → the class's step. Every class but the cached read is boxed, so a
+/// cache hit's future (allocated and moved per request) stays small.
 async fn pipeline(
     state: &Arc<State>,
     req: Request<Incoming>,
@@ -283,7 +311,7 @@ async fn pipeline(
     };
     let (resp, result) = match class {
         // Mono authenticates its webhooks with their own secret; no client token applies.
-        Class::Webhook => return webhook::serve(state, req, trace).await,
+        Class::Webhook => return Box::pin(webhook::serve(state, req, trace)).await,
         Class::Passthrough { route, account } => {
             let tenant = authorize(state, &req, summary)?;
             let limiter = limit(state, summary.client).await?;
@@ -297,7 +325,7 @@ async fn pipeline(
                 named,
                 trace,
             };
-            return passthrough::serve(state, to, req, request_id).await;
+            return Box::pin(passthrough::serve(state, to, req, request_id)).await;
         }
         Class::Cached {
             route,
@@ -330,7 +358,7 @@ async fn pipeline(
             let read = AccountRead::new(tenant, account, route, "", target(), request_id.clone())
                 .with_limiter(limiter)
                 .with_trace(trace.clone());
-            realtime::serve(state, &read).await?
+            Box::pin(realtime::serve(state, &read)).await?
         }
         Class::JobStatus { account, job_id } => {
             let tenant = authorize(state, &req, summary)?;
@@ -343,7 +371,7 @@ async fn pipeline(
                 request_id: request_id.clone(),
                 trace: trace.clone(),
             };
-            job_status::serve(state, &read).await?
+            Box::pin(job_status::serve(state, &read)).await?
         }
     };
     summary.cache = Some(result);
@@ -359,7 +387,7 @@ async fn limit(
     let Some(limiter) = state.limiters.load().get(client).cloned() else {
         return Ok(None);
     };
-    limits::admit(state, &limiter).await?;
+    Box::pin(limits::admit(state, &limiter)).await?;
     Ok(Some(limiter))
 }
 

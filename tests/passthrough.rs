@@ -670,3 +670,154 @@ async fn a_slow_request_in_flight_outlives_the_idle_timeout() {
     let r = proxy.get("/v2/echo/slow", &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// Reads one HTTP/1.1 answer (head and `Content-Length` body) from `sock`; `None` once closed.
+async fn read_answer(sock: &mut TcpStream) -> Option<String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                return Some(text);
+            }
+        }
+        match tokio::time::timeout(CALL_BOUND, sock.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return None,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("no answer within {CALL_BOUND:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_across_calls_and_kept_within_the_pool_limits() {
+    let sb = sandbox(sandbox_config()).await;
+    let proxy = ProxyBuilder::for_sandbox(&sb)
+        .toml("[upstream]\npool_idle_timeout = \"300ms\"\npool_max_idle_per_host = 2")
+        .start()
+        .await;
+    for i in 0..20 {
+        let r = proxy.get(&format!("/v2/echo/seq{i}"), &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(
+        sb.sandbox.count("connections"),
+        1,
+        "sequential calls share one connection"
+    );
+    // Eight at once open up to eight; only two stay idle afterwards.
+    let urls: Vec<String> = (0..8)
+        .map(|i| proxy.url(&format!("/v2/echo/par{i}")))
+        .collect();
+    for r in futures_util::future::join_all(urls.iter().map(|u| get(u, &[]))).await {
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let opened = sb.sandbox.count("connections");
+    assert!((2..=9).contains(&opened), "{opened} connections");
+    for i in 0..4 {
+        assert_eq!(
+            proxy.get(&format!("/v2/echo/again{i}"), &[]).await.status,
+            200
+        );
+    }
+    assert_eq!(
+        sb.sandbox.count("connections"),
+        opened,
+        "an idle one was reused"
+    );
+    // Past pool_idle_timeout an idle connection is not used again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(proxy.get("/v2/echo/late", &[]).await.status, 200);
+    assert_eq!(sb.sandbox.count("connections"), opened + 1);
+}
+
+#[tokio::test]
+async fn an_upstream_that_closes_idle_connections_costs_no_failed_call() {
+    // An upstream that answers one request per connection and then closes it without saying
+    // so (no `Connection: close`): every pooled connection is dead by the next call.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&accepted);
+    tokio::spawn(async move {
+        loop {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut got = Vec::new();
+                while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = r#"{"status":"successful","message":"ok","data":{"id":"x"}}"#;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(answer.as_bytes()).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            });
+        }
+    });
+    let proxy = ProxyBuilder::new(&format!("http://{addr}")).start().await;
+    for i in 0..3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = proxy.get(&format!("/v2/accounts/a{i}/identity"), &[]).await;
+        assert_eq!(r.status, 200, "call {i}: {}", r.text());
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_request_head_left_incomplete_is_closed_but_an_idle_keep_alive_connection_is_not() {
+    let sb = sandbox(sandbox_config()).await;
+    let proxy = ProxyBuilder::for_sandbox(&sb)
+        .toml("[server]\nheader_read_timeout = \"300ms\"\nidle_timeout = \"30s\"")
+        .start()
+        .await;
+    let request = b"GET /v2/echo/keep HTTP/1.1\r\nHost: proxy\r\n\r\n";
+    // Idle for several header timeouts between requests: kept (idle_timeout applies).
+    let mut idle = TcpStream::connect(proxy.running.addr).await.unwrap();
+    idle.write_all(request).await.unwrap();
+    assert!(read_answer(&mut idle)
+        .await
+        .unwrap()
+        .starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    idle.write_all(request).await.unwrap();
+    let second = read_answer(&mut idle).await;
+    assert!(
+        second
+            .as_deref()
+            .is_some_and(|a| a.starts_with("HTTP/1.1 200")),
+        "kept alive: {second:?}"
+    );
+    // A head that stops halfway after a first request: closed within two header timeouts.
+    let mut slow = TcpStream::connect(proxy.running.addr).await.unwrap();
+    slow.write_all(request).await.unwrap();
+    assert!(read_answer(&mut slow)
+        .await
+        .unwrap()
+        .starts_with("HTTP/1.1 200"));
+    slow.write_all(b"GET /v2/echo/slow HTTP/1.1\r\nHost: pr")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(read_answer(&mut slow).await, None, "closed, not answered");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed by the header timeout, not the idle one"
+    );
+}

@@ -262,7 +262,11 @@ impl ResponseCache {
 
     /// How fresh a body is now.
     pub fn freshness(&self, body: &CachedBody) -> Freshness {
-        let age = body.stored_at.elapsed();
+        self.freshness_at(body, body.stored_at.elapsed())
+    }
+
+    /// How fresh a body of `age` is (the age read once by a caller that needs it again).
+    pub fn freshness_at(&self, body: &CachedBody, age: Duration) -> Freshness {
         let ttl = body.ttl;
         let max_stale = self.max_stale();
         if body.purged.load(Ordering::Relaxed) && age < ttl + max_stale {

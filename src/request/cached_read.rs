@@ -24,7 +24,7 @@ pub async fn serve(
     let directives = read.directives;
     if directives.no_store {
         let _permit = limits::upstream_permit(state, read.limiter.as_deref())?;
-        return fill::bypass(state, read).await;
+        return Box::pin(fill::bypass(state, read)).await;
     }
     let data = read.kind().is_some();
     let mut stale = None;
@@ -33,10 +33,12 @@ pub async fn serve(
         state.cache.lookup(&read.account_key(), read.path_key())
     };
     if let Some(body) = held {
-        match state.cache.freshness(&body) {
-            Freshness::Fresh(ttl) if directives.accepts(body.stored_at.elapsed().as_secs()) => {
+        // Read once: freshness, the request's max-age and the `Age` header all want it.
+        let age = body.stored_at.elapsed();
+        match state.cache.freshness_at(&body, age) {
+            Freshness::Fresh(ttl) if directives.accepts(age.as_secs()) => {
                 return Ok((
-                    respond(&body, CacheResult::Hit, Some(ttl), data),
+                    respond_aged(&body, CacheResult::Hit, Some(ttl), data, age),
                     CacheResult::Hit,
                 ))
             }
@@ -58,6 +60,19 @@ pub async fn serve(
     if directives.only_if_cached {
         return Err(ProxyError::NotCached);
     }
+    // Boxed: the miss's future is large, and a hit should not carry (or move) it.
+    Box::pin(miss(state, read, stale)).await
+}
+
+/// A miss, or a stored answer the request refused: one collapsed fill, with `stale` (the body
+/// held and how far past its freshness) served if Mono cannot answer.
+async fn miss(
+    state: &Arc<State>,
+    read: &AccountRead,
+    stale: Option<(Arc<CachedBody>, i64)>,
+) -> Result<(Response<Body>, CacheResult), ProxyError> {
+    let directives = read.directives;
+    let data = read.kind().is_some();
     // A miss that goes through the shared tier learns of a fleet cooldown from its lookup
     // (one round trip); any other asks Redis here.
     let refetch = directives.no_cache || directives.max_age.is_some();
@@ -194,6 +209,17 @@ pub fn respond(
     ttl: Option<i64>,
     data: bool,
 ) -> Response<Body> {
+    respond_aged(body, result, ttl, data, body.stored_at.elapsed())
+}
+
+/// [`respond`] for a body whose age the caller has read.
+fn respond_aged(
+    body: &CachedBody,
+    result: CacheResult,
+    ttl: Option<i64>,
+    data: bool,
+    age: std::time::Duration,
+) -> Response<Body> {
     let mut resp = Response::new(Body::full(body.body.clone()));
     // Sized for what is added here and by the service (x-request-id): no regrowth per hit.
     *resp.headers_mut() = http::HeaderMap::with_capacity(8);
@@ -206,10 +232,7 @@ pub fn respond(
         result,
         CacheResult::Hit | CacheResult::SharedHit | CacheResult::Stale
     ) {
-        h.insert(
-            header::AGE,
-            HeaderValue::from(body.stored_at.elapsed().as_secs()),
-        );
+        h.insert(header::AGE, HeaderValue::from(age.as_secs()));
     }
     if data {
         h.insert(X_HAS_NEW_DATA, bool_value(body.has_new_data));

@@ -105,6 +105,5 @@ pub async fn serve(
     if let (Some(n), StatusCode::TOO_MANY_REQUESTS) = (named, resp.status()) {
         cooldown::cool_down(state, &tenant.id, n.route, n.account, resp.headers()).await;
     }
-    let (parts, body) = resp.into_parts();
-    Ok(Response::from_parts(parts, Body::Stream(body)))
+    Ok(resp)
 }

@@ -1,5 +1,11 @@
-//! The one pooled upstream client: rustls, HTTP/1.1 and h2 by ALPN, key injection, timeouts,
-//! and the metrics of every call made to Mono.
+//! The upstream client: rustls, HTTP/1.1 and h2 by ALPN, key injection, timeouts, and the
+//! metrics of every call made to Mono. Calls to Mono go through [`pool`], whose HTTP/1
+//! connections are driven by the request using them; webhook relays (any host) through
+//! hyper-util's pooled client.
+
+mod pool;
+
+pub use pool::UpstreamBody;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,7 +15,6 @@ use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -71,9 +76,12 @@ impl Fetched {
     }
 }
 
-/// The upstream origin and the pooled client that reaches it.
+/// The upstream origin and the pooled clients that reach it and the relay targets.
 #[derive(Clone)]
 pub struct Upstream {
+    /// Mono's connections.
+    pool: Arc<pool::Pool<Body>>,
+    /// Relay targets' connections.
     client: Client<HttpsConnector<HttpConnector>, Body>,
     scheme: Scheme,
     authority: Authority,
@@ -129,6 +137,11 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
+        let pool = pool::Pool::new(
+            connector.clone(),
+            cfg.pool_max_idle_per_host,
+            cfg.pool_idle_timeout,
+        );
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
@@ -144,6 +157,7 @@ impl Upstream {
         let host =
             HeaderValue::from_str(authority.as_str()).map_err(|_| UpstreamSetupError::NoHost)?;
         Ok(Upstream {
+            pool,
             client,
             scheme,
             authority,
@@ -158,6 +172,11 @@ impl Upstream {
         let pq: PathAndQuery = path_and_query
             .parse()
             .map_err(|_| ProxyError::BadRequest("invalid request target".into()))?;
+        self.uri_of(pq)
+    }
+
+    /// The upstream URI for a path and query already parsed (a client's, not parsed again).
+    fn uri_of(&self, pq: PathAndQuery) -> Result<Uri, ProxyError> {
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
@@ -176,9 +195,9 @@ impl Upstream {
         let pq = parts
             .uri
             .path_and_query()
-            .map(PathAndQuery::as_str)
-            .unwrap_or("/");
-        parts.uri = self.uri(pq)?;
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = self.uri_of(pq)?;
         // The upstream speaks whatever version ALPN picks; the client's version does not carry over.
         parts.version = http::Version::HTTP_11;
         let headers = &mut parts.headers;
@@ -220,7 +239,7 @@ impl Upstream {
         req: Request<Body>,
         timeout: Duration,
         trace: &Trace,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<Body>, ProxyError> {
         let started = Instant::now();
         let result = self.call(req, timeout, trace, true).await;
         self.record(class, result.as_ref().map(Response::status), started, trace);
@@ -254,18 +273,19 @@ impl Upstream {
         req: Request<Body>,
         timeout: Duration,
         trace: &Trace,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<Body>, ProxyError> {
         self.call(req, timeout, trace, false).await
     }
 
-    /// Sends one request under an `upstream call` span, carrying the request's trace.
+    /// Sends one request (to Mono, or a relay) under an `upstream call` span, carrying the
+    /// request's trace.
     async fn call(
         &self,
         mut req: Request<Body>,
         timeout: Duration,
         trace: &Trace,
         mono: bool,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<Body>, ProxyError> {
         let span = tracing::trace_span!(
             target: SPANS,
             "upstream call",
@@ -285,12 +305,22 @@ impl Upstream {
         }
         trace.inject(&span, req.headers_mut());
         let started = Instant::now();
-        let sent = tokio::time::timeout(timeout, self.client.request(req))
-            .instrument(span.clone())
-            .await;
+        let sent = async {
+            if mono {
+                let resp = self.pool.send(req).await.map_err(Box::new)?;
+                Ok(resp.map(Body::Upstream))
+            } else {
+                let resp = self.client.request(req).await.map_err(Box::new)?;
+                Ok(resp.map(Body::Stream))
+            }
+        };
+        let sent: Result<Result<Response<Body>, Box<dyn std::error::Error + Send + Sync>>, _> =
+            tokio::time::timeout(timeout, sent)
+                .instrument(span.clone())
+                .await;
         let result = match sent {
             Err(_) => Err(ProxyError::UpstreamTimeout(timeout.as_millis() as u64)),
-            Ok(Err(e)) => Err(classify_client_error(&e, started.elapsed(), timeout)),
+            Ok(Err(e)) => Err(classify_client_error(&*e, started.elapsed(), timeout)),
             Ok(Ok(mut resp)) => {
                 strip_hop_by_hop(resp.headers_mut());
                 Ok(resp)
@@ -358,12 +388,11 @@ fn key_value(key: &Secret) -> Result<HeaderValue, ProxyError> {
 }
 
 fn classify_client_error(
-    e: &hyper_util::client::legacy::Error,
+    e: &(dyn std::error::Error + 'static),
     elapsed: Duration,
     timeout: Duration,
 ) -> ProxyError {
-    use std::error::Error as _;
-    let mut source = e.source();
+    let mut source = Some(e);
     while let Some(s) = source {
         // The client's own body passed the limit or broke mid-stream: its fault, not Mono's.
         if let Some(too_large) = s.downcast_ref::<crate::body::TooLarge>() {

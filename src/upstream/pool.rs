@@ -1,0 +1,362 @@
+//! The connections to Mono, driven by the request that uses them.
+//!
+//! hyper-util's pooled client runs every HTTP/1 connection in a task of its own and spawns one
+//! more task per call to return the connection to its pool: a passthrough then hops between
+//! three tasks (and often both worker threads) per request, which measured a quarter of its CPU.
+//! Here an HTTP/1 connection is polled by whoever holds it: the request's own task while the
+//! head is in flight, then the response body (polled by the client's connection task) until the
+//! body ends, when it goes back to the idle list. A connection ALPN makes h2 is multiplexed and
+//! so runs in a spawned task, shared by every call, as hyper-util does.
+//!
+//! An idle connection is polled by nobody: a close by Mono is noticed when it is next taken,
+//! and a request that was never written on a reused connection is retried on another, as
+//! hyper-util's `retry_canceled_requests` does.
+
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1, http2};
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tower_service::Service as _;
+
+/// The byte stream of one upstream connection (TLS or plain).
+type Io = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+
+/// What a connect error is.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a request body sent through the pool must be.
+pub trait RequestBody: HttpBody<Data = Bytes, Error = BoxError> + Send + Unpin + 'static {}
+
+impl<B: HttpBody<Data = Bytes, Error = BoxError> + Send + Unpin + 'static> RequestBody for B {}
+
+/// Why a call through the pool failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// No connection could be made (refused, TLS, connect timeout).
+    #[error("connect error")]
+    Connect(#[source] BoxError),
+    /// The connection failed while the request or the response head was in flight.
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+    /// Mono closed the connection before answering.
+    #[error("the upstream closed the connection before answering")]
+    Closed,
+}
+
+/// An idle (or in-use) HTTP/1 connection: the sender and the connection future it needs polled.
+struct H1<B: RequestBody> {
+    send: http1::SendRequest<B>,
+    conn: http1::Connection<Io, B>,
+    idle_since: Instant,
+}
+
+impl<B: RequestBody> H1<B> {
+    /// Polls the connection once without a waker; `false` when it has ended (Mono closed it).
+    fn alive_and_ready(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        if Pin::new(&mut self.conn).poll(&mut cx).is_ready() {
+            return false;
+        }
+        self.send.is_ready()
+    }
+}
+
+/// The upstream's connections: idle HTTP/1 ones (newest last) and the shared h2 one.
+pub struct Pool<B: RequestBody> {
+    connector: HttpsConnector<HttpConnector>,
+    // Boxed: each moves between this list and a body as a pointer, not ~1.8 KB.
+    #[allow(clippy::vec_box)]
+    idle: Mutex<Vec<Box<H1<B>>>>,
+    h2: Mutex<Option<http2::SendRequest<B>>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+impl<B: RequestBody> Pool<B> {
+    /// A pool over `connector`, keeping at most `max_idle` idle HTTP/1 connections, each for at
+    /// most `idle_timeout`.
+    pub fn new(
+        connector: HttpsConnector<HttpConnector>,
+        max_idle: usize,
+        idle_timeout: Duration,
+    ) -> Arc<Pool<B>> {
+        Arc::new(Pool {
+            connector,
+            idle: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
+            max_idle,
+            idle_timeout,
+        })
+    }
+
+    /// Sends `req` (absolute URI) and returns the answer's head; the body streams after,
+    /// driving its connection.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: Request<B>,
+    ) -> Result<Response<UpstreamBody<B>>, PoolError> {
+        if let Some(h2) = self.shared_h2() {
+            return send_h2(h2, req).await;
+        }
+        // hyper writes the target as given: HTTP/1 wants origin-form.
+        let absolute = std::mem::take(req.uri_mut());
+        *req.uri_mut() = origin_form(&absolute);
+        while let Some(h1) = self.take_idle() {
+            match self.send_h1(h1, req).await {
+                Ok(resp) => return Ok(resp),
+                // Never written: Mono had closed the idle connection. Another one may do.
+                Err(Unsent::Retry(back, e)) => {
+                    tracing::debug!(error = %e, "pooled upstream connection was closed; retrying");
+                    req = *back;
+                }
+                Err(Unsent::Failed(e)) => return Err(e),
+            }
+        }
+        // Boxed: connecting (TLS, h2 handshake) is rare and its future is several KB.
+        match Box::pin(self.connect(&absolute)).await? {
+            Connected::H1(h1) => match self.send_h1(h1, req).await {
+                Ok(resp) => Ok(resp),
+                Err(Unsent::Retry(_, e)) => Err(e.into()),
+                Err(Unsent::Failed(e)) => Err(e),
+            },
+            Connected::H2(h2) => {
+                *req.uri_mut() = absolute;
+                send_h2(h2, req).await
+            }
+        }
+    }
+
+    /// The h2 connection when one is open.
+    fn shared_h2(&self) -> Option<http2::SendRequest<B>> {
+        let mut h2 = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*h2 {
+            Some(send) if !send.is_closed() => Some(send.clone()),
+            Some(_) => {
+                *h2 = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// The newest idle HTTP/1 connection still open and within the idle timeout.
+    fn take_idle(&self) -> Option<Box<H1<B>>> {
+        loop {
+            let mut h1 = self
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop()?;
+            if h1.idle_since.elapsed() < self.idle_timeout && h1.alive_and_ready() {
+                return Some(h1);
+            }
+        }
+    }
+
+    /// Takes back a connection whose answer has been read whole.
+    fn put_idle(&self, mut h1: Box<H1<B>>) {
+        if !h1.alive_and_ready() {
+            return;
+        }
+        h1.idle_since = Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        // The oldest sit first: the ones past their time, or past the count, go.
+        let expired = idle
+            .iter()
+            .take_while(|c| c.idle_since.elapsed() >= self.idle_timeout)
+            .count();
+        let over = (idle.len() - expired + 1).saturating_sub(self.max_idle);
+        idle.drain(..expired + over);
+        if self.max_idle > 0 {
+            idle.push(h1);
+        }
+    }
+
+    /// Opens a connection; h2 (by ALPN) is spawned and shared, HTTP/1 is returned to drive.
+    async fn connect(&self, uri: &Uri) -> Result<Connected<B>, PoolError> {
+        let mut connector = self.connector.clone();
+        poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(PoolError::Connect)?;
+        let io = connector
+            .call(uri.clone())
+            .await
+            .map_err(PoolError::Connect)?;
+        if io.connected().is_negotiated_h2() {
+            let (send, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream h2 connection ended with an error");
+                }
+            });
+            *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = Some(send.clone());
+            return Ok(Connected::H2(send));
+        }
+        let (send, conn) = http1::handshake(io).await?;
+        Ok(Connected::H1(Box::new(H1 {
+            send,
+            conn,
+            idle_since: Instant::now(),
+        })))
+    }
+
+    /// Writes `req` on `h1`, driving the connection until the answer's head is in.
+    async fn send_h1(
+        self: &Arc<Self>,
+        mut h1: Box<H1<B>>,
+        req: Request<B>,
+    ) -> Result<Response<UpstreamBody<B>>, Unsent<B>> {
+        let mut answer = std::pin::pin!(h1.send.try_send_request(req));
+        let mut ended = false;
+        let head = poll_fn(|cx| {
+            if let Poll::Ready(r) = answer.as_mut().poll(cx) {
+                return Poll::Ready(r.map_err(Unsent::from));
+            }
+            if !ended {
+                if Pin::new(&mut h1.conn).poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                ended = true;
+            }
+            // The connection is over, so its dispatcher has answered every call it held.
+            match answer.as_mut().poll(cx) {
+                Poll::Ready(r) => Poll::Ready(r.map_err(Unsent::from)),
+                Poll::Pending => Poll::Ready(Err(Unsent::Failed(PoolError::Closed))),
+            }
+        })
+        .await?;
+        let (parts, body) = head.into_parts();
+        let mut body = UpstreamBody {
+            body,
+            conn: (!ended).then_some(h1),
+            pool: Some(Arc::clone(self)),
+        };
+        if body.body.is_end_stream() {
+            body.release();
+        }
+        Ok(Response::from_parts(parts, body))
+    }
+}
+
+/// A new connection, by the protocol ALPN chose.
+enum Connected<B: RequestBody> {
+    H1(Box<H1<B>>),
+    H2(http2::SendRequest<B>),
+}
+
+/// Why an HTTP/1 call did not get its head: retryable when the request was never written.
+enum Unsent<B> {
+    Retry(Box<Request<B>>, hyper::Error),
+    Failed(PoolError),
+}
+
+impl<B> From<hyper::client::conn::TrySendError<Request<B>>> for Unsent<B> {
+    fn from(mut e: hyper::client::conn::TrySendError<Request<B>>) -> Unsent<B> {
+        match e.take_message() {
+            Some(req) => Unsent::Retry(Box::new(req), e.into_error()),
+            None => Unsent::Failed(e.into_error().into()),
+        }
+    }
+}
+
+async fn send_h2<B: RequestBody>(
+    mut h2: http2::SendRequest<B>,
+    req: Request<B>,
+) -> Result<Response<UpstreamBody<B>>, PoolError> {
+    h2.ready().await?;
+    let (parts, body) = h2.send_request(req).await?.into_parts();
+    Ok(Response::from_parts(
+        parts,
+        UpstreamBody {
+            body,
+            conn: None,
+            pool: None,
+        },
+    ))
+}
+
+/// `/path?query` of an absolute URI.
+fn origin_form(uri: &Uri) -> Uri {
+    uri.path_and_query()
+        .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()))
+}
+
+/// An upstream answer's body; over HTTP/1 it also drives its connection, which goes back to
+/// the pool once the body has been read whole (and is closed if the body is dropped before).
+pub struct UpstreamBody<B: RequestBody> {
+    body: Incoming,
+    /// Boxed: a connection is ~1.8 KB, and bodies are moved about.
+    conn: Option<Box<H1<B>>>,
+    pool: Option<Arc<Pool<B>>>,
+}
+
+impl<B: RequestBody> std::fmt::Debug for UpstreamBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody")
+            .field("body", &self.body)
+            .field("pooled", &self.conn.is_some())
+            .finish()
+    }
+}
+
+impl<B: RequestBody> UpstreamBody<B> {
+    /// Hands the connection back to the pool: the body has been read whole.
+    fn release(&mut self) {
+        if let (Some(h1), Some(pool)) = (self.conn.take(), self.pool.take()) {
+            pool.put_idle(h1);
+        }
+    }
+}
+
+impl<B: RequestBody> HttpBody for UpstreamBody<B> {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        // The body; else the connection (which reads what the body asked for), then the body.
+        let mut drove = false;
+        loop {
+            if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
+                match &frame {
+                    None => this.release(),
+                    Some(Ok(_)) if this.body.is_end_stream() => this.release(),
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) => this.conn = None,
+                }
+                return Poll::Ready(frame);
+            }
+            let Some(h1) = this.conn.as_mut().filter(|_| !drove) else {
+                return Poll::Pending;
+            };
+            drove = true;
+            if Pin::new(&mut h1.conn).poll(cx).is_ready() {
+                // Over: dropping it ends the body, which says so on the next poll.
+                this.conn = None;
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
