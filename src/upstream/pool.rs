@@ -225,15 +225,15 @@ impl<B: RequestBody> Pool<B> {
                 return Poll::Ready(r.map_err(Unsent::from));
             }
             if !ended {
-                if Pin::new(&mut h1.conn).poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                ended = true;
+                ended = Pin::new(&mut h1.conn).poll(cx).is_ready();
             }
-            // The connection is over, so its dispatcher has answered every call it held.
+            // Asked again at once: the poll above may just have read the answer, and waiting
+            // for the wake it sent would cost a whole extra poll of the client's connection.
             match answer.as_mut().poll(cx) {
                 Poll::Ready(r) => Poll::Ready(r.map_err(Unsent::from)),
-                Poll::Pending => Poll::Ready(Err(Unsent::Failed(PoolError::Closed))),
+                // The connection is over, so its dispatcher has answered every call it held.
+                Poll::Pending if ended => Poll::Ready(Err(Unsent::Failed(PoolError::Closed))),
+                Poll::Pending => Poll::Pending,
             }
         })
         .await?;
