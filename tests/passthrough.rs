@@ -548,6 +548,23 @@ async fn a_tls_upstream_is_trusted_through_ca_file_only() {
     assert_eq!(echo.status, 200, "{}", echo.text());
     assert_eq!(echo.json()["headers"]["mono-sec-key"], KEY);
 
+    // Calls that all start cold share one TLS handshake: the sandbox speaks h2 by ALPN.
+    let cold = ProxyBuilder::new(&base)
+        .toml(&format!(
+            "[upstream]\nca_file = \"{}\"",
+            ca.path().display()
+        ))
+        .start()
+        .await;
+    let handshakes = sb.sandbox.count("tls_handshakes");
+    let urls: Vec<String> = (0..8)
+        .map(|i| cold.url(&format!("/v2/echo/h2-{i}")))
+        .collect();
+    for r in futures_util::future::join_all(urls.iter().map(|u| get(u, &[]))).await {
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(sb.sandbox.count("tls_handshakes") - handshakes, 1);
+
     let untrusted = ProxyBuilder::new(&base).start().await;
     let before = sb.sandbox.count("total");
     let refused = bounded(

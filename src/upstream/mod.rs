@@ -141,6 +141,7 @@ impl Upstream {
             connector.clone(),
             cfg.pool_max_idle_per_host,
             cfg.pool_idle_timeout,
+            cfg.base_url.scheme() == Some(&Scheme::HTTPS),
         );
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())

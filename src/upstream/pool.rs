@@ -14,6 +14,7 @@
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -77,22 +78,31 @@ pub struct Pool<B: RequestBody> {
     #[allow(clippy::vec_box)]
     idle: Mutex<Vec<Box<H1<B>>>>,
     h2: Mutex<Option<http2::SendRequest<B>>>,
+    /// Held while connecting when the upstream may speak h2, so the calls waiting share one
+    /// handshake (as hyper-util's pool does) instead of making one each.
+    connecting: tokio::sync::Mutex<()>,
+    /// The upstream is known to speak HTTP/1 (plain `http://`, or ALPN chose it): each call
+    /// then connects on its own, as HTTP/1 needs a connection per call in flight.
+    h1_only: AtomicBool,
     max_idle: usize,
     idle_timeout: Duration,
 }
 
 impl<B: RequestBody> Pool<B> {
     /// A pool over `connector`, keeping at most `max_idle` idle HTTP/1 connections, each for at
-    /// most `idle_timeout`.
+    /// most `idle_timeout`; `tls` when the upstream is `https://` (and so may choose h2).
     pub fn new(
         connector: HttpsConnector<HttpConnector>,
         max_idle: usize,
         idle_timeout: Duration,
+        tls: bool,
     ) -> Arc<Pool<B>> {
         Arc::new(Pool {
             connector,
             idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            h1_only: AtomicBool::new(!tls),
             max_idle,
             idle_timeout,
         })
@@ -122,7 +132,21 @@ impl<B: RequestBody> Pool<B> {
             }
         }
         // Boxed: connecting (TLS, h2 handshake) is rare and its future is several KB.
-        match Box::pin(self.connect(&absolute)).await? {
+        let connected = if self.h1_only.load(Ordering::Relaxed) {
+            Box::pin(self.connect(&absolute)).await?
+        } else {
+            let one = self.connecting.lock().await;
+            if let Some(h2) = self.shared_h2() {
+                // Another call connected while this one waited.
+                drop(one);
+                *req.uri_mut() = absolute;
+                return send_h2(h2, req).await;
+            }
+            // ALPN chose HTTP/1 while this one waited: no handshake to share.
+            let _one = (!self.h1_only.load(Ordering::Relaxed)).then_some(one);
+            Box::pin(self.connect(&absolute)).await?
+        };
+        match connected {
             Connected::H1(h1) => match self.send_h1(h1, req).await {
                 Ok(resp) => Ok(resp),
                 Err(Unsent::Retry(_, e)) => Err(e.into()),
@@ -202,8 +226,10 @@ impl<B: RequestBody> Pool<B> {
                 }
             });
             *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = Some(send.clone());
+            self.h1_only.store(false, Ordering::Relaxed);
             return Ok(Connected::H2(send));
         }
+        self.h1_only.store(true, Ordering::Relaxed);
         let (send, conn) = http1::handshake(io).await?;
         Ok(Connected::H1(Box::new(H1 {
             send,
@@ -220,16 +246,18 @@ impl<B: RequestBody> Pool<B> {
     ) -> Result<Response<UpstreamBody<B>>, Unsent<B>> {
         let mut answer = std::pin::pin!(h1.send.try_send_request(req));
         let mut ended = false;
+        // The answer is only ever completed by the connection's own poll, here, so it is asked
+        // with a waker that does nothing: a task that wakes itself is re-queued as a yield,
+        // which makes tokio wake a parked sibling worker to steal it (a futex and a context
+        // switch per call). The connection's socket carries the real waker.
         let head = poll_fn(|cx| {
-            if let Poll::Ready(r) = answer.as_mut().poll(cx) {
-                return Poll::Ready(r.map_err(Unsent::from));
-            }
             if !ended {
                 ended = Pin::new(&mut h1.conn).poll(cx).is_ready();
             }
-            // Asked again at once: the poll above may just have read the answer, and waiting
-            // for the wake it sent would cost a whole extra poll of the client's connection.
-            match answer.as_mut().poll(cx) {
+            match answer
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()))
+            {
                 Poll::Ready(r) => Poll::Ready(r.map_err(Unsent::from)),
                 // The connection is over, so its dispatcher has answered every call it held.
                 Poll::Pending if ended => Poll::Ready(Err(Unsent::Failed(PoolError::Closed))),
@@ -329,10 +357,18 @@ impl<B: RequestBody> HttpBody for UpstreamBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        // The body; else the connection (which reads what the body asked for), then the body.
+        // Over HTTP/1 the body is fed only by its connection's poll, here: asked with a waker
+        // that does nothing, as the answer's head is (see `send_h1`). Over h2 a task of its
+        // own feeds it, so it gets the real one.
+        let mut quiet = Context::from_waker(Waker::noop());
         let mut drove = false;
         loop {
-            if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
+            let body_cx = if this.conn.is_some() {
+                &mut quiet
+            } else {
+                &mut *cx
+            };
+            if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(body_cx) {
                 match &frame {
                     None => this.release(),
                     Some(Ok(_)) if this.body.is_end_stream() => this.release(),
