@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 
-use crate::upstream::UpstreamBody;
+use crate::upstream::pool::UpstreamBody;
 
 /// The error type of every body the proxy handles.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

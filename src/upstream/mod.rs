@@ -3,9 +3,7 @@
 //! connections are driven by the request using them; webhook relays (any host) through
 //! hyper-util's pooled client.
 
-mod pool;
-
-pub use pool::UpstreamBody;
+pub mod pool;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -10,6 +10,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+mod labels;
+
+use labels::UpstreamStatus;
+
 #[derive(Clone, Debug, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     class: &'static str,
@@ -29,58 +33,10 @@ struct UpstreamLabels {
     error: &'static str,
 }
 
-/// Mono's HTTP status as a label, empty for 0 (no answer came); a number, so counting a call
-/// allocates nothing.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-struct UpstreamStatus(u16);
-
-impl prometheus_client::encoding::EncodeLabelValue for UpstreamStatus {
-    fn encode(
-        &self,
-        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
-    ) -> Result<(), std::fmt::Error> {
-        match self.0 {
-            0 => "".encode(encoder),
-            code => code.encode(encoder),
-        }
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Eq, EncodeLabelSet)]
 struct ClassRouteLabels {
     class: &'static str,
     route: &'static str,
-}
-
-/// The two label sets looked up on every request are hashed as one word: an FNV-1a pass over
-/// their (short, static, never client-chosen) values, which costs half of feeding each field
-/// through the map's SipHash.
-fn label_hash(fields: &[&str], number: u16) -> u64 {
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut h = 0xcbf2_9ce4_8422_2325 ^ u64::from(number);
-    for field in fields {
-        for &b in field.as_bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(PRIME);
-        }
-        // A separator, so ("ab", "c") and ("a", "bc") differ.
-        h = (h ^ 0xff).wrapping_mul(PRIME);
-    }
-    h
-}
-
-impl std::hash::Hash for RequestLabels {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write_u64(label_hash(
-            &[self.class, self.cache, self.route, self.client],
-            self.status,
-        ));
-    }
-}
-
-impl std::hash::Hash for ClassRouteLabels {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write_u64(label_hash(&[self.class, self.route], 0));
-    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
