@@ -198,7 +198,9 @@ impl<B: RequestBody> Pool<B> {
             .iter()
             .take_while(|c| c.idle_since.elapsed() >= self.idle_timeout)
             .count();
-        let over = (idle.len() - expired + 1).saturating_sub(self.max_idle);
+        let kept = idle.len() - expired;
+        // Room for this one: at most `max_idle` stay (config keeps it above 0; none at 0).
+        let over = (kept + 1).saturating_sub(self.max_idle).min(kept);
         idle.drain(..expired + over);
         if self.max_idle > 0 {
             idle.push(h1);
