@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# A/B of proxy binaries on passthrough (GET /v2/accounts/{id}/identity, never cached) at 1 and 64
-# connections, alternating rounds against the peer harness's upstream (bench only, loopback
-# only). Prints req/s, p50, the proxy's CPU per request (user and system, from /proc) and its
-# context switches per request.
+# A/B of proxy binaries, alternating rounds against the peer harness's upstream (bench only,
+# loopback only): each row is a route (`balance`, cache hits on 100 warmed accounts; `identity`,
+# passthrough, never cached) at a number of connections. Prints req/s, p50, the proxy's CPU per
+# request (user and system, from /proc) and its context switches per request.
 #
-#   benches/ab-passthrough.sh /tmp/old-mono-proxy /tmp/new-mono-proxy   # ROUNDS=2 DUR=4 by default
-#   MODES="balance:64 identity:1" benches/ab-passthrough.sh ...          # route:connections rows
+#   benches/ab.sh /tmp/old-mono-proxy /tmp/new-mono-proxy      # ROUNDS=2 DUR=4, passthrough at 1 and 64
+#   MODES="balance:64 identity:1" benches/ab.sh ...            # route:connections rows
 set -u
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BENCH=${BENCH:-/work/shared/bench}
@@ -14,8 +14,8 @@ CTL=$BENCH/peers/ctl.sh
 ROUNDS=${ROUNDS:-2}
 DUR=${DUR:-4}
 MODES=${MODES:-identity:1 identity:64}
-command -v wrk >/dev/null || { echo "ab-passthrough: needs wrk (apt-get install wrk)" >&2; exit 1; }
-"$CTL" start upstream >/dev/null 2>&1 || { echo "ab-passthrough: cannot start the harness upstream" >&2; exit 1; }
+command -v wrk >/dev/null || { echo "ab: needs wrk (apt-get install wrk)" >&2; exit 1; }
+"$CTL" start upstream >/dev/null 2>&1 || { echo "ab: cannot start the harness upstream" >&2; exit 1; }
 trap '"$CTL" stop upstream >/dev/null 2>&1' EXIT
 cpu() { awk '{print $14, $15}' "/proc/$1/stat"; }
 switches() { cat /proc/"$1"/task/*/status | awk '/^(non)?voluntary_ctxt_switches/ {s += $2} END {print s}'; }
