@@ -527,14 +527,9 @@ async fn a_tls_upstream_is_trusted_through_ca_file_only() {
         .await
         .unwrap();
     let base = format!("https://127.0.0.1:{}", sb.addr.port());
+    let trusting = format!("[upstream]\nca_file = \"{}\"", ca.path().display());
 
-    let trusted = ProxyBuilder::new(&base)
-        .toml(&format!(
-            "[upstream]\nca_file = \"{}\"",
-            ca.path().display()
-        ))
-        .start()
-        .await;
+    let trusted = ProxyBuilder::new(&base).toml(&trusting).start().await;
     let ok = bounded(
         Method::GET,
         &trusted.url("/v2/accounts/acc1/balance"),
@@ -549,13 +544,7 @@ async fn a_tls_upstream_is_trusted_through_ca_file_only() {
     assert_eq!(echo.json()["headers"]["mono-sec-key"], KEY);
 
     // Calls that all start cold share one TLS handshake: the sandbox speaks h2 by ALPN.
-    let cold = ProxyBuilder::new(&base)
-        .toml(&format!(
-            "[upstream]\nca_file = \"{}\"",
-            ca.path().display()
-        ))
-        .start()
-        .await;
+    let cold = ProxyBuilder::new(&base).toml(&trusting).start().await;
     let handshakes = sb.sandbox.count("tls_handshakes");
     let urls: Vec<String> = (0..8)
         .map(|i| cold.url(&format!("/v2/echo/h2-{i}")))
