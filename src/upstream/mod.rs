@@ -3,6 +3,7 @@
 //! connections are driven by the request using them; webhook relays (any host) through
 //! hyper-util's pooled client.
 
+mod conn_waker;
 pub mod pool;
 
 use std::sync::Arc;

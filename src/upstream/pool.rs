@@ -28,6 +28,8 @@ use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tower_service::Service as _;
 
+use super::conn_waker::ConnWaker;
+
 /// The byte stream of one upstream connection (TLS or plain).
 type Io = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
 
@@ -58,9 +60,20 @@ struct H1<B: RequestBody> {
     send: http1::SendRequest<B>,
     conn: http1::Connection<Io, B>,
     idle_since: Instant,
+    /// What the connection is polled with, and its steering handle.
+    waker: Waker,
+    wakes: Arc<ConnWaker>,
 }
 
 impl<B: RequestBody> H1<B> {
+    /// Polls the connection for the task of `cx`; `true` when it has ended.
+    fn drive(&mut self, cx: &Context<'_>) -> bool {
+        self.wakes.register(cx.waker());
+        Pin::new(&mut self.conn)
+            .poll(&mut Context::from_waker(&self.waker))
+            .is_ready()
+    }
+
     /// Polls the connection once without a waker; `false` when it has ended (Mono closed it).
     fn alive_and_ready(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
@@ -188,6 +201,8 @@ impl<B: RequestBody> Pool<B> {
 
     /// Takes back a connection whose answer has been read whole.
     fn put_idle(&self, mut h1: Box<H1<B>>) {
+        // Polled by nobody while idle: it must not keep (or wake) the last task.
+        h1.wakes.clear();
         if !h1.alive_and_ready() {
             return;
         }
@@ -233,10 +248,13 @@ impl<B: RequestBody> Pool<B> {
         }
         self.h1_only.store(true, Ordering::Relaxed);
         let (send, conn) = http1::handshake(io).await?;
+        let (wakes, waker) = ConnWaker::new();
         Ok(Connected::H1(Box::new(H1 {
             send,
             conn,
             idle_since: Instant::now(),
+            waker,
+            wakes,
         })))
     }
 
@@ -254,7 +272,7 @@ impl<B: RequestBody> Pool<B> {
         // switch per call). The connection's socket carries the real waker.
         let head = poll_fn(|cx| {
             if !ended {
-                ended = Pin::new(&mut h1.conn).poll(cx).is_ready();
+                ended = h1.drive(cx);
             }
             match answer
                 .as_mut()
@@ -360,30 +378,39 @@ impl<B: RequestBody> HttpBody for UpstreamBody<B> {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         // Over HTTP/1 the body is fed only by its connection's poll, here: asked with a waker
-        // that does nothing, as the answer's head is (see `send_h1`). Over h2 a task of its
-        // own feeds it, so it gets the real one.
+        // that does nothing, as the answer's head is (see `send_h1`), and with the connection's
+        // wakes held, as reading a chunk wakes the connection (see `conn_waker`). Over h2 a
+        // task of its own feeds it, so it gets the real one.
         let mut quiet = Context::from_waker(Waker::noop());
         let mut drove = false;
         loop {
-            let body_cx = if this.conn.is_some() {
-                &mut quiet
-            } else {
-                &mut *cx
+            let Some(h1) = this.conn.as_mut() else {
+                return Pin::new(&mut this.body).poll_frame(cx);
             };
-            if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(body_cx) {
+            h1.wakes.hold();
+            let polled = Pin::new(&mut this.body).poll_frame(&mut quiet);
+            let woke = h1.wakes.release();
+            if let Poll::Ready(frame) = polled {
                 match &frame {
                     None => this.release(),
                     Some(Ok(_)) if this.body.is_end_stream() => this.release(),
                     Some(Ok(_)) => {}
                     Some(Err(_)) => this.conn = None,
                 }
+                // The connection wants polling and this poll ends: the next one must come.
+                if woke && this.conn.is_some() {
+                    cx.waker().wake_by_ref();
+                }
                 return Poll::Ready(frame);
             }
-            let Some(h1) = this.conn.as_mut().filter(|_| !drove) else {
+            if drove {
+                if woke {
+                    cx.waker().wake_by_ref();
+                }
                 return Poll::Pending;
-            };
+            }
             drove = true;
-            if Pin::new(&mut h1.conn).poll(cx).is_ready() {
+            if h1.drive(cx) {
                 // Over: dropping it ends the body, which says so on the next poll.
                 this.conn = None;
             }
