@@ -95,7 +95,7 @@ async fn stored_entry_does_not_pin_the_buffer_it_was_sliced_from() {
         .unwrap();
     assert_eq!(&stored.body[..], br#"{"data":1}"#);
     assert!(!range.contains(&(stored.body.as_ptr() as usize)));
-    let stored_ct = stored.content_type.as_ref().unwrap();
+    let stored_ct = stored.content_type().unwrap();
     assert_eq!(stored_ct, "application/json");
     assert!(!range.contains(&(stored_ct.as_bytes().as_ptr() as usize)));
 }
@@ -163,4 +163,23 @@ async fn freshness_moves_from_fresh_to_stale_to_expired() {
     assert_eq!(cache.freshness(&b), Freshness::Stale(30));
     tokio::time::advance(Duration::from_secs(31)).await;
     assert_eq!(cache.freshness(&b), Freshness::Expired);
+}
+
+#[test]
+fn content_types_come_back_as_stored() {
+    let cache = ResponseCache::new(&cfg(1 << 20), MIN);
+    let body = || Bytes::from_static(br#"{"data":{}}"#);
+    let cases = [
+        ("balance", None),
+        ("identity", Some("application/json")),
+        ("transactions", Some("application/json; charset=utf-8")),
+    ];
+    for (path, ct) in cases {
+        let ct = ct.map(HeaderValue::from_static);
+        cache
+            .store("t:a", path, body(), ct.clone(), Storing::fresh(MIN, true))
+            .unwrap();
+        let back = cache.lookup("t:a", path).unwrap().content_type();
+        assert_eq!(back, ct, "{path}");
+    }
 }

@@ -224,8 +224,8 @@ fn respond_aged(
     // Sized for what is added here and by the service (x-request-id): no regrowth per hit.
     *resp.headers_mut() = http::HeaderMap::with_capacity(8);
     let h = resp.headers_mut();
-    if let Some(ct) = &body.content_type {
-        h.insert(header::CONTENT_TYPE, ct.clone());
+    if let Some(ct) = body.content_type() {
+        h.insert(header::CONTENT_TYPE, ct);
     }
     set_cache_status(h, result, ttl);
     if matches!(

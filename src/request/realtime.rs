@@ -346,8 +346,8 @@ async fn from_record(
         },
     };
     let mut headers = HeaderMap::new();
-    if let Some(ct) = &body.content_type {
-        headers.insert(header::CONTENT_TYPE, ct.clone());
+    if let Some(ct) = body.content_type() {
+        headers.insert(header::CONTENT_TYPE, ct);
     }
     if let Ok(v) = HeaderValue::from_str(&record.job_id) {
         headers.insert(X_JOB_ID, v);
