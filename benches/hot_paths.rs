@@ -14,7 +14,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use http::header::HeaderValue;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Uri};
-use mono_proxy::cache::{self, CachedBody};
+use mono_proxy::cache;
 use mono_proxy::config::Config;
 use mono_proxy::headers::{self, CacheResult};
 use mono_proxy::pagination::{self, Rewrite};
@@ -227,15 +227,22 @@ fn cache_hit(c: &mut Criterion) {
 }
 
 fn header_synthesis(c: &mut Criterion) {
-    let body = CachedBody {
-        body: Bytes::from_static(BALANCE),
-        content_type: Some(HeaderValue::from_static("application/json; charset=utf-8")),
-        stored_at: tokio::time::Instant::now(),
-        ttl: std::time::Duration::from_secs(300),
-        hash: cache::data_hash(BALANCE).expect("an envelope"),
-        has_new_data: false,
-        purged: Default::default(),
-    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let state = bench_state(&rt);
+    let ttl = std::time::Duration::from_secs(300);
+    let body = state
+        .cache
+        .store(
+            "bench:acc",
+            "balance",
+            Bytes::from_static(BALANCE),
+            Some(HeaderValue::from_static("application/json; charset=utf-8")),
+            cache::Storing::fresh(ttl, true),
+        )
+        .expect("an envelope");
     let mut g = c.benchmark_group("headers");
     g.bench_function("set_cache_status_hit_ttl", |b| {
         b.iter_batched_ref(
