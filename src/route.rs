@@ -222,35 +222,40 @@ fn check_path(path: &str) -> Result<Option<Segments<'_>>, ProxyError> {
     if bytes.first() != Some(&b'/') {
         return Err(ProxyError::BadRequest("the path must start with /".into()));
     }
-    // The bytes that can make a path refused are rare: one scan finds them, and the split
-    // below then looks only for '/' (memchr), instead of matching every byte.
-    for (i, &b) in bytes.iter().enumerate() {
-        if b == b'\\' {
-            return Err(bad_path());
-        }
-        if b == b'%' {
-            let code = bytes.get(i + 1..i + 3).unwrap_or_default();
-            if code.eq_ignore_ascii_case(b"2e")
-                || code.eq_ignore_ascii_case(b"2f")
-                || code.eq_ignore_ascii_case(b"5c")
-            {
-                return Err(bad_path());
-            }
-        }
-    }
+    // One scan both refuses and splits: a `str::split` on top of it cost a memchr set-up per
+    // segment (~560 instructions a request by callgrind, 3% of a cache hit).
     let mut segments = Some(Segments::new());
-    let mut parts = path[1..].split('/').peekable();
-    while let Some(part) = parts.next() {
-        if part.is_empty() && parts.peek().is_some() {
-            return Err(ProxyError::BadRequest(
-                "empty path segments (//) are not allowed".into(),
-            ));
-        }
-        if part == "." || part == ".." {
-            return Err(bad_path());
-        }
-        if segments.as_mut().is_some_and(|s| !s.push(part)) {
-            segments = None;
+    let mut start = 1;
+    for i in 1..=bytes.len() {
+        match bytes.get(i) {
+            Some(b'\\') => return Err(bad_path()),
+            Some(b'%') => {
+                let code = bytes.get(i + 1..i + 3).unwrap_or_default();
+                if code.eq_ignore_ascii_case(b"2e")
+                    || code.eq_ignore_ascii_case(b"2f")
+                    || code.eq_ignore_ascii_case(b"5c")
+                {
+                    return Err(bad_path());
+                }
+            }
+            Some(b'/') | None => {
+                let last = i == bytes.len();
+                // Byte offsets of '/' and the end: always char boundaries.
+                let part = &path[start..i];
+                if part.is_empty() && !last {
+                    return Err(ProxyError::BadRequest(
+                        "empty path segments (//) are not allowed".into(),
+                    ));
+                }
+                if part == "." || part == ".." {
+                    return Err(bad_path());
+                }
+                if segments.as_mut().is_some_and(|s| !s.push(part)) {
+                    segments = None;
+                }
+                start = i + 1;
+            }
+            Some(_) => {}
         }
     }
     Ok(segments)
