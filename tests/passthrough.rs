@@ -827,3 +827,88 @@ async fn a_request_head_left_incomplete_is_closed_but_an_idle_keep_alive_connect
         "closed by the header timeout, not the idle one"
     );
 }
+
+#[tokio::test]
+async fn a_slow_reader_gets_a_large_answer_whole_and_its_connection_is_reused() {
+    // A client with an 8 KiB receive buffer reads a 2 MiB answer with pauses: the proxy's
+    // writes to it back up mid-body while the pooled upstream connection has the rest to give.
+    let sb = sandbox(sandbox_config()).await;
+    let proxy = ProxyBuilder::for_sandbox(&sb).start().await;
+    let upload = vec![b'z'; 2 * 1024 * 1024];
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(8 * 1024).unwrap();
+    let mut sock = socket.connect(proxy.running.addr).await.unwrap();
+    let head = format!(
+        "POST /v2/echo/slow HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        proxy.running.addr,
+        upload.len()
+    );
+    let exchange = async {
+        sock.write_all(head.as_bytes()).await.unwrap();
+        sock.write_all(&upload).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 8 * 1024];
+        let mut reads = 0u32;
+        loop {
+            let n = sock.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            reads += 1;
+            if reads.is_multiple_of(8) {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        got
+    };
+    // It takes well under a second; a wake the pool loses shows as a stall until some timer
+    // polls the connection again (10 s, measured with the body's wakes dropped).
+    let raw = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .expect("the slow read finishes: no stall while the client's socket is full");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let body = if head.contains("transfer-encoding: chunked") {
+        dechunk(&raw[split..])
+    } else {
+        raw[split..].to_vec()
+    };
+    let echo: Value = serde_json::from_slice(&body).expect("the whole JSON answer");
+    assert!(
+        echo["body"].as_str().map(str::as_bytes) == Some(&upload[..]),
+        "the body changed on the way"
+    );
+    let after = proxy.get("/v2/echo/next", &[]).await;
+    assert_eq!(after.status, 200, "{}", after.text());
+    assert_eq!(
+        sb.sandbox.count("connections"),
+        1,
+        "the connection went back to the pool once the answer was read whole"
+    );
+}
+
+/// The payload of a chunked body.
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let eol = raw
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("a chunk size");
+        let size = std::str::from_utf8(&raw[..eol]).unwrap();
+        let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap();
+        raw = &raw[eol + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = &raw[size + 2..];
+    }
+}
