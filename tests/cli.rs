@@ -253,7 +253,8 @@ async fn the_secret_key_never_appears_in_the_output() {
     const NEEDLE: &str = concat!("test_sk_", "needle0123456789");
     let dir = tempfile::tempdir().unwrap();
     let (listen, admin) = (free_addr(), free_addr());
-    let down = format!("http://127.0.0.1:{}", free_port());
+    let (_refusing, port) = refusing_port();
+    let down = format!("http://127.0.0.1:{port}");
     let config = write_config(dir.path(), &run_config(listen, admin, &down));
     let mut cmd = mono_proxy(dir.path());
     cmd.arg("--config")

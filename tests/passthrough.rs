@@ -410,7 +410,7 @@ async fn malformed_ids_and_paths_are_refused_before_the_upstream() {
 
 #[tokio::test]
 async fn an_unreachable_upstream_is_a_502_in_the_envelope() {
-    let port = free_port();
+    let (_refusing, port) = refusing_port();
     let proxy = ProxyBuilder::new(&format!("http://127.0.0.1:{port}"))
         .start()
         .await;

@@ -318,6 +318,18 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// A loopback port that refuses connections for as long as the guard lives: bound, never
+/// listening, so no other test's server can take it between picking and use (as it could a
+/// `free_port`, and did: a sandbox answered where a test expected nothing).
+pub fn refusing_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("a loopback port");
+    let port = socket.local_addr().expect("its address").port();
+    (socket, port)
+}
+
 /// A free loopback address.
 pub fn free_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
