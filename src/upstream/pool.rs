@@ -60,7 +60,8 @@ struct H1<B: RequestBody> {
     send: http1::SendRequest<B>,
     conn: http1::Connection<Io, B>,
     idle_since: Instant,
-    /// What the connection is polled with, and its steering handle.
+    /// What the connection is polled with, and its steering handle (the same `Arc`, kept
+    /// built so that a poll does not clone it).
     waker: Waker,
     wakes: Arc<ConnWaker>,
 }
@@ -269,7 +270,7 @@ impl<B: RequestBody> Pool<B> {
         // The answer is only ever completed by the connection's own poll, here, so it is asked
         // with a waker that does nothing: a task that wakes itself is re-queued as a yield,
         // which makes tokio wake a parked sibling worker to steal it (a futex and a context
-        // switch per call). The connection's socket carries the real waker.
+        // switch per call). The connection is polled with its `ConnWaker`, which reaches the task.
         let head = poll_fn(|cx| {
             if !ended {
                 ended = h1.drive(cx);
