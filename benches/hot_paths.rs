@@ -16,7 +16,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Uri};
 use mono_proxy::cache;
 use mono_proxy::config::Config;
-use mono_proxy::headers::{self, CacheResult};
+use mono_proxy::headers::{self, CacheResult, Noted};
 use mono_proxy::pagination::{self, Rewrite};
 use mono_proxy::request::context::{self, AccountRead};
 use mono_proxy::request::{cached_read, sync};
@@ -339,7 +339,7 @@ fn telemetry(c: &mut Criterion) {
     });
     let none = HeaderMap::new();
     g.bench_function("trace_of_request_new", |b| {
-        b.iter(|| Trace::of_request(black_box(&none), &tracing::Span::none()));
+        b.iter(|| Trace::of_request(&Noted::scan(black_box(&none)), &tracing::Span::none()));
     });
     let mut caller = HeaderMap::new();
     caller.insert(
@@ -347,7 +347,7 @@ fn telemetry(c: &mut Criterion) {
         HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
     );
     g.bench_function("trace_of_request_traceparent", |b| {
-        b.iter(|| Trace::of_request(black_box(&caller), &tracing::Span::none()));
+        b.iter(|| Trace::of_request(&Noted::scan(black_box(&caller)), &tracing::Span::none()));
     });
     g.finish();
 }

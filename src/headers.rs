@@ -61,9 +61,50 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The client's `x-request-id` when it is sane, else a new one.
-pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(REQUEST_ID) {
+/// The request headers the summary event and the trace read, found in one walk over the map:
+/// a lookup each would hash each name, and a request carries only a handful of headers.
+#[derive(Default)]
+pub struct Noted<'a> {
+    /// The first `x-request-id`.
+    pub request_id: Option<&'a HeaderValue>,
+    /// The first `traceparent`.
+    pub traceparent: Option<&'a HeaderValue>,
+    /// The first `tracestate`.
+    pub tracestate: Option<&'a HeaderValue>,
+    /// The first `user-agent`.
+    pub user_agent: Option<&'a HeaderValue>,
+    /// The first `content-length`.
+    pub content_length: Option<&'a HeaderValue>,
+}
+
+impl<'a> Noted<'a> {
+    /// Walks `headers` once.
+    pub fn scan(headers: &'a HeaderMap) -> Noted<'a> {
+        let mut noted = Noted::default();
+        for (name, value) in headers {
+            let slot = match name.as_str() {
+                "x-request-id" => &mut noted.request_id,
+                "traceparent" => &mut noted.traceparent,
+                "tracestate" => &mut noted.tracestate,
+                "user-agent" => &mut noted.user_agent,
+                "content-length" => &mut noted.content_length,
+                _ => continue,
+            };
+            // The first value, as `HeaderMap::get` gives.
+            slot.get_or_insert(value);
+        }
+        noted
+    }
+}
+
+/// A `Content-Length` value as a number.
+pub fn declared_length(value: Option<&HeaderValue>) -> Option<u64> {
+    value?.to_str().ok()?.parse().ok()
+}
+
+/// The client's `x-request-id` (`value`) when it is sane, else a new one.
+pub fn request_id(value: Option<&HeaderValue>) -> HeaderValue {
+    if let Some(v) = value {
         let b = v.as_bytes();
         if !b.is_empty() && b.len() <= 128 && b.iter().all(u8::is_ascii_graphic) {
             return v.clone();
@@ -218,9 +259,32 @@ mod tests {
     fn request_id_is_kept_when_sane_and_made_otherwise() {
         let mut h = HeaderMap::new();
         h.insert(REQUEST_ID, "abc-123".parse().unwrap());
-        assert_eq!(request_id(&h), "abc-123");
+        assert_eq!(request_id(Noted::scan(&h).request_id), "abc-123");
         h.insert(REQUEST_ID, "has space".parse().unwrap());
-        assert_eq!(request_id(&h).len(), 32);
+        assert_eq!(request_id(Noted::scan(&h).request_id).len(), 32);
+        assert_eq!(request_id(None).len(), 32);
+    }
+
+    #[test]
+    fn one_walk_notes_the_first_of_each_header() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, "proxy".parse().unwrap());
+        h.append(REQUEST_ID, "first".parse().unwrap());
+        h.append(REQUEST_ID, "second".parse().unwrap());
+        h.insert(header::USER_AGENT, "mono-node/1".parse().unwrap());
+        h.insert(header::CONTENT_LENGTH, "12".parse().unwrap());
+        h.insert("traceparent", "tp".parse().unwrap());
+        h.insert("tracestate", "ts".parse().unwrap());
+        let noted = Noted::scan(&h);
+        assert_eq!(noted.request_id.unwrap(), "first");
+        assert_eq!(noted.user_agent.unwrap(), "mono-node/1");
+        assert_eq!(declared_length(noted.content_length), Some(12));
+        assert_eq!(noted.traceparent.unwrap(), "tp");
+        assert_eq!(noted.tracestate.unwrap(), "ts");
+        let none = HeaderMap::new();
+        let noted = Noted::scan(&none);
+        assert!(noted.request_id.is_none() && noted.user_agent.is_none());
+        assert_eq!(declared_length(noted.content_length), None);
     }
 
     #[test]

@@ -15,9 +15,11 @@ use http::{Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::body::Body;
-use crate::config::ClientKeyPolicy;
+use crate::config::{ClientKeyPolicy, Config};
 use crate::error::ProxyError;
-use crate::headers::{self, CacheResult, MONO_SEC_KEY, REQUEST_ID, X_PROXY_TOKEN};
+use crate::headers::{
+    self, declared_length, CacheResult, Noted, MONO_SEC_KEY, REQUEST_ID, X_PROXY_TOKEN,
+};
 use crate::limits::ClientLimiter;
 use crate::recent_errors::RecentError;
 use crate::request::context::{AccountRead, JobRead};
@@ -154,7 +156,8 @@ pub async fn handle(
     peer: Option<SocketAddr>,
 ) -> Response<Body> {
     let started = Instant::now();
-    let request_id = headers::request_id(req.headers());
+    let noted = Noted::scan(req.headers());
+    let request_id = headers::request_id(noted.request_id);
     let method = req.method().clone();
     let uri = req.uri().clone();
     let version = req.version();
@@ -169,10 +172,10 @@ pub async fn handle(
         mono_proxy.cache = tracing::field::Empty,
         mono_proxy.client = tracing::field::Empty,
     );
-    let trace = Trace::of_request(req.headers(), &span);
-    let user_agent = req.headers().get(header::USER_AGENT).cloned();
+    let trace = Trace::of_request(&noted, &span);
+    let user_agent = noted.user_agent.cloned();
     // The declared length; 0 for no body, -1 for one streamed without a length.
-    let bytes_in = match declared_length(req.headers()) {
+    let bytes_in = match declared_length(noted.content_length) {
         Some(n) => n as i64,
         None if hyper::body::Body::is_end_stream(req.body()) => 0,
         None => -1,
@@ -223,10 +226,8 @@ pub async fn handle(
         summary.client,
         cache_label,
         status,
+        took,
     );
-    state
-        .metrics
-        .request_time(summary.class, summary.route, took);
     if !span.is_disabled() {
         telemetry::rename(&span, format!("{method} {}", summary.route));
         span.record("http.route", summary.route);
@@ -238,7 +239,7 @@ pub async fn handle(
     // Exact for buffered answers and declared lengths; -1 for a body streamed without one.
     let bytes_out = hyper::body::Body::size_hint(resp.body())
         .exact()
-        .or_else(|| declared_length(resp.headers()))
+        .or_else(|| declared_length(resp.headers().get(header::CONTENT_LENGTH)))
         .map_or(-1, |n| n as i64);
     tracing::info!(
         target: "mono_proxy::access",
@@ -277,16 +278,6 @@ impl std::fmt::Display for Peer {
     }
 }
 
-/// A message's declared `Content-Length`.
-fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
-}
-
 /// classify → authorize → the class's step. Every class but the cached read is boxed, so a
 /// cache hit's future (allocated and moved per request) stays small.
 async fn pipeline(
@@ -296,9 +287,12 @@ async fn pipeline(
     trace: &Trace,
     summary: &mut Summary,
 ) -> Result<Response<Body>, ProxyError> {
-    let class = {
+    // The config is read once for the request's own decisions: cheaper, and a reload cannot
+    // split one request between two configs.
+    let (class, policy) = {
         let _phase = tracing::trace_span!(target: SPANS, "classify").entered();
-        classify(state, &req)?
+        let config = state.config.load();
+        (classify(state, &config, &req)?, Policy::of(&config))
     };
     summary.class = class.label();
     summary.route = class.route_name();
@@ -313,7 +307,7 @@ async fn pipeline(
         // Mono authenticates its webhooks with their own secret; no client token applies.
         Class::Webhook => return Box::pin(webhook::serve(state, req, trace)).await,
         Class::Passthrough { route, account } => {
-            let tenant = authorize(state, &req, summary)?;
+            let tenant = authorize(state, policy.client_key, &req, summary)?;
             let limiter = limit(state, summary.client).await?;
             let named = route.as_ref().map(|r| Named {
                 route: r.name,
@@ -332,9 +326,9 @@ async fn pipeline(
             account,
             params,
         } => {
-            let tenant = authorize(state, &req, summary)?;
+            let tenant = authorize(state, policy.client_key, &req, summary)?;
             let limiter = limit(state, summary.client).await?;
-            let directives = if state.config.load().cache.request_directives {
+            let directives = if policy.request_directives {
                 Directives::parse(req.headers())
             } else {
                 Directives::default()
@@ -353,7 +347,7 @@ async fn pipeline(
             cached_read::serve(state, &read).await?
         }
         Class::Realtime { route, account } => {
-            let tenant = authorize(state, &req, summary)?;
+            let tenant = authorize(state, policy.client_key, &req, summary)?;
             let limiter = limit(state, summary.client).await?;
             let read = AccountRead::new(tenant, account, route, "", target(), request_id.clone())
                 .with_limiter(limiter)
@@ -361,7 +355,7 @@ async fn pipeline(
             Box::pin(realtime::serve(state, &read)).await?
         }
         Class::JobStatus { account, job_id } => {
-            let tenant = authorize(state, &req, summary)?;
+            let tenant = authorize(state, policy.client_key, &req, summary)?;
             limit(state, summary.client).await?;
             let read = JobRead {
                 tenant,
@@ -392,7 +386,7 @@ async fn limit(
 }
 
 /// Decides the request class and refuses what must never be forwarded.
-fn classify(state: &State, req: &Request<Incoming>) -> Result<Class, ProxyError> {
+fn classify(state: &State, config: &Config, req: &Request<Incoming>) -> Result<Class, ProxyError> {
     check_host(req)?;
     // Every HTTP/2 request carries `:authority` (the proxy's own address, what `Host` is in
     // HTTP/1), so hyper puts one in every h2 URI. Only an HTTP/1 target with an authority is
@@ -410,7 +404,7 @@ fn classify(state: &State, req: &Request<Incoming>) -> Result<Class, ProxyError>
     } else {
         req.uri()
     };
-    let (config, routes) = (state.config.load(), state.routes.load());
+    let routes = state.routes.load();
     let rules = Rules {
         webhook_path: &config.webhook.path,
         accept_hosts: &config.upstream.accept_hosts,
@@ -431,6 +425,22 @@ fn check_host(req: &Request<Incoming>) -> Result<(), ProxyError> {
     Ok(())
 }
 
+/// The settings a request's steps read after classification.
+#[derive(Clone, Copy)]
+struct Policy {
+    client_key: ClientKeyPolicy,
+    request_directives: bool,
+}
+
+impl Policy {
+    fn of(config: &Config) -> Policy {
+        Policy {
+            client_key: config.upstream.client_key,
+            request_directives: config.cache.request_directives,
+        }
+    }
+}
+
 /// The client label of requests no configured client made.
 const ANONYMOUS: &str = "anonymous";
 
@@ -438,6 +448,7 @@ const ANONYMOUS: &str = "anonymous";
 /// asked, for the log and metrics.
 fn authorize(
     state: &State,
+    client_key: ClientKeyPolicy,
     req: &Request<Incoming>,
     summary: &mut Summary,
 ) -> Result<Tenant, ProxyError> {
@@ -445,9 +456,7 @@ fn authorize(
     let secrets = state.secrets.load();
     let h = req.headers();
     if secrets.clients.is_empty() {
-        if state.config.load().upstream.client_key == ClientKeyPolicy::Reject
-            && h.contains_key(MONO_SEC_KEY)
-        {
+        if client_key == ClientKeyPolicy::Reject && h.contains_key(MONO_SEC_KEY) {
             return Err(ProxyError::BadRequest(
                 "do not send mono-sec-key to the proxy: it injects the key itself".into(),
             ));

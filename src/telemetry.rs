@@ -28,6 +28,7 @@ use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::config::TelemetryConfig;
+use crate::headers::Noted;
 
 /// The target of the phase spans (request, classify, cache lookup, upstream call, …).
 pub const SPANS: &str = "mono_proxy::span";
@@ -81,17 +82,17 @@ impl Trace {
     /// The trace of a request whose span is `span`: with spans exported, the span joins the
     /// caller's trace (`traceparent`) and the trace is the span's; else the caller's trace,
     /// else a new one. The caller's `tracestate` goes with the caller's trace only.
-    pub fn of_request(headers: &HeaderMap, span: &Span) -> Trace {
-        let caller = headers
-            .get(&TRACEPARENT)
+    pub fn of_request(noted: &Noted<'_>, span: &Span) -> Trace {
+        let caller = noted
+            .traceparent
             .and_then(|v| parse_traceparent(v.as_bytes()))
             .map(|(trace_id, parent_id, flags)| Trace {
                 trace_id,
                 parent_id,
                 sampled: flags & 1 == 1,
                 // W3C's limit: a longer list may be dropped whole.
-                state: headers
-                    .get(&TRACESTATE)
+                state: noted
+                    .tracestate
                     .filter(|v| v.len() <= MAX_TRACESTATE)
                     .cloned(),
                 seen: None,
@@ -451,7 +452,7 @@ mod tests {
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         );
         incoming.insert(&TRACESTATE, HeaderValue::from_static("vendor=x"));
-        let trace = Trace::of_request(&incoming, &Span::none());
+        let trace = Trace::of_request(&Noted::scan(&incoming), &Span::none());
         assert_eq!(trace.id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
         let mut out = HeaderMap::new();
         trace.inject(&Span::none(), &mut out);
@@ -471,10 +472,10 @@ mod tests {
         orphan.insert(&TRACEPARENT, HeaderValue::from_static("00-bad"));
         orphan.insert(&TRACESTATE, HeaderValue::from_static("vendor=x"));
         let mut out = HeaderMap::new();
-        Trace::of_request(&orphan, &Span::none()).inject(&Span::none(), &mut out);
+        Trace::of_request(&Noted::scan(&orphan), &Span::none()).inject(&Span::none(), &mut out);
         assert!(out.get(&TRACESTATE).is_none());
         assert!(out.get(&TRACEPARENT).is_some());
-        let root = Trace::of_request(&HeaderMap::new(), &Span::none());
+        let root = Trace::of_request(&Noted::default(), &Span::none());
         assert_ne!(root.id().to_string(), Trace::root().id().to_string());
     }
 }

@@ -11,6 +11,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 mod labels;
+mod memo;
 
 use labels::UpstreamStatus;
 
@@ -146,6 +147,8 @@ pub struct Metrics {
     limited: Family<LimitedLabels, Counter>,
     limit_fallbacks: Family<LimitLabel, Counter>,
     cost_per_call_micros: AtomicU64,
+    /// This instance's mark on the per-thread handles (`memo`).
+    memo_owner: u64,
 }
 
 impl Metrics {
@@ -349,6 +352,7 @@ impl Metrics {
             secret_reloads,
             not_stored,
             cost_per_call_micros: AtomicU64::new(cost_micros(cost_per_call)),
+            memo_owner: memo::next_owner(),
         }
     }
 
@@ -373,13 +377,6 @@ impl Metrics {
             .inc();
     }
 
-    /// The proxy's own time for a request, head to head.
-    pub fn request_time(&self, class: &'static str, route: &'static str, took: Duration) {
-        self.request_seconds
-            .get_or_create(&ClassRouteLabels { class, route })
-            .observe(took.as_secs_f64());
-    }
-
     /// The time of one webhook relay to one target.
     pub fn relay_time(&self, ok: bool, took: Duration) {
         let result = if ok { "ok" } else { "failed" };
@@ -393,7 +390,7 @@ impl Metrics {
         self.store_seconds.clone()
     }
 
-    /// Counts an answered request.
+    /// Counts an answered request and its time, head to head.
     pub fn request(
         &self,
         class: &'static str,
@@ -401,16 +398,32 @@ impl Metrics {
         client: &'static str,
         cache: &'static str,
         status: u16,
+        took: Duration,
     ) {
-        self.requests
-            .get_or_create(&RequestLabels {
+        let labels = memo::Answered {
+            class,
+            route,
+            client,
+            cache,
+            status,
+        };
+        let resolve = || {
+            let count = self.requests.get_or_create(&RequestLabels {
                 class,
                 cache,
                 status,
                 route,
                 client,
-            })
-            .inc();
+            });
+            let seconds = self
+                .request_seconds
+                .get_or_create(&ClassRouteLabels { class, route });
+            (count.clone(), seconds.clone())
+        };
+        memo::with_handles(self.memo_owner, labels, resolve, |count, seconds| {
+            count.inc();
+            seconds.observe(took.as_secs_f64());
+        });
     }
 
     /// Counts an upstream call and its latency: Mono's `status` (0: none came) or the `error`.
@@ -591,7 +604,7 @@ mod tests {
     #[test]
     fn counters_show_up_in_the_exposition() {
         let m = Metrics::new(Some(0.5));
-        m.request("cached", "balance", "anonymous", "hit", 200);
+        m.request("cached", "balance", "anonymous", "hit", 200, Duration::ZERO);
         m.realtime("collapsed");
         m.realtime("rate_limited");
         m.realtime("forwarded");
