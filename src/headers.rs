@@ -1,6 +1,8 @@
 //! Header rules shared by every path: hop-by-hop removal, request ids, cache-status synthesis.
 
 use http::header::{self, HeaderName};
+use std::cell::RefCell;
+
 use http::{HeaderMap, HeaderValue};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus the legacy ones proxies still see.
@@ -167,6 +169,14 @@ impl CacheResult {
 
 /// Sets `Cache-Status` (RFC 9211) and `x-cache`; `ttl` is the freshness left in seconds.
 pub fn set_cache_status(headers: &mut HeaderMap, result: CacheResult, ttl: Option<i64>) {
+    if let Some(v) = cache_status_value(result, ttl) {
+        headers.insert(CACHE_STATUS, v);
+    }
+    headers.insert(X_CACHE, HeaderValue::from_static(result.as_str()));
+}
+
+/// The `Cache-Status` value of `result` with `ttl` seconds of freshness left.
+pub fn cache_status_value(result: CacheResult, ttl: Option<i64>) -> Option<HeaderValue> {
     let base = match result {
         CacheResult::Hit => "mono-proxy; hit",
         CacheResult::SharedHit => "mono-proxy; hit; detail=shared",
@@ -176,14 +186,10 @@ pub fn set_cache_status(headers: &mut HeaderMap, result: CacheResult, ttl: Optio
         CacheResult::Refetched => "mono-proxy; fwd=request; stored",
         CacheResult::Bypassed => "mono-proxy; fwd=request; detail=no-store",
     };
-    let value = match ttl {
-        Some(t) => with_ttl(base, t),
-        None => Ok(HeaderValue::from_static(base)),
-    };
-    if let Ok(v) = value {
-        headers.insert(CACHE_STATUS, v);
+    match ttl {
+        Some(t) => with_ttl(base, t).ok(),
+        None => Some(HeaderValue::from_static(base)),
     }
-    headers.insert(X_CACHE, HeaderValue::from_static(result.as_str()));
 }
 
 /// `<base>; ttl=<t>` built on the stack: this runs on every cache hit.
@@ -213,6 +219,55 @@ fn with_ttl(base: &str, ttl: i64) -> Result<HeaderValue, header::InvalidHeaderVa
     buf[n..n + tail.len()].copy_from_slice(tail);
     n += tail.len();
     HeaderValue::from_bytes(&buf[..n])
+}
+
+/// `Cache-Status` of a fresh hit with `ttl` seconds left, and its `Age`: the two values every
+/// hit writes. Each thread keeps the values of the small numbers it has written (up to
+/// [`NUMBERS_KEPT`]), so a hit clones one instead of formatting and allocating it.
+pub fn hit_values(ttl: Option<i64>, age: u64) -> (Option<HeaderValue>, HeaderValue) {
+    thread_local! {
+        static STATUS: RefCell<Vec<Option<HeaderValue>>> = const { RefCell::new(Vec::new()) };
+        static AGE: RefCell<Vec<Option<HeaderValue>>> = const { RefCell::new(Vec::new()) };
+    }
+    let status = match ttl {
+        Some(t @ 0..) => kept(&STATUS, t as u64, || {
+            cache_status_value(CacheResult::Hit, Some(t))
+        }),
+        _ => cache_status_value(CacheResult::Hit, ttl),
+    };
+    let age = kept(&AGE, age, || Some(HeaderValue::from(age))).unwrap_or_else(|| age.into());
+    (status, age)
+}
+
+/// Numbers below this have their header values kept per thread (about 40 bytes each, grown as
+/// needed): more than any route's freshness plus its stale window in practice.
+pub const NUMBERS_KEPT: u64 = 4096;
+
+/// `table`'s value for `n`, made and kept on first use; made afresh when `n` is too large or the
+/// thread is tearing down.
+fn kept(
+    table: &'static std::thread::LocalKey<RefCell<Vec<Option<HeaderValue>>>>,
+    n: u64,
+    make: impl Fn() -> Option<HeaderValue>,
+) -> Option<HeaderValue> {
+    if n >= NUMBERS_KEPT {
+        return make();
+    }
+    let at = n as usize;
+    table
+        .try_with(|values| {
+            let mut values = values.try_borrow_mut().ok()?;
+            if values.len() <= at {
+                values.resize(at + 1, None);
+            }
+            if values[at].is_none() {
+                values[at] = make();
+            }
+            values[at].clone()
+        })
+        .ok()
+        .flatten()
+        .or_else(make)
 }
 
 /// `Retry-After` (RFC 9110 §10.2.3) as a wait from `now`: delay-seconds or an HTTP date (a date
@@ -285,6 +340,28 @@ mod tests {
         let noted = Noted::scan(&none);
         assert!(noted.request_id.is_none() && noted.user_agent.is_none());
         assert_eq!(declared_length(noted.content_length), None);
+    }
+
+    #[test]
+    fn a_hits_kept_values_are_the_values_made_afresh() {
+        for (ttl, age) in [
+            (Some(42), 3),
+            (Some(42), 3),
+            (Some(0), 0),
+            (Some(-5), 9),
+            (None, 1),
+        ] {
+            let (status, age_value) = hit_values(ttl, age);
+            assert_eq!(status, cache_status_value(CacheResult::Hit, ttl));
+            assert_eq!(age_value, HeaderValue::from(age));
+        }
+        let big = NUMBERS_KEPT + 1;
+        let (status, age) = hit_values(Some(big as i64), big);
+        assert_eq!(
+            status.unwrap(),
+            format!("mono-proxy; hit; ttl={big}").as_str()
+        );
+        assert_eq!(age, big.to_string().as_str());
     }
 
     #[test]

@@ -30,7 +30,7 @@ const PATH_OVERHEAD: usize = 112;
 const MAX_PATHS_PER_ACCOUNT: usize = 64;
 
 /// Mono's content type, held as a static value instead of a copy per entry.
-const JSON: &str = "application/json";
+pub const JSON: &str = "application/json";
 
 /// One cached 200 response body, held once and shared by every hit.
 #[derive(Debug)]
@@ -68,6 +68,11 @@ impl CachedBody {
             ContentType::Json => Some(HeaderValue::from_static(JSON)),
             ContentType::Other(v) => Some(HeaderValue::clone(v)),
         }
+    }
+
+    /// Whether the upstream `Content-Type` is Mono's own `application/json`.
+    pub fn is_json(&self) -> bool {
+        matches!(self.content_type, ContentType::Json)
     }
 
     /// The same body with another `x-has-new-data`.

@@ -1,15 +1,17 @@
 //! Cached read (spec §4): a fresh hit, or one collapsed upstream fetch, or stale on error; with
 //! the request's own cache directives (RFC 9111 §5.2.1) and Mono's 429 cooldowns honoured.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use http::header::{self, HeaderValue};
-use http::Response;
+use http::{HeaderMap, Response};
 
 use crate::body::Body;
 use crate::cache::{CachedBody, Freshness, Groups};
 use crate::error::ProxyError;
-use crate::headers::{bool_value, set_cache_status, CacheResult, X_HAS_NEW_DATA};
+use crate::headers::{
+    bool_value, hit_values, set_cache_status, CacheResult, REQUEST_ID, X_HAS_NEW_DATA,
+};
 use crate::inflight::Filled;
 use crate::request::context::AccountRead;
 use crate::request::{cooldown, fill, limits};
@@ -38,7 +40,7 @@ pub async fn serve(
         match state.cache.freshness_at(&body, age) {
             Freshness::Fresh(ttl) if directives.accepts(age.as_secs()) => {
                 return Ok((
-                    respond_aged(&body, CacheResult::Hit, Some(ttl), data, age),
+                    respond_hit(&body, Some(ttl), data, age, &read.request_id),
                     CacheResult::Hit,
                 ))
             }
@@ -209,25 +211,46 @@ pub fn respond(
     ttl: Option<i64>,
     data: bool,
 ) -> Response<Body> {
-    respond_aged(body, result, ttl, data, body.stored_at.elapsed())
+    let mut resp = Response::new(Body::full(body.body.clone()));
+    *resp.headers_mut() = head(body, result, ttl, data, body.stored_at.elapsed());
+    resp
 }
 
-/// [`respond`] for a body whose age the caller has read.
-fn respond_aged(
+/// [`respond`] for a fresh hit whose age the caller has read; `request_id` is the service's
+/// `x-request-id`, set here too so that the service's insert finds its place taken (a copied
+/// head has no room to grow into).
+fn respond_hit(
+    body: &CachedBody,
+    ttl: Option<i64>,
+    data: bool,
+    age: std::time::Duration,
+    request_id: &HeaderValue,
+) -> Response<Body> {
+    let mut resp = Response::new(Body::full(body.body.clone()));
+    *resp.headers_mut() = if body.is_json() {
+        hit_head(body, ttl, data, age, request_id)
+    } else {
+        let mut h = head(body, CacheResult::Hit, ttl, data, age);
+        h.insert(REQUEST_ID, request_id.clone());
+        h
+    };
+    resp
+}
+
+/// The head of a cached answer, header by header.
+fn head(
     body: &CachedBody,
     result: CacheResult,
     ttl: Option<i64>,
     data: bool,
     age: std::time::Duration,
-) -> Response<Body> {
-    let mut resp = Response::new(Body::full(body.body.clone()));
+) -> HeaderMap {
     // Sized for what is added here and by the service (x-request-id): no regrowth per hit.
-    *resp.headers_mut() = http::HeaderMap::with_capacity(8);
-    let h = resp.headers_mut();
+    let mut h = HeaderMap::with_capacity(8);
     if let Some(ct) = body.content_type() {
         h.insert(header::CONTENT_TYPE, ct);
     }
-    set_cache_status(h, result, ttl);
+    set_cache_status(&mut h, result, ttl);
     if matches!(
         result,
         CacheResult::Hit | CacheResult::SharedHit | CacheResult::Stale
@@ -237,5 +260,129 @@ fn respond_aged(
     if data {
         h.insert(X_HAS_NEW_DATA, bool_value(body.has_new_data));
     }
-    resp
+    h
+}
+
+/// [`head`] of a hit on a JSON body, the common answer, with its `x-request-id`: a copy of
+/// a head built once, with the values that change written in place. Copying skips hashing and
+/// placing each header (about 700 instructions a hit by callgrind, 4%).
+fn hit_head(
+    body: &CachedBody,
+    ttl: Option<i64>,
+    data: bool,
+    age: std::time::Duration,
+    request_id: &HeaderValue,
+) -> HeaderMap {
+    fn built(data: bool) -> HeaderMap {
+        let mut h = HeaderMap::with_capacity(8);
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(crate::cache::JSON),
+        );
+        set_cache_status(&mut h, CacheResult::Hit, None);
+        h.insert(header::AGE, HeaderValue::from_static("0"));
+        if data {
+            h.insert(X_HAS_NEW_DATA, bool_value(false));
+        }
+        h.insert(REQUEST_ID, HeaderValue::from_static("-"));
+        h
+    }
+    static BUILT: [LazyLock<HeaderMap>; 2] = [
+        LazyLock::new(|| built(false)),
+        LazyLock::new(|| built(true)),
+    ];
+    let mut h = BUILT[usize::from(data)].clone();
+    // In the order `built` inserts them.
+    let (status, age) = hit_values(ttl, age.as_secs());
+    let mut values = h.values_mut();
+    let _content_type = values.next();
+    if let (Some(slot), Some(v)) = (values.next(), status) {
+        *slot = v;
+    }
+    let _x_cache = values.next();
+    if let Some(slot) = values.next() {
+        *slot = age;
+    }
+    if data {
+        if let Some(slot) = values.next() {
+            *slot = bool_value(body.has_new_data);
+        }
+    }
+    if let Some(slot) = values.next() {
+        *slot = request_id.clone();
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::cache::{ResponseCache, Storing};
+
+    fn listed(h: &HeaderMap) -> Vec<(String, String)> {
+        h.iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_hits_copied_head_is_the_head_built_header_by_header() {
+        let ttl = Duration::from_secs(60);
+        let cache = ResponseCache::new(&crate::cache::tests_config(), ttl);
+        let json = Some(HeaderValue::from_static(crate::cache::JSON));
+        let store = |body: &'static [u8]| {
+            let how = Storing::fresh(ttl, true);
+            cache.store(
+                "t:a",
+                "balance",
+                Bytes::from_static(body),
+                json.clone(),
+                how,
+            )
+        };
+        let old = store(br#"{"data":{"balance":1}}"#).unwrap();
+        cache.invalidate("t:a", None, &|_| true);
+        let new = store(br#"{"data":{"balance":2}}"#).unwrap();
+        assert!(!old.has_new_data && new.has_new_data);
+        for body in [&old, &new] {
+            for data in [false, true] {
+                for (ttl, age) in [(Some(42), 0), (Some(0), 7), (None, 3)] {
+                    let age = Duration::from_secs(age);
+                    let id = HeaderValue::from_static("abc");
+                    let copied = hit_head(body, ttl, data, age, &id);
+                    let mut built = head(body, CacheResult::Hit, ttl, data, age);
+                    built.insert(REQUEST_ID, id);
+                    assert_eq!(listed(&copied), listed(&built), "data {data}, ttl {ttl:?}");
+                }
+            }
+        }
+        let id = HeaderValue::from_static("abc");
+        let resp = respond_hit(&new, Some(5), true, Duration::from_secs(2), &id);
+        assert_eq!(resp.headers()["cache-status"], "mono-proxy; hit; ttl=5");
+        assert_eq!(resp.headers()[header::AGE], "2");
+        assert_eq!(resp.headers()[X_HAS_NEW_DATA], "true");
+        assert_eq!(resp.headers()[REQUEST_ID], "abc");
+        // Other content types take the header-by-header way, with the same headers.
+        let text = HeaderValue::from_static("application/json; charset=utf-8");
+        let how = Storing::fresh(ttl, true);
+        let other = cache
+            .store(
+                "t:b",
+                "balance",
+                Bytes::from_static(br#"{"data":{}}"#),
+                Some(text),
+                how,
+            )
+            .unwrap();
+        let resp = respond_hit(&other, Some(5), true, Duration::from_secs(2), &id);
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            "application/json; charset=utf-8"
+        );
+        assert_eq!(resp.headers()[REQUEST_ID], "abc");
+    }
 }
