@@ -208,23 +208,19 @@ impl Routes {
     pub fn find_in<'p>(&self, method: &Method, segments: &Segments<'p>) -> Option<Matched<'p>> {
         let parts = segments.as_slice();
         let n = parts.len();
-        for &index in &self.by_len[n] {
+        'routes: for &index in &self.by_len[n] {
             let route = &self.routes[index];
             if !route.allows(method) {
                 continue;
             }
-            // Literals first: most routes of a length differ in one, and an id's check (a
-            // byte scan) then runs only for the route that matches.
-            let pairs = || route.segments.iter().zip(parts);
-            let literals = pairs().all(|(seg, part)| match seg {
-                Segment::Literal(lit) => **lit == **part,
-                Segment::Account | Segment::Param => true,
-            });
-            if !literals
-                || !pairs()
-                    .all(|(seg, part)| matches!(seg, Segment::Literal(_)) || is_valid_id(part))
-            {
-                continue;
+            for (seg, part) in route.segments.iter().zip(parts) {
+                let ok = match seg {
+                    Segment::Literal(lit) => **lit == **part,
+                    Segment::Account | Segment::Param => is_valid_id(part),
+                };
+                if !ok {
+                    continue 'routes;
+                }
             }
             let mut account = None;
             let mut params = String::new();
