@@ -333,25 +333,27 @@ async fn pipeline(
             } else {
                 Directives::default()
             };
-            let read = AccountRead::new(
+            // Set in place: the context is a few hundred bytes, and each `with_*` call moved it.
+            let mut read = AccountRead::new(
                 tenant,
                 account,
                 route,
                 &params,
                 target(),
                 request_id.clone(),
-            )
-            .with_directives(directives)
-            .with_limiter(limiter)
-            .with_trace(trace.clone());
+            );
+            read.directives = directives;
+            read.limiter = limiter;
+            read.trace = trace.clone();
             cached_read::serve(state, &read).await?
         }
         Class::Realtime { route, account } => {
             let tenant = authorize(state, policy.client_key, &req, summary)?;
             let limiter = limit(state, summary.client).await?;
-            let read = AccountRead::new(tenant, account, route, "", target(), request_id.clone())
-                .with_limiter(limiter)
-                .with_trace(trace.clone());
+            let mut read =
+                AccountRead::new(tenant, account, route, "", target(), request_id.clone());
+            read.limiter = limiter;
+            read.trace = trace.clone();
             Box::pin(realtime::serve(state, &read)).await?
         }
         Class::JobStatus { account, job_id } => {

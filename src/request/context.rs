@@ -71,18 +71,6 @@ impl AccountRead {
         self
     }
 
-    /// The same read under its client's limits.
-    pub fn with_limiter(mut self, limiter: Option<Arc<ClientLimiter>>) -> AccountRead {
-        self.limiter = limiter;
-        self
-    }
-
-    /// The same read with the request's directives.
-    pub fn with_directives(mut self, directives: Directives) -> AccountRead {
-        self.directives = directives;
-        self
-    }
-
     /// Balance or transactions data (realtime, `x-has-new-data`), or neither.
     pub fn kind(&self) -> Option<Kind> {
         self.route.kind
