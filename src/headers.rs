@@ -1,8 +1,8 @@
 //! Header rules shared by every path: hop-by-hop removal, request ids, cache-status synthesis.
 
-use http::header::{self, HeaderName};
 use std::cell::RefCell;
 
+use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus the legacy ones proxies still see.
@@ -222,8 +222,8 @@ fn with_ttl(base: &str, ttl: i64) -> Result<HeaderValue, header::InvalidHeaderVa
 }
 
 /// `Cache-Status` of a fresh hit with `ttl` seconds left, and its `Age`: the two values every
-/// hit writes. Each thread keeps the values of the small numbers it has written (up to
-/// [`NUMBERS_KEPT`]), so a hit clones one instead of formatting and allocating it.
+/// hit writes. Each thread keeps the values of the small numbers it has written (below
+/// 4096), so a hit clones one instead of formatting and allocating it.
 pub fn hit_values(ttl: Option<i64>, age: u64) -> (Option<HeaderValue>, HeaderValue) {
     thread_local! {
         static STATUS: RefCell<Vec<Option<HeaderValue>>> = const { RefCell::new(Vec::new()) };
@@ -241,7 +241,7 @@ pub fn hit_values(ttl: Option<i64>, age: u64) -> (Option<HeaderValue>, HeaderVal
 
 /// Numbers below this have their header values kept per thread (about 40 bytes each, grown as
 /// needed): more than any route's freshness plus its stale window in practice.
-pub const NUMBERS_KEPT: u64 = 4096;
+const NUMBERS_KEPT: u64 = 4096;
 
 /// `table`'s value for `n`, made and kept on first use; made afresh when `n` is too large or the
 /// thread is tearing down.

@@ -12,19 +12,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 
-/// The labels of one answered request.
-#[derive(Clone, Copy)]
-pub(super) struct Answered {
-    pub(super) class: &'static str,
-    pub(super) route: &'static str,
-    pub(super) client: &'static str,
-    pub(super) cache: &'static str,
-    pub(super) status: u16,
-}
+use super::RequestLabels;
 
-impl Answered {
+impl RequestLabels {
     /// Same strings (address and length) and status.
-    fn same(&self, other: &Answered) -> bool {
+    fn same(&self, other: &RequestLabels) -> bool {
         std::ptr::eq(self.class, other.class)
             && std::ptr::eq(self.route, other.route)
             && std::ptr::eq(self.client, other.client)
@@ -54,7 +46,7 @@ pub(super) fn next_owner() -> u64 {
 
 struct Slot {
     owner: u64,
-    labels: Answered,
+    labels: RequestLabels,
     count: Counter,
     seconds: Histogram,
 }
@@ -67,7 +59,7 @@ thread_local! {
 /// families) when this thread has not seen the set lately.
 pub(super) fn with_handles(
     owner: u64,
-    labels: Answered,
+    labels: &RequestLabels,
     resolve: impl Fn() -> (Counter, Histogram),
     f: impl Fn(&Counter, &Histogram),
 ) {
@@ -77,11 +69,11 @@ pub(super) fn with_handles(
             return false;
         };
         let slot = &mut slots[at];
-        if !matches!(slot, Some(s) if s.owner == owner && s.labels.same(&labels)) {
+        if !matches!(slot, Some(s) if s.owner == owner && s.labels.same(labels)) {
             let (count, seconds) = resolve();
             *slot = Some(Slot {
                 owner,
-                labels,
+                labels: labels.clone(),
                 count,
                 seconds,
             });
@@ -102,8 +94,8 @@ pub(super) fn with_handles(
 mod tests {
     use super::*;
 
-    fn labels(status: u16) -> Answered {
-        Answered {
+    fn labels(status: u16) -> RequestLabels {
+        RequestLabels {
             class: "cached",
             route: "balance",
             client: "anonymous",
@@ -122,13 +114,13 @@ mod tests {
         };
         let owner = next_owner();
         for _ in 0..3 {
-            with_handles(owner, labels(200), resolve, |c, _| {
+            with_handles(owner, &labels(200), resolve, |c, _| {
                 c.inc();
             });
         }
         assert_eq!(resolved.get(), 1, "later calls use the slot");
         assert_eq!(count.get(), 3);
-        with_handles(next_owner(), labels(200), resolve, |_, _| {});
+        with_handles(next_owner(), &labels(200), resolve, |_, _| {});
         assert_eq!(
             resolved.get(),
             2,
@@ -136,7 +128,7 @@ mod tests {
         );
         // The same text at another address is a different key here (the family merges them).
         let route: &'static str = Box::leak(String::from("balance").into_boxed_str());
-        let other = Answered {
+        let other = RequestLabels {
             route,
             ..labels(200)
         };

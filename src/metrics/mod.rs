@@ -400,27 +400,21 @@ impl Metrics {
         status: u16,
         took: Duration,
     ) {
-        let labels = memo::Answered {
+        let labels = RequestLabels {
             class,
-            route,
-            client,
             cache,
             status,
+            route,
+            client,
         };
         let resolve = || {
-            let count = self.requests.get_or_create(&RequestLabels {
-                class,
-                cache,
-                status,
-                route,
-                client,
-            });
+            let count = self.requests.get_or_create(&labels);
             let seconds = self
                 .request_seconds
                 .get_or_create(&ClassRouteLabels { class, route });
             (count.clone(), seconds.clone())
         };
-        memo::with_handles(self.memo_owner, labels, resolve, |count, seconds| {
+        memo::with_handles(self.memo_owner, &labels, resolve, |count, seconds| {
             count.inc();
             seconds.observe(took.as_secs_f64());
         });
