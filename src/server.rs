@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
 use crate::service::{Activity, Proxy};
 use crate::state::State;
@@ -40,6 +39,95 @@ async fn watchdog(activity: &Activity, head: Duration, idle: Duration) {
         }
         pending = activity.head_pending();
     }
+}
+
+/// What the HTTP/2 client preface starts with (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The protocol a new connection speaks, told from its first bytes without taking them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Speaks {
+    Http1,
+    Http2,
+    /// Fewer bytes than the preface, all of them a prefix of it: told apart as more arrive.
+    NotYet,
+}
+
+/// Peeks at the first bytes a client sent (waiting for some) to pick the protocol.
+///
+/// hyper-util's own detection reads the first 24 bytes itself and hands them back to hyper
+/// through a rewind buffer; hyper's read buffer then holds 24 bytes when it asks for 8 KiB more,
+/// and grows to 16 KiB, a large allocation and an 8 KiB copy on every new connection. A peek
+/// leaves the bytes in the socket, so hyper's first read takes the whole request head.
+async fn sniff(stream: &TcpStream) -> std::io::Result<Speaks> {
+    let mut first = [0u8; H2_PREFACE.len()];
+    let n = stream.peek(&mut first).await?;
+    Ok(speaks(&first[..n]))
+}
+
+/// The protocol `first` (a connection's first bytes) is the start of.
+fn speaks(first: &[u8]) -> Speaks {
+    if first.is_empty() || !H2_PREFACE.starts_with(first) {
+        // Nothing at all is a client hanging up: hyper's HTTP/1 side closes it quietly.
+        Speaks::Http1
+    } else if first.len() == H2_PREFACE.len() {
+        Speaks::Http2
+    } else {
+        Speaks::NotYet
+    }
+}
+
+/// The connection builders: one per protocol once known, and hyper-util's detecting one for a
+/// connection whose first bytes do not tell yet.
+struct Protocols {
+    detect: auto::Builder<TokioExecutor>,
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
+}
+
+impl Protocols {
+    fn new(detect: auto::Builder<TokioExecutor>) -> Self {
+        Protocols {
+            http1: detect.clone().http1_only(),
+            http2: detect.clone().http2_only(),
+            detect,
+        }
+    }
+
+    fn builder(&self, speaks: Speaks) -> &auto::Builder<TokioExecutor> {
+        match speaks {
+            Speaks::Http1 => &self.http1,
+            Speaks::Http2 => &self.http2,
+            Speaks::NotYet => &self.detect,
+        }
+    }
+}
+
+/// Serves one accepted connection until it ends, or until `closing` turns true and it has
+/// finished its requests in flight (hyper's graceful shutdown). One that has sent nothing yet
+/// when the proxy starts closing is dropped at once.
+async fn serve(
+    stream: TcpStream,
+    activity: Arc<Activity>,
+    service: Proxy,
+    protocols: Arc<Protocols>,
+    mut closing: watch::Receiver<bool>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let speaks = tokio::select! {
+        speaks = sniff(&stream) => speaks?,
+        _ = closing.wait_for(|c| *c) => return Ok(()),
+    };
+    let stream = Counted { stream, activity };
+    let conn = protocols
+        .builder(speaks)
+        .serve_connection(TokioIo::new(stream), service)
+        .into_owned();
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => return result,
+        _ = closing.wait_for(|c| *c) => conn.as_mut().graceful_shutdown(),
+    }
+    conn.await
 }
 
 /// A client socket that notes each read that brought bytes in its connection's [`Activity`].
@@ -117,7 +205,9 @@ pub async fn run(
         .max_header_list_size(cfg.max_header_bytes.try_into().unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let proxy = Proxy::new(Arc::clone(&state));
-    let graceful = GracefulShutdown::new();
+    let protocols = Arc::new(Protocols::new(builder));
+    // Every connection holds a receiver: the drain below ends when the last one is dropped.
+    let (closing, _) = watch::channel(false);
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
     tokio::pin!(shutdown);
 
@@ -146,18 +236,19 @@ pub async fn run(
             tracing::debug!(error = %e, "set_nodelay failed");
         }
         let (service, activity) = proxy.for_connection(peer);
-        let stream = Counted {
+        let conn = serve(
             stream,
-            activity: Arc::clone(&activity),
-        };
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+            Arc::clone(&activity),
+            service,
+            Arc::clone(&protocols),
+            closing.subscribe(),
+        );
         let state = Arc::clone(&state);
         state.metrics.connection_opened();
         let (first, idle) = (cfg.header_read_timeout, cfg.idle_timeout);
-        tokio::spawn(async move {
+        // Boxed once here: the connection's future is kilobytes, and spawning moves a future
+        // through several layers (and tokio's task cell) by value.
+        tokio::spawn(Box::pin(async move {
             tokio::select! {
                 result = conn => {
                     if let Err(e) = result {
@@ -170,7 +261,7 @@ pub async fn run(
             }
             state.metrics.connection_closed();
             drop(permit);
-        });
+        }));
     }
 
     drop(listener);
@@ -181,11 +272,28 @@ pub async fn run(
         timeout_s = cfg.drain_timeout.as_secs(),
         "stopped accepting; draining"
     );
+    closing.send_replace(true);
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections drained"),
+        _ = closing.closed() => tracing::info!("all connections drained"),
         _ = tokio::time::sleep(cfg.drain_timeout) => {
             tracing::warn!("drain timeout reached; closing the remaining connections");
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_bytes_tell_the_protocol_or_say_to_wait() {
+        assert_eq!(speaks(b"GET / HTTP/1.1\r\n"), Speaks::Http1);
+        assert_eq!(speaks(b"POST"), Speaks::Http1);
+        assert_eq!(speaks(b"PRI * HTTP/1.1\r\n"), Speaks::Http1);
+        assert_eq!(speaks(b""), Speaks::Http1);
+        assert_eq!(speaks(H2_PREFACE), Speaks::Http2);
+        assert_eq!(speaks(b"P"), Speaks::NotYet);
+        assert_eq!(speaks(b"PRI * HTTP/2.0\r\n"), Speaks::NotYet);
+    }
 }

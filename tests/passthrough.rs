@@ -912,3 +912,125 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
         raw = &raw[size + 2..];
     }
 }
+
+/// A client socket whose first `skip` bytes were already sent by hand: writes report them
+/// written without sending them again.
+struct SentAlready {
+    inner: TcpStream,
+    skip: usize,
+}
+
+impl tokio::io::AsyncRead for SentAlready {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for SentAlready {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.skip > 0 {
+            let n = self.skip.min(buf.len());
+            self.skip -= n;
+            return std::task::Poll::Ready(Ok(n));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn a_first_write_that_does_not_tell_the_protocol_yet_is_still_understood() {
+    let sb = sandbox(sandbox_config()).await;
+    let proxy = ProxyBuilder::for_sandbox(&sb).start().await;
+    let addr = proxy.running.addr;
+
+    // HTTP/1: a "P" alone could begin the HTTP/2 preface; the rest makes it a POST.
+    let mut h1 = TcpStream::connect(addr).await.unwrap();
+    h1.write_all(b"P").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    h1.write_all(
+        b"OST /v2/echo/split HTTP/1.1\r\nHost: proxy\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+    )
+    .await
+    .unwrap();
+    let answer = read_answer(&mut h1).await.expect("an answer over HTTP/1");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"body\":\"hi\""), "{answer}");
+
+    // HTTP/2: the preface arrives in two pieces.
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut raw = TcpStream::connect(addr).await.unwrap();
+    raw.write_all(&preface[..16]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let io = hyper_util::rt::TokioIo::new(SentAlready {
+        inner: raw,
+        skip: 16,
+    });
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .expect("an HTTP/2 handshake");
+    tokio::spawn(conn);
+    let req = Request::get(proxy.url("/v2/accounts/acc1/balance"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = tokio::time::timeout(CALL_BOUND, sender.send_request(req))
+        .await
+        .expect("bounded")
+        .expect("an answer over HTTP/2");
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("\"balance\""));
+}
+
+#[tokio::test]
+async fn shutdown_closes_idle_and_silent_connections_without_waiting_for_their_timeouts() {
+    let sb = sandbox(sandbox_config()).await;
+    let proxy = ProxyBuilder::for_sandbox(&sb)
+        .toml("[server]\nheader_read_timeout = \"60s\"\nidle_timeout = \"60s\"\ndrain_timeout = \"60s\"")
+        .start()
+        .await;
+    let addr = proxy.running.addr;
+    // One connection that has sent nothing, one idle after a keep-alive answer.
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /v2/accounts/acc1/balance HTTP/1.1\r\nHost: proxy\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_answer(&mut idle).await.expect("a first answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    proxy.running.begin_shutdown();
+    tokio::time::timeout(CALL_BOUND, proxy.running.wait())
+        .await
+        .expect("the drain does not wait for idle or silent connections")
+        .expect("clean stop");
+    for sock in [&mut silent, &mut idle] {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(CALL_BOUND, sock.read(&mut buf))
+            .await
+            .expect("closed by the drain");
+        assert!(matches!(read, Ok(0) | Err(_)), "closed: {read:?}");
+    }
+}
