@@ -24,7 +24,6 @@ mod tls;
 use std::error::Error;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,10 +36,11 @@ use hyper_util::rt::TokioIo;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use support::{cpu_ticks, env_u64, free_addr, rss_kib, target_dir, BoxError, Children};
+use support::{
+    cpu_ticks, env_u64, rss_kib, spawn_proxy, spawn_sandbox, target_dir, BoxError, Children,
+    SANDBOX_KEY,
+};
 
-/// The key the sandbox accepts by default (the proxy gets it through `MONO_SEC_KEY`).
-const SANDBOX_KEY: &str = "test_sk_sandbox";
 /// Linux reports process CPU in ticks of 1/100 s.
 const CLK_TCK: f64 = 100.0;
 
@@ -553,68 +553,6 @@ fn machine() -> String {
 
 fn main() {
     support::bench_main("load", run);
-}
-
-/// Starts `mono-proxy sandbox` on a free port with `latency_ms` per call.
-fn spawn_sandbox(
-    children: &mut Children,
-    name: &'static str,
-    latency_ms: u64,
-) -> Result<SocketAddr, BoxError> {
-    let addr = free_addr()?;
-    children.spawn(
-        name,
-        Command::new(env!("CARGO_BIN_EXE_mono-proxy"))
-            .arg("sandbox")
-            .arg("--listen")
-            .arg(addr.to_string())
-            .arg("--latency")
-            .arg(format!("{latency_ms}ms"))
-            .env("MONO_SANDBOX_KEY", SANDBOX_KEY)
-            .env("RUST_LOG", "warn"),
-    )?;
-    children.wait_listening(name, addr)?;
-    Ok(addr)
-}
-
-/// Starts the proxy in front of `upstream` (`http://` unless `upstream_toml` says otherwise),
-/// with long TTLs and windows so nothing expires mid-run; its address, pid and config file.
-fn spawn_proxy(
-    children: &mut Children,
-    name: &'static str,
-    sandbox: SocketAddr,
-    upstream_toml: &str,
-) -> Result<(SocketAddr, u32, tempfile::NamedTempFile), BoxError> {
-    let proxy = free_addr()?;
-    let admin = free_addr()?;
-    let mut config = tempfile::Builder::new()
-        .prefix("mono-proxy-load-")
-        .suffix(".toml")
-        .tempfile()?;
-    let upstream = if upstream_toml.is_empty() {
-        format!("base_url = \"http://{sandbox}\"\n")
-    } else {
-        upstream_toml.to_string()
-    };
-    let toml = format!(
-        "listen = \"{proxy}\"\nadmin_listen = \"{admin}\"\n\
-         [upstream]\n{upstream}\
-         [realtime]\nwindow = \"1h\"\n\
-         [cache]\nttl = \"1h\"\nmax_bytes = \"1GiB\"\n\
-         [log]\nfilter = \"warn\"\n"
-    );
-    std::io::Write::write_all(&mut config, toml.as_bytes())?;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mono-proxy"));
-    cmd.arg("--config").arg(config.path());
-    cmd.env("MONO_SEC_KEY", SANDBOX_KEY);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("MONO_PROXY_") {
-            cmd.env_remove(k);
-        }
-    }
-    let pid = children.spawn(name, &mut cmd)?;
-    children.wait_listening(name, proxy)?;
-    Ok((proxy, pid, config))
 }
 
 fn run() -> Result<(), BoxError> {
