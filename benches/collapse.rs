@@ -174,6 +174,8 @@ fn spawn_floor(latency: Duration) -> Result<SocketAddr, BoxError> {
             let flights: Arc<Mutex<HashMap<String, watch::Receiver<bool>>>> = Arc::default();
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
