@@ -21,24 +21,16 @@ KEEP=${KEEP:-}
 BURST=$CARGO_TARGET_DIR/release/burst
 "$CTL" start upstream >/dev/null 2>&1 || { echo "callgrind-collapse: cannot start the harness upstream" >&2; exit 1; }
 trap '"$CTL" stop upstream >/dev/null 2>&1' EXIT
-run() { # bin bursts -> total instructions
-  local bin=$1 k=$2 out
-  out=$(mktemp)
-  [[ -n "$KEEP" ]] && mkdir -p "$KEEP" && out="$KEEP/$(basename "$bin").collapse.$k.out"
-  MONO_SEC_KEY=test_sk_bench valgrind --tool=callgrind --callgrind-out-file="$out" \
-      "$bin" --config "$HERE/peer.toml" >/dev/null 2>&1 &
-  local pid=$!
-  for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/18083) 2>/dev/null && break; sleep 0.2; done
+# shellcheck source=callgrind-run.sh
+. "$HERE/callgrind-run.sh"
+bursts() { # k: one warm call, then k bursts of N, each on its own cold account
   curl -s -o /dev/null "http://127.0.0.1:18083/v2/accounts/666b166ce06b000/balance"
-  for i in $(seq 1 "$k"); do
-    "$BURST" --url "http://127.0.0.1:18083/v2/accounts/777700000$k$i/balance" -n "$N" \
+  for i in $(seq 1 "$1"); do
+    "$BURST" --url "http://127.0.0.1:18083/v2/accounts/777700000$1$i/balance" -n "$N" \
         --timeout-ms 60000 >/dev/null
   done
-  kill -INT $pid; wait $pid 2>/dev/null
-  awk '/^(summary|totals):/ {print $2; exit}' "$out"
-  [[ -n "$KEEP" ]] || rm -f "$out"
 }
 for bin in "$@"; do
-  a=$(run "$bin" 1); b=$(run "$bin" 4)
+  a=$(profiled "$bin" collapse.1 bursts 1); b=$(profiled "$bin" collapse.4 bursts 4)
   echo "$bin: $(( (b - a) / (3 * N) )) instructions per collapsed request on a new connection ($a, $b)"
 done

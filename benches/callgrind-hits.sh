@@ -20,24 +20,16 @@ ROUTE=${ROUTE:-balance}
 KEEP=${KEEP:-}
 "$CTL" start upstream >/dev/null 2>&1 || { echo "callgrind-hits: cannot start the harness upstream" >&2; exit 1; }
 trap '"$CTL" stop upstream >/dev/null 2>&1' EXIT
-run() { # bin hits -> total instructions
-  local bin=$1 n=$2 out
-  out=$(mktemp)
-  [[ -n "$KEEP" ]] && mkdir -p "$KEEP" && out="$KEEP/$(basename "$bin").$ROUTE.$n.out"
-  MONO_SEC_KEY=test_sk_bench valgrind --tool=callgrind --callgrind-out-file="$out" \
-      "$bin" --config "$HERE/peer.toml" >/dev/null 2>&1 &
-  local pid=$!
-  for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/18083) 2>/dev/null && break; sleep 0.2; done
+# shellcheck source=callgrind-run.sh
+. "$HERE/callgrind-run.sh"
+hits() { # n: warm 10 accounts, then n requests over them
   for k in $(seq 0 9); do
     curl -s -o /dev/null "http://127.0.0.1:18083/v2/accounts/666b166ce06b$(printf %03d "$k")/balance"
   done
-  BENCH_IDS=10 BENCH_THREADS=1 BENCH_MAX_REQS=$n BENCH_ROUTE=$ROUTE wrk -t1 -c4 -d120s -s "$BENCH/wrk/ids.lua" \
+  BENCH_IDS=10 BENCH_THREADS=1 BENCH_MAX_REQS=$1 BENCH_ROUTE=$ROUTE wrk -t1 -c4 -d120s -s "$BENCH/wrk/ids.lua" \
       http://127.0.0.1:18083 >/dev/null 2>&1
-  kill -INT $pid; wait $pid 2>/dev/null
-  awk '/^(summary|totals):/ {print $2; exit}' "$out"
-  [[ -n "$KEEP" ]] || rm -f "$out"
 }
 for bin in "$@"; do
-  a=$(run "$bin" "$N1"); b=$(run "$bin" "$N2")
+  a=$(profiled "$bin" "$ROUTE.$N1" hits "$N1"); b=$(profiled "$bin" "$ROUTE.$N2" hits "$N2")
   echo "$bin: $(( (b - a) / (N2 - N1) )) instructions per $ROUTE request ($a at $N1, $b at $N2)"
 done
